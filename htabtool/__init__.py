@@ -1,0 +1,12 @@
+"""htabtool: save, restore, inspect and compare the hashed page table of POWER KVM guests.
+
+Layers, one module each:
+
+- :mod:`htabtool.hpte`       the HPTE model: bit layout, constants, decoding
+- :mod:`htabtool.records`    the kernel record codec (sans I/O): encoder, decoder, apply
+- :mod:`htabtool.engine`     the simulated HPT: hypercalls and the htab fd
+- :mod:`htabtool.container`  snapshot files: zstd frames of kernel records
+- :mod:`htabtool.cli`        the click commands, thin over the library
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from htabtool.cli import main
+
+main()

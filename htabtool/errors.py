@@ -1,0 +1,60 @@
+"""One small exception tree, rooted in :class:`HtabError`.
+
+Strategy: the library raises these and only these for bad input; messages
+carry the numbers a user needs (record number, byte offset, sizes).  The CLI
+maps every HtabError to one line ``htabtool: error: ...`` and exit status 2.
+Errors of the simulated kernel side are :class:`OSError` with the kernel's
+errno instead (see :mod:`htabtool.engine`), as a real htab fd raises them.
+"""
+
+from __future__ import annotations
+
+
+class HtabError(Exception):
+    """Base of every error htabtool reports about its input."""
+
+
+class UsageError(HtabError):
+    """A call whose arguments cannot work (a bad byte order, a bad order)."""
+
+
+class StreamError(HtabError):
+    """A kernel record stream that cannot be decoded."""
+
+    def __init__(self, message: str, *, offset: int | None = None, record: int | None = None):
+        super().__init__(message)
+        self.offset = offset
+        self.record = record
+
+
+class TruncatedStream(StreamError):
+    """The stream ended inside a record."""
+
+
+class RecordError(StreamError):
+    """A record the kernel's write side would refuse (EINVAL)."""
+
+
+class ContainerError(HtabError):
+    """A snapshot file that is not sound: bad magic, version, checksum, size."""
+
+    def __init__(self, message: str, *, offset: int | None = None, chunk: int | None = None):
+        super().__init__(message)
+        self.offset = offset
+        self.chunk = chunk
+
+
+class TruncatedContainer(ContainerError):
+    """A snapshot file cut short (its trailer or a frame is missing)."""
+
+
+class UnsupportedFeature(ContainerError):
+    """A snapshot that needs a feature (or version) this reader lacks."""
+
+
+class VMImageError(HtabError):
+    """A simulated VM image that cannot be opened or used."""
+
+
+class QemuStreamError(HtabError):
+    """A QEMU migration stream that cannot be walked."""

@@ -1,0 +1,269 @@
+"""The HPTE model: the two doublewords of a hashed page table entry.
+
+Strategy: constants carry the names the Linux kernel gives them, with the
+values of
+
+- arch/powerpc/include/asm/book3s/64/mmu-hash.h (HPTE_V_*, HPTE_R_*),
+- arch/powerpc/include/asm/kvm_book3s_64.h (HPTE_V_HVLOCK, HPTE_V_ABSENT,
+  HPTE_GR_MODIFIED, VRMA_VSID, kvmppc_hpte_page_shifts, is_vrma_hpte).
+
+Entries are decoded in the pre-ISA-3.0 layout, the one the htab fd reports
+(on POWER9 and later the kernel converts with hpte_new_to_old_v/r before it
+reports an entry).  :func:`decode` handles one entry for people; the
+``*_array`` functions take numpy arrays of native doublewords for the hot
+paths (statistics, comparisons) and never loop per entry.
+
+Software bits: today's kernel reports every entry with HPTE_V_HVLOCK set
+(record_hpte reads the first doubleword while it holds that lock and does
+not mask it) and kvmppc_do_h_enter strips HVLOCK, ABSENT and VALID from the
+first doubleword and HPTE_GR_RESERVED from the second on the way in.  They
+are KVM's bookkeeping, not architecture: :data:`SOFTWARE_V_BITS` and
+:data:`SOFTWARE_R_BITS` name them so that comparisons can ignore them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- first doubleword (v), arch/powerpc/include/asm/book3s/64/mmu-hash.h ----
+HPTE_V_SSIZE_SHIFT = 62
+HPTE_V_AVPN_SHIFT = 7
+HPTE_V_1TB_SEG = 0x4000000000000000
+HPTE_V_VRMA_MASK = 0x4001FFFFFF000000
+HPTE_V_AVPN = 0x3FFFFFFFFFFFFF80
+HPTE_V_BOLTED = 0x0000000000000010
+HPTE_V_LOCK = 0x0000000000000008
+HPTE_V_LARGE = 0x0000000000000004
+HPTE_V_SECONDARY = 0x0000000000000002
+HPTE_V_VALID = 0x0000000000000001
+
+# -- KVM's software bits, arch/powerpc/include/asm/kvm_book3s_64.h ---------
+HPTE_V_HVLOCK = 0x40
+HPTE_V_ABSENT = 0x20
+HPTE_GR_MODIFIED = 1 << 62
+HPTE_GR_RESERVED = HPTE_GR_MODIFIED
+VRMA_VSID = 0x1FFFFFF
+
+# -- second doubleword (r), arch/powerpc/include/asm/book3s/64/mmu-hash.h ---
+HPTE_R_PP0 = 0x8000000000000000
+HPTE_R_TS = 0x4000000000000000
+HPTE_R_KEY_HI = 0x3000000000000000
+HPTE_R_RPN_SHIFT = 12
+HPTE_R_RPN = 0x0FFFFFFFFFFFF000
+HPTE_R_PP = 0x0000000000000003
+HPTE_R_N = 0x0000000000000004
+HPTE_R_G = 0x0000000000000008
+HPTE_R_M = 0x0000000000000010
+HPTE_R_I = 0x0000000000000020
+HPTE_R_W = 0x0000000000000040
+HPTE_R_WIMG = 0x0000000000000078
+HPTE_R_C = 0x0000000000000080
+HPTE_R_R = 0x0000000000000100
+HPTE_R_KEY_LO = 0x0000000000000E00
+LP_SHIFT = 12
+LP_BITS = 8
+
+MMU_SEGSIZE_256M = 0
+MMU_SEGSIZE_1T = 1
+
+#: bits of the first doubleword that are KVM's bookkeeping, not architecture
+SOFTWARE_V_BITS = HPTE_V_HVLOCK | HPTE_V_ABSENT
+#: bits of the second doubleword that are KVM's bookkeeping
+SOFTWARE_R_BITS = HPTE_GR_RESERVED
+
+HPTE_SIZE = 16
+ENTRIES_PER_PTEG = 8
+
+SEGMENT_SIZE_NAMES = {0: "256M", 1: "1T", 2: "reserved(2)", 3: "reserved(3)"}
+PAGE_SIZE_NAMES = {12: "4K", 16: "64K", 24: "16M", 34: "16G", 0: "invalid"}
+
+
+def page_shifts(v: int, r: int) -> int:
+    """kvmppc_hpte_page_shifts: the base page shift, and for a mixed page
+    size (MPSS) entry the actual page shift in the next byte up; 0 when the
+    large-page encoding does not decode."""
+    if not v & HPTE_V_LARGE:
+        return 12  # 4K
+    lphi = (r >> 16) & 0xF
+    lp = (r >> 12) & 0xF
+    if lp == 0:
+        return 24 if not lphi else 0  # 16M
+    if lp == 1:
+        return 16  # 64K
+    if lp == 3:
+        return 34 if not lphi else 0  # 16G
+    if lp == 7:
+        return (16 << 8) + 12  # 64K in 4K
+    if lp == 8:
+        if not lphi:
+            return (24 << 8) + 16  # 16M in 64K
+        if lphi == 3:
+            return (24 << 8) + 12  # 16M in 4K
+    return 0
+
+
+def base_page_shift(v: int, r: int) -> int:
+    """kvmppc_hpte_base_page_shift: 12, 16, 24, 34, or 0 (does not decode)."""
+    return page_shifts(v, r) & 0xFF
+
+
+def actual_page_shift(v: int, r: int) -> int:
+    """kvmppc_hpte_actual_page_shift."""
+    tmp = page_shifts(v, r)
+    return tmp >> 8 if tmp >= 0x100 else tmp
+
+
+def is_vrma_hpte(v: int) -> bool:
+    """is_vrma_hpte: an entry of the virtual real-mode area (VRMA_VSID, 1T)."""
+    return (v & ~0xFFFFFF & 0xFFFFFFFFFFFFFFFF) == (HPTE_V_1TB_SEG | (VRMA_VSID << (40 - 16)))
+
+
+@dataclass(frozen=True)
+class HPTE:
+    """One entry, decoded field by field (pre-ISA-3.0 layout)."""
+
+    v: int
+    r: int
+
+    # -- first doubleword
+    @property
+    def valid(self) -> bool:
+        return bool(self.v & HPTE_V_VALID)
+
+    @property
+    def secondary(self) -> bool:
+        return bool(self.v & HPTE_V_SECONDARY)
+
+    @property
+    def large(self) -> bool:
+        return bool(self.v & HPTE_V_LARGE)
+
+    @property
+    def bolted(self) -> bool:
+        return bool(self.v & HPTE_V_BOLTED)
+
+    @property
+    def hvlock(self) -> bool:
+        return bool(self.v & HPTE_V_HVLOCK)
+
+    @property
+    def absent(self) -> bool:
+        return bool(self.v & HPTE_V_ABSENT)
+
+    @property
+    def segment_size(self) -> str:
+        return SEGMENT_SIZE_NAMES[self.v >> HPTE_V_SSIZE_SHIFT]
+
+    @property
+    def avpn(self) -> int:
+        return (self.v & HPTE_V_AVPN) >> HPTE_V_AVPN_SHIFT
+
+    @property
+    def vrma(self) -> bool:
+        return is_vrma_hpte(self.v)
+
+    # -- second doubleword
+    @property
+    def rpn(self) -> int:
+        return (self.r & HPTE_R_RPN) >> HPTE_R_RPN_SHIFT
+
+    @property
+    def real_address(self) -> int:
+        shift = actual_page_shift(self.v, self.r) or 12
+        return self.r & HPTE_R_RPN & ~((1 << shift) - 1)
+
+    @property
+    def referenced(self) -> bool:
+        return bool(self.r & HPTE_R_R)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.r & HPTE_R_C)
+
+    @property
+    def wimg(self) -> int:
+        return (self.r & HPTE_R_WIMG) >> 3
+
+    @property
+    def pp(self) -> int:
+        """The page protection bits PP0 || PP (0 to 7)."""
+        return (4 if self.r & HPTE_R_PP0 else 0) | (self.r & HPTE_R_PP)
+
+    @property
+    def no_execute(self) -> bool:
+        return bool(self.r & HPTE_R_N)
+
+    @property
+    def key(self) -> int:
+        return ((self.r & HPTE_R_KEY_HI) >> 57) | ((self.r & HPTE_R_KEY_LO) >> 9)
+
+    @property
+    def base_page_shift(self) -> int:
+        return base_page_shift(self.v, self.r)
+
+    @property
+    def actual_page_shift(self) -> int:
+        return actual_page_shift(self.v, self.r)
+
+    @property
+    def page_size(self) -> str:
+        return PAGE_SIZE_NAMES.get(self.base_page_shift, f"2^{self.base_page_shift}")
+
+    def fields(self) -> dict:
+        """Every decoded field, for people and for --json."""
+        return {
+            "v": f"0x{self.v:016x}",
+            "r": f"0x{self.r:016x}",
+            "valid": self.valid,
+            "secondary": self.secondary,
+            "large": self.large,
+            "bolted": self.bolted,
+            "segment_size": self.segment_size,
+            "avpn": f"0x{self.avpn:x}",
+            "page_size": self.page_size,
+            "actual_page_shift": self.actual_page_shift,
+            "rpn": f"0x{self.rpn:x}",
+            "referenced": self.referenced,
+            "changed": self.changed,
+            "wimg": self.wimg,
+            "pp": self.pp,
+            "no_execute": self.no_execute,
+            "key": self.key,
+            "vrma": self.vrma,
+            "hvlock": self.hvlock,
+            "absent": self.absent,
+        }
+
+
+def decode(v: int, r: int) -> HPTE:
+    return HPTE(v, r)
+
+
+# -- vectorised forms, for numpy arrays of native uint64 doublewords ---------
+
+def base_page_shift_array(v, r):
+    """kvmppc_hpte_base_page_shift over arrays; 0 where it does not decode."""
+    import numpy as np
+
+    v = np.asarray(v, dtype=np.uint64)
+    r = np.asarray(r, dtype=np.uint64)
+    large = (v & np.uint64(HPTE_V_LARGE)) != 0
+    lp = ((r >> np.uint64(12)) & np.uint64(0xF)).astype(np.uint8)
+    lphi = ((r >> np.uint64(16)) & np.uint64(0xF)).astype(np.uint8)
+    shift = np.zeros(v.shape, dtype=np.uint8)
+    shift[(lp == 0) & (lphi == 0)] = 24
+    shift[lp == 1] = 16
+    shift[(lp == 3) & (lphi == 0)] = 34
+    shift[lp == 7] = 12
+    shift[(lp == 8) & (lphi == 0)] = 16
+    shift[(lp == 8) & (lphi == 3)] = 12
+    return np.where(large, shift, np.uint8(12))
+
+
+def vrma_array(v):
+    import numpy as np
+
+    v = np.asarray(v, dtype=np.uint64)
+    return (v & np.uint64(~0xFFFFFF & 0xFFFFFFFFFFFFFFFF)) == np.uint64(
+        HPTE_V_1TB_SEG | (VRMA_VSID << (40 - 16))
+    )

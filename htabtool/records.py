@@ -1,0 +1,718 @@
+"""The kernel record codec, sans I/O: the format of the KVM_PPC_GET_HTAB_FD fd.
+
+Strategy: nothing here touches a file or an fd.  The encoder turns a table
+state into the bytes one ``read(2)`` of the htab fd returns; the decoder
+takes bytes cut anywhere and hands out whole records; :func:`apply_batch`
+is the write side on a plain table.  Files, fds and QEMU streams sit at the
+edges (sources, sinks, the engine).
+
+The format (Documentation/virt/kvm/api.rst, 4.79 KVM_PPC_GET_HTAB_FD, and
+struct kvm_get_htab_header in arch/powerpc/include/uapi/asm/kvm.h)::
+
+    struct kvm_get_htab_header {   /* in the host's byte order */
+        __u32 index;               /* first entry of the record */
+        __u16 n_valid;             /* entries that follow, 16 bytes each */
+        __u16 n_invalid;           /* invalid entries after them, not sent */
+    };
+
+The rules are today's upstream kernel's (arch/powerpc/kvm/book3s_64_mmu_hv.c,
+kvm_htab_read), byte for byte, quirks included:
+
+- The header is in the host's byte order, but the entries are big-endian on
+  every host: record_hpte stores them with cpu_to_be64 (and kvm_htab_write
+  reads them with be64_to_cpu).  The 2012 patch wrote host-order entries;
+  today's kernel does not.  The header byte order is therefore a parameter,
+  always explicit, never guessed.
+- On later passes the header's index is set *after* the loop that skips
+  clean entries (the 2012 patch set it before, naming a clean entry).
+- A record is started only while ``nb + 8 + 16 < count`` and a valid entry
+  is added only while ``nb + 16 < count``: both strict, so a read never
+  fills its buffer to the last byte, and a valid run cut by the budget ends
+  its record with n_invalid = 0.
+- n_valid and n_invalid are each capped at 0xffff.
+- A read that reaches the end of the table returns there; the next read
+  starts an incremental pass at index 0.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from htabtool.errors import RecordError, StreamError, TruncatedStream, UsageError
+from htabtool.hpte import HPTE, HPTE_SIZE, HPTE_V_BOLTED, HPTE_V_VALID
+
+HEADER_SIZE = 8
+MAX_RUN = 0xFFFF
+BYTE_ORDERS = ("little", "big")
+
+#: The kinds of entries an encoder walks over (one uint8 per entry).
+KIND_CLEAN = 0  # not modified since last read: skipped on incremental passes
+KIND_VALID = 1  # reported with its doublewords in a valid run
+KIND_INVALID = 2  # counted in an invalid run
+
+ENTRY_DTYPE = np.dtype(">u8")  # entries: two big-endian doublewords, always
+_UNLIMITED = 1 << 62  # a read budget no table reaches
+
+
+def check_byte_order(byte_order: str) -> str:
+    if byte_order not in BYTE_ORDERS:
+        raise UsageError(f"byte order must be 'little' or 'big', not {byte_order!r}")
+    return byte_order
+
+
+def _prefix(byte_order: str) -> str:
+    return "<" if check_byte_order(byte_order) == "little" else ">"
+
+
+def header_dtype(byte_order: str) -> np.dtype:
+    """struct kvm_get_htab_header as a numpy dtype in the given byte order."""
+    p = _prefix(byte_order)
+    return np.dtype([("index", p + "u4"), ("n_valid", p + "u2"), ("n_invalid", p + "u2")])
+
+
+# -- events ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    """One ``struct kvm_get_htab_header``; rejects what cannot be encoded."""
+
+    index: int
+    n_valid: int
+    n_invalid: int
+
+    def __post_init__(self):
+        if not 0 <= self.index <= 0xFFFFFFFF:
+            raise StreamError(f"record index {self.index} does not fit in 32 bits")
+        for name in ("n_valid", "n_invalid"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_RUN:
+                raise StreamError(f"{name} {value} is outside 0..{MAX_RUN}")
+
+    @property
+    def end(self) -> int:
+        """One past the last entry the record covers."""
+        return self.index + self.n_valid + self.n_invalid
+
+    def pack(self, byte_order: str) -> bytes:
+        return struct.pack(_prefix(byte_order) + "IHH", self.index, self.n_valid, self.n_invalid)
+
+    @classmethod
+    def unpack(cls, data, byte_order: str, offset: int = 0) -> "RecordHeader":
+        if len(data) - offset < HEADER_SIZE:
+            raise TruncatedStream(
+                f"truncated record header at offset {offset:#x}: "
+                f"need {HEADER_SIZE} bytes, got {max(0, len(data) - offset)}",
+                offset=offset,
+            )
+        return cls(*struct.unpack_from(_prefix(byte_order) + "IHH", data, offset))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of the stream: its header, its valid entries, where it stood."""
+
+    index: int
+    n_valid: int
+    n_invalid: int
+    entries: bytes  # n_valid * 16 bytes, big-endian doublewords
+    offset: int = 0  # byte offset of the header in the stream
+    number: int = 0  # 0-based number of the record in the stream
+
+    def __post_init__(self):
+        RecordHeader(self.index, self.n_valid, self.n_invalid)  # validates
+        if len(self.entries) != self.n_valid * HPTE_SIZE:
+            raise StreamError(
+                f"record {self.number} at offset {self.offset:#x}: "
+                f"{len(self.entries)} entry bytes for n_valid {self.n_valid}",
+                offset=self.offset,
+                record=self.number,
+            )
+
+    @property
+    def header(self) -> RecordHeader:
+        return RecordHeader(self.index, self.n_valid, self.n_invalid)
+
+    @property
+    def end(self) -> int:
+        return self.index + self.n_valid + self.n_invalid
+
+    def hptes(self) -> Iterator[tuple[int, HPTE]]:
+        """(table index, decoded entry) for each valid entry."""
+        for j, (v, r) in enumerate(struct.iter_unpack(">QQ", self.entries)):
+            yield self.index + j, HPTE(v, r)
+
+    def to_bytes(self, byte_order: str) -> bytes:
+        return self.header.pack(byte_order) + self.entries
+
+
+class _Sentinel:
+    def __init__(self, name: str):
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: next_event() found no whole record in the buffer: feed more bytes
+NEED_DATA = _Sentinel("NEED_DATA")
+#: next_event() after receive_data(b"") consumed every record
+END_OF_STREAM = _Sentinel("END_OF_STREAM")
+
+
+# -- batches: many records as numpy arrays ---------------------------------
+
+
+@dataclass
+class RecordBatch:
+    """Consecutive records as arrays (the fast path of decoding)."""
+
+    offset: np.ndarray  # int64: stream byte offset of each header
+    index: np.ndarray  # int64
+    n_valid: np.ndarray  # int64
+    n_invalid: np.ndarray  # int64
+    entries: np.ndarray  # (E, 2) '>u8': every valid-run entry, in stream order
+    first_record: int = 0  # number of the first record in the stream
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def empty(cls, first_record: int = 0) -> "RecordBatch":
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, z, z, z, np.zeros((0, 2), dtype=ENTRY_DTYPE), first_record)
+
+    @property
+    def end(self) -> np.ndarray:
+        return self.index + self.n_valid + self.n_invalid
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes these records take in the stream."""
+        return int(HEADER_SIZE * len(self) + HPTE_SIZE * len(self.entries))
+
+    def entry_index(self) -> np.ndarray:
+        """The table index of each entry in :attr:`entries`."""
+        return _expand_ranges(self.index, self.n_valid)
+
+    def entry_record(self) -> np.ndarray:
+        """The position in this batch of the record each entry belongs to."""
+        return np.repeat(np.arange(len(self), dtype=np.int64), self.n_valid)
+
+    def records(self) -> Iterator[Record]:
+        """The slow path: one :class:`Record` per record."""
+        raw = self.entries.tobytes()
+        starts = np.concatenate(([0], np.cumsum(self.n_valid))) * HPTE_SIZE
+        for k in range(len(self)):
+            yield Record(
+                int(self.index[k]),
+                int(self.n_valid[k]),
+                int(self.n_invalid[k]),
+                raw[starts[k] : starts[k + 1]],
+                int(self.offset[k]),
+                self.first_record + k,
+            )
+
+    def to_bytes(self, byte_order: str) -> bytes:
+        """The records back in stream form (headers in ``byte_order``)."""
+        return _layout(self.index, self.n_valid, self.n_invalid, self.entries, byte_order)
+
+    def check(self, n_entries: int) -> None:
+        """The kernel's write-side checks (kvm_htab_write) on every record:
+        index past the table, index + n_valid + n_invalid past the table, a
+        valid-run entry without HPTE_V_VALID.  Raises :class:`RecordError`
+        naming the first bad record and its byte offset."""
+        bad = (self.index >= n_entries) | (self.end > n_entries)
+        if bad.any():
+            k = int(np.argmax(bad))
+            what = (
+                f"index {int(self.index[k])} is past the table of {n_entries} entries"
+                if self.index[k] >= n_entries
+                else f"entries {int(self.index[k])}..{int(self.end[k]) - 1} run past the table of "
+                f"{n_entries} entries"
+            )
+            raise self._error(k, what)
+        if len(self.entries):
+            # the valid bit is the lowest bit of byte 7 of a big-endian doubleword
+            lacking = (self.entries.view(np.uint8)[:, 7] & HPTE_V_VALID) == 0
+            if lacking.any():
+                e = int(np.argmax(lacking))
+                k = int(np.searchsorted(np.cumsum(self.n_valid), e, side="right"))
+                j = e - int(np.sum(self.n_valid[:k]))
+                raise self._error(
+                    k, f"entry {int(self.index[k]) + j} of the valid run lacks HPTE_V_VALID"
+                )
+
+    def _error(self, k: int, what: str) -> RecordError:
+        number = self.first_record + k
+        offset = int(self.offset[k])
+        return RecordError(f"record {number} at offset {offset:#x}: {what}", offset=offset, record=number)
+
+
+def _expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """concatenate(arange(s, s + n) for s, n in zip(starts, lengths)), vectorised."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    firsts = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - firsts, lengths) + np.arange(total, dtype=np.int64)
+
+
+# -- decoding ---------------------------------------------------------------
+
+
+def _walk(words: memoryview, n_words: int) -> tuple[list[int], int]:
+    """Word positions of the complete records among ``n_words`` 8-byte words,
+    and the word position where the first incomplete one starts.
+
+    ``words`` is the u16 view of the buffer; n_valid of a header at word w is
+    ``words[4 * w + 2]``.  The walk is sequential by nature (each header says
+    where the next one is), so it is one tight step per record."""
+    positions: list[int] = []
+    append = positions.append
+    pos = 0
+    while pos < n_words:
+        nxt = pos + 1 + 2 * words[4 * pos + 2]
+        if nxt > n_words:
+            break
+        append(pos)
+        pos = nxt
+    return positions, pos
+
+
+def decode_batch(
+    buf,
+    byte_order: str,
+    *,
+    base_offset: int = 0,
+    first_record: int = 0,
+    n_entries: int | None = None,
+) -> tuple[RecordBatch, int]:
+    """The complete records at the start of ``buf`` and how many bytes they take.
+
+    A trailing partial record is left (not an error here: feed more bytes);
+    the caller decides whether the stream may end there.  ``base_offset`` is
+    the stream offset of ``buf[0]``, for messages; with ``n_entries`` the
+    records are also checked against the table (RecordBatch.check)."""
+    p = _prefix(byte_order)
+    mv = memoryview(buf).cast("B")
+    n_words = len(mv) // 8
+    if n_words == 0:
+        return RecordBatch.empty(first_record), 0
+    u16 = np.frombuffer(mv, dtype=p + "u2", count=n_words * 4)
+    if p == "<" and np.little_endian or p == ">" and not np.little_endian:
+        words = memoryview(u16.data).cast("B").cast("H")
+    else:
+        words = memoryview(u16.byteswap().data).cast("B").cast("H")
+    positions, end_word = _walk(words, n_words)
+    pos = np.asarray(positions, dtype=np.int64)
+    headers = np.frombuffer(mv, dtype=header_dtype(byte_order), count=n_words)[pos]
+    consumed = end_word * 8
+    is_entry = np.ones(end_word, dtype=bool)
+    is_entry[pos] = False
+    entries = np.frombuffer(mv, dtype=ENTRY_DTYPE, count=end_word)[is_entry].reshape(-1, 2)
+    batch = RecordBatch(
+        offset=pos * 8 + base_offset,
+        index=headers["index"].astype(np.int64),
+        n_valid=headers["n_valid"].astype(np.int64),
+        n_invalid=headers["n_invalid"].astype(np.int64),
+        entries=entries,
+        first_record=first_record,
+    )
+    if n_entries is not None:
+        batch.check(n_entries)
+    return batch, consumed
+
+
+class RecordDecoder:
+    """A streaming decoder: feed bytes cut anywhere, take whole records.
+
+    >>> dec = RecordDecoder("little")
+    >>> dec.receive_data(stream[:5]); dec.next_event()
+    NEED_DATA
+    >>> dec.receive_data(stream[5:]); dec.receive_data(b"")
+    >>> dec.next_event()  # Record(...), then END_OF_STREAM
+
+    With ``n_entries`` every record is checked against the table as the
+    kernel's write side would (RecordError names the record and offset)."""
+
+    def __init__(self, byte_order: str, n_entries: int | None = None):
+        check_byte_order(byte_order)
+        self.byte_order = byte_order
+        self.n_entries = n_entries
+        self._buf = bytearray()
+        self._offset = 0  # stream offset of _buf[0]
+        self._records = 0  # records handed out so far
+        self._eof = False
+        self._pending: Iterator[Record] | None = None
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the stream consumed by the records handed out."""
+        return self._offset
+
+    @property
+    def records(self) -> int:
+        return self._records
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof:
+            raise StreamError("receive_data after the end of the stream")
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_batch(self) -> RecordBatch:
+        """Every complete record in the buffer (possibly none)."""
+        if self._pending is not None:
+            raise StreamError("next_batch while next_event has records pending")
+        batch, used = decode_batch(
+            self._buf,
+            self.byte_order,
+            base_offset=self._offset,
+            first_record=self._records,
+            n_entries=self.n_entries,
+        )
+        if used:
+            del self._buf[:used]
+            self._offset += used
+            self._records += len(batch)
+        if self._eof and self._buf:
+            self._raise_truncated()
+        return batch
+
+    def next_event(self):
+        """A :class:`Record`, NEED_DATA, or END_OF_STREAM."""
+        if self._pending is not None:
+            record = next(self._pending, None)
+            if record is not None:
+                return record
+            self._pending = None
+        batch = self.next_batch()
+        if len(batch):
+            self._pending = batch.records()
+            return next(self._pending)
+        return END_OF_STREAM if self._eof else NEED_DATA
+
+    def close(self) -> None:
+        """Declare the end of the stream: a partial record left is an error."""
+        self._eof = True
+        if self._buf:
+            self.next_batch()
+
+    def _raise_truncated(self) -> None:
+        have = len(self._buf)
+        at = self._offset
+        if have < HEADER_SIZE:
+            raise TruncatedStream(
+                f"truncated record header at offset {at:#x}: need {HEADER_SIZE} bytes, got {have}",
+                offset=at,
+                record=self._records,
+            )
+        header = RecordHeader.unpack(self._buf, self.byte_order)
+        need = header.n_valid * HPTE_SIZE
+        raise TruncatedStream(
+            f"truncated record {self._records} at offset {at:#x}: "
+            f"need {need} entry bytes, got {have - HEADER_SIZE}",
+            offset=at,
+            record=self._records,
+        )
+
+
+def iter_batches(chunks, byte_order: str, n_entries: int | None = None) -> Iterator[RecordBatch]:
+    """Batches from an iterable of byte chunks cut anywhere; TruncatedStream
+    if the last chunk ends inside a record."""
+    dec = RecordDecoder(byte_order, n_entries)
+    for chunk in chunks:
+        if chunk:
+            dec.receive_data(chunk)
+            batch = dec.next_batch()
+            if len(batch):
+                yield batch
+    dec.receive_data(b"")
+    batch = dec.next_batch()
+    if len(batch):
+        yield batch
+
+
+# -- the write side on a plain table ---------------------------------------
+
+
+def new_table(n_entries: int) -> np.ndarray:
+    """An empty table state: (n_entries, 2) big-endian doublewords, all zero."""
+    return np.zeros((n_entries, 2), dtype=ENTRY_DTYPE)
+
+
+def apply_batch(table: np.ndarray, batch: RecordBatch) -> None:
+    """Apply records to a table state as the kernel's write side places them:
+    n_valid entries from the header index, then n_invalid slots invalidated
+    (zeroed here).  Every record of the batch is checked first (RecordError),
+    so a bad batch changes nothing.  Records apply in stream order; runs of
+    ascending, disjoint records (a pass) are applied at once."""
+    n = len(table)
+    batch.check(n)
+    if not len(batch):
+        return
+    ends = batch.end
+    # split where a record does not start at or after the previous one's end
+    breaks = np.flatnonzero(batch.index[1:] < ends[:-1]) + 1
+    bounds = np.concatenate(([0], breaks, [len(batch)]))
+    entry_bounds = np.concatenate(([0], np.cumsum(batch.n_valid)))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        idx = batch.index[a:b]
+        nv = batch.n_valid[a:b]
+        ni = batch.n_invalid[a:b]
+        ents = batch.entries[entry_bounds[a] : entry_bounds[b]]
+        table[_expand_ranges(idx, nv)] = ents
+        has_inv = ni > 0
+        if has_inv.any():
+            s = (idx + nv)[has_inv]
+            e = s + ni[has_inv]
+            lo, hi = int(s[0]), int(e[-1])
+            marks = np.bincount(s - lo, minlength=hi - lo + 1) - np.bincount(e - lo, minlength=hi - lo + 1)
+            table[lo:hi][np.cumsum(marks[: hi - lo]) > 0] = 0
+
+
+# -- encoding ---------------------------------------------------------------
+
+
+class TableSource(Protocol):
+    """What an encoder walks over: a table and which entries to report."""
+
+    n_entries: int
+
+    def kinds(self, lo: int, hi: int, first_pass: bool) -> np.ndarray:
+        """uint8 kind of entries lo..hi-1: KIND_VALID / KIND_INVALID on the
+        first pass; on later passes KIND_CLEAN for entries not modified."""
+
+    def words(self, lo: int, hi: int) -> np.ndarray:
+        """(hi-lo, 2) '>u8': the doublewords reported for entries lo..hi-1."""
+
+
+class StaticTable:
+    """A plain table state as a :class:`TableSource`.
+
+    ``table``: (N, 2) '>u8'; an entry is valid when HPTE_V_VALID is set in
+    its first doubleword.  ``changed``: a bool mask of the entries an
+    incremental pass reports (None: none changed).  ``bolted_only``: entries
+    without HPTE_V_BOLTED count as invalid, as KVM_GET_HTAB_BOLTED_ONLY."""
+
+    def __init__(self, table: np.ndarray, changed: np.ndarray | None = None, bolted_only: bool = False):
+        if table.ndim != 2 or table.shape[1] != 2:
+            raise UsageError("a table is an (N, 2) array of doublewords")
+        self.table = table
+        self.n_entries = len(table)
+        self.changed = changed
+        self.bolted_only = bolted_only
+
+    def kinds(self, lo: int, hi: int, first_pass: bool) -> np.ndarray:
+        low_byte = self.table[lo:hi].view(np.uint8)[:, 7]  # lowest byte of big-endian v
+        valid = (low_byte & HPTE_V_VALID) != 0
+        if self.bolted_only:
+            valid &= (low_byte & HPTE_V_BOLTED) != 0
+        kinds = np.where(valid, np.uint8(KIND_VALID), np.uint8(KIND_INVALID))
+        if not first_pass:
+            if self.changed is None:
+                kinds[:] = KIND_CLEAN
+            else:
+                kinds[~self.changed[lo:hi]] = KIND_CLEAN
+        return kinds
+
+    def words(self, lo: int, hi: int) -> np.ndarray:
+        return self.table[lo:hi]
+
+    def mark_read(self, result: "ReadResult") -> None:
+        """Clear the changed marks of the entries a read reported, as the
+        kernel clears HPTE_GR_MODIFIED (the entries of its records)."""
+        if self.changed is not None and len(result.index):
+            self.changed[_expand_ranges(result.index, result.end - result.index)] = False
+
+
+def plan_records(kinds: np.ndarray, base: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The records the kernel cuts from ``kinds`` (entries base, base+1, ...)
+    with no byte budget: each a run of valid entries and the run of invalid
+    ones after it, clean entries skipped, each count capped at 0xffff.
+
+    Returns (index, n_valid, n_invalid) as int64 arrays, in table order."""
+    n = len(kinds)
+    if n == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z
+    change = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1
+    starts = np.concatenate(([0], change)).astype(np.int64)
+    lengths = np.diff(np.concatenate((starts, [n])))
+    run_kind = kinds[starts]
+    # cut every run into pieces of at most MAX_RUN entries
+    pieces = (lengths + MAX_RUN - 1) // MAX_RUN
+    p_run = np.repeat(np.arange(len(starts)), pieces)
+    p_j = np.arange(len(p_run)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    p_start = starts[p_run] + p_j * MAX_RUN
+    p_len = np.minimum(MAX_RUN, lengths[p_run] - p_j * MAX_RUN)
+    p_kind = run_kind[p_run]
+    p_first = p_j == 0
+    p_last = p_j == pieces[p_run] - 1
+    # a valid run's last piece takes the first piece of the invalid run after it
+    is_v = p_kind == KIND_VALID
+    is_i = p_kind == KIND_INVALID
+    nxt_i_first = np.zeros(len(p_run), dtype=bool)
+    nxt_i_first[:-1] = is_i[1:] & p_first[1:]
+    merge = is_v & p_last & nxt_i_first
+    absorbed = np.zeros(len(p_run), dtype=bool)
+    absorbed[1:] = merge[:-1]
+    keep = (is_v | is_i) & ~absorbed
+    nxt_len = np.zeros(len(p_run), dtype=np.int64)
+    nxt_len[:-1] = p_len[1:]
+    index = p_start[keep] + base
+    n_valid = np.where(is_v, p_len, 0)[keep]
+    n_invalid = np.where(is_v, np.where(merge, nxt_len, 0), p_len)[keep]
+    return index.astype(np.int64), n_valid.astype(np.int64), n_invalid.astype(np.int64)
+
+
+@dataclass
+class ReadResult:
+    """What one kvm_htab_read() returned and where it left the fd."""
+
+    data: bytes
+    index: np.ndarray  # the records emitted (the last may be cut by the budget)
+    n_valid: np.ndarray
+    n_invalid: np.ndarray
+    next_index: int
+    wrapped: bool  # reached the end of the table: the next read starts a new pass at 0
+    entries: np.ndarray = field(repr=False, default=None)  # (E, 2) '>u8' entries emitted
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def end(self) -> np.ndarray:
+        return self.index + self.n_valid + self.n_invalid
+
+
+def _layout(index, n_valid, n_invalid, entries, byte_order: str) -> bytes:
+    """Headers and entries interleaved into stream bytes, without a loop:
+    the stream is a sequence of 8-byte words, one per header and two per
+    entry, and entries appear in the same order as their records."""
+    r = len(index)
+    if r == 0:
+        return b""
+    hdr = np.empty(r, dtype=header_dtype(byte_order))
+    hdr["index"] = index
+    hdr["n_valid"] = n_valid
+    hdr["n_invalid"] = n_invalid
+    n_words = r + 2 * len(entries)
+    out = np.empty(n_words, dtype=np.uint64)
+    header_pos = np.arange(r, dtype=np.int64) + 2 * (np.cumsum(n_valid) - n_valid)
+    is_header = np.zeros(n_words, dtype=bool)
+    is_header[header_pos] = True
+    out[is_header] = hdr.view(np.uint64)
+    out[~is_header] = np.ascontiguousarray(entries).view(np.uint64).reshape(-1)
+    return out.tobytes()
+
+
+def encode_read(source: TableSource, start: int, first_pass: bool, count: int, byte_order: str) -> ReadResult:
+    """Exactly one ``read(2)`` of ``count`` bytes on the htab fd (kvm_htab_read).
+
+    Walks the table from ``start`` in windows, plans the records of each
+    window with :func:`plan_records`, and fits them to the budget with the
+    kernel's strict rules.  A record whose runs reach the window's end is
+    planned again in the next window (it may continue there)."""
+    check_byte_order(byte_order)
+    n = source.n_entries
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    words: list[np.ndarray] = []
+    nb = 0  # bytes of the read so far
+    i = start  # the fd's index: one past the last record emitted
+    scan = start  # where planning resumes (clean entries in between)
+    window = max(4096, min(1 << 22, count // 4))
+    wrapped = False
+    while nb + HEADER_SIZE + HPTE_SIZE < count:
+        if scan >= n:
+            # nothing more to report: the kernel skips to the end, emits
+            # nothing, and wraps
+            wrapped = True
+            break
+        lo, hi = scan, min(n, scan + window)
+        idx, nv, ni = plan_records(source.kinds(lo, hi, first_pass), lo)
+        ends = idx + nv + ni
+        if hi < n:
+            trusted = int(np.searchsorted(ends, hi, side="left"))  # records ending before hi
+            resume = int(idx[trusted]) if trusted < len(idx) else hi
+        else:
+            trusted = len(idx)
+            resume = n
+        idx, nv, ni, ends = idx[:trusted], nv[:trusted], ni[:trusted], ends[:trusted]
+        # byte offset of each record's header, and the budget rules
+        b = nb + np.concatenate(([0], np.cumsum(HEADER_SIZE + HPTE_SIZE * nv)))
+        stop = b[:-1] + HEADER_SIZE + HPTE_SIZE >= count
+        fit = (count - b[:-1] - HEADER_SIZE - HPTE_SIZE + HPTE_SIZE - 1) // HPTE_SIZE
+        cut = ~stop & (nv > fit)
+        over = stop | cut
+        if over.any():
+            k = int(np.argmax(over))
+            take = k + 1 if cut[k] else k
+            nv = nv[:take].copy()
+            ni = ni[:take].copy()
+            if cut[k]:
+                nv[k] = fit[k]
+                ni[k] = 0
+            idx = idx[:take]
+            if take:
+                i = int(idx[-1] + nv[-1] + ni[-1])
+            _collect(source, parts, words, idx, nv, ni, lo, hi)
+            nb = int(b[0] + HEADER_SIZE * take + HPTE_SIZE * nv.sum())
+            break
+        _collect(source, parts, words, idx, nv, ni, lo, hi)
+        nb = int(b[-1])
+        if trusted:
+            i = int(ends[-1])
+            if i >= n:
+                wrapped = True
+                break
+        if resume == lo:
+            window *= 2  # one record is longer than the window
+        scan = resume
+    if wrapped:
+        i = 0
+    index = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    n_valid = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    n_invalid = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    # concatenate raw words: numpy would turn big-endian arrays into native ones
+    entries = (np.concatenate(words) if words else np.zeros((0, 2), dtype=np.uint64)).view(ENTRY_DTYPE)
+    data = _layout(index, n_valid, n_invalid, entries, byte_order)
+    assert len(data) == nb, (len(data), nb)
+    return ReadResult(data, index, n_valid, n_invalid, i, wrapped, entries)
+
+
+def _collect(source, parts, words, idx, nv, ni, lo, hi) -> None:
+    if not len(idx):
+        return
+    parts.append((idx, nv, ni))
+    if nv.sum():
+        w = source.words(lo, hi)
+        words.append(np.asarray(w, dtype=ENTRY_DTYPE).view(np.uint64)[_expand_ranges(idx - lo, nv)])
+
+
+def iter_reads(source: TableSource, count: int, byte_order: str, start: int = 0, first_pass: bool = True) -> Iterator[ReadResult]:
+    """Successive reads of ``count`` bytes until one reaches the end of the
+    table (the end of the pass).  Reads that return nothing are not yielded."""
+    i = start
+    while True:
+        res = encode_read(source, i, first_pass, count, byte_order)
+        if res.data:
+            yield res
+        if res.wrapped:
+            return
+        if not res.data:
+            raise UsageError(f"a read of {count} bytes cannot hold one record: use more than 24")
+        i = res.next_index
+
+
+def encode_pass(source: TableSource, byte_order: str, start: int = 0, first_pass: bool = True) -> bytes:
+    """A whole pass in one piece, as one unbounded read returns it."""
+    return encode_read(source, start, first_pass, _UNLIMITED, byte_order).data

@@ -177,6 +177,7 @@ class RecordBatch:
     n_invalid: np.ndarray  # int64
     entries: np.ndarray  # (E, 2) '>u8': every valid-run entry, in stream order
     first_record: int = 0  # number of the first record in the stream
+    raw: bytes | None = field(default=None, repr=False)  # the records' stream bytes, when kept
 
     def __len__(self) -> int:
         return len(self.index)
@@ -323,6 +324,7 @@ def decode_batch(
         n_invalid=headers["n_invalid"].astype(np.int64),
         entries=entries,
         first_record=first_record,
+        raw=bytes(mv[:consumed]),
     )
     if n_entries is not None:
         batch.check(n_entries)
@@ -439,6 +441,34 @@ def iter_batches(chunks, byte_order: str, n_entries: int | None = None) -> Itera
     batch = dec.next_batch()
     if len(batch):
         yield batch
+
+
+def pass_starts(batch: RecordBatch, previous_end: int) -> np.ndarray:
+    """Positions in ``batch`` of records that begin a new pass.
+
+    Within a pass the kernel emits records in ascending, disjoint order and
+    every pass after the first starts again at index 0, so a record whose
+    index is below the end of the record before it begins a new pass.  (Two
+    passes whose records happen to ascend across the boundary read as one;
+    applied in order they give the same table.)"""
+    if not len(batch):
+        return np.zeros(0, dtype=np.int64)
+    before = np.concatenate(([previous_end], batch.end[:-1]))
+    return np.flatnonzero(batch.index < before)
+
+
+def split_passes(batch: RecordBatch, pass_number: int, previous_end: int) -> tuple[list[tuple[int, bytes]], int, int]:
+    """Cut a batch (with its raw bytes) where passes begin.
+
+    Returns ``[(pass number, records bytes), ...]`` and the pass number and
+    previous end to carry into the next batch."""
+    if not len(batch):
+        return [], pass_number, previous_end
+    starts = pass_starts(batch, previous_end)
+    base = int(batch.offset[0])
+    cuts = [0] + [int(batch.offset[k]) - base for k in starts] + [len(batch.raw)]
+    pieces = [(pass_number + n, batch.raw[a:b]) for n, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
+    return pieces, pass_number + len(starts), int(batch.end[-1])
 
 
 # -- the write side on a plain table ---------------------------------------

@@ -61,35 +61,38 @@ class TableStats:
         return self.entries - self.valid
 
     @classmethod
+    def empty(cls) -> "TableStats":
+        return cls(0, 0, 0, 0, 0, 0, 0, 0, {}, {}, [0] * 9)
+
+    @classmethod
     def of(cls, table: np.ndarray, chunk: int = 1 << 20) -> "TableStats":
-        """Statistics of a table, in slices of ``chunk`` entries (bounded temporaries)."""
-        n = len(table)
-        acc = dict(valid=0, bolted=0, secondary=0, referenced=0, changed=0, vrma=0, hvlock=0)
-        pages: dict[str, int] = {}
-        segs: dict[str, int] = {}
-        fill = np.zeros(9, dtype=np.int64)
-        for lo in range(0, n, chunk):
-            part = table[lo : lo + chunk]
-            ok = valid_mask(part)
-            groups = ok[: len(ok) // 8 * 8].reshape(-1, 8).sum(axis=1)
-            fill += np.bincount(groups, minlength=9)
-            v, r = native(part[ok])
-            acc["valid"] += int(ok.sum())
-            acc["bolted"] += int(np.count_nonzero(v & _U(hpte.HPTE_V_BOLTED)))
-            acc["secondary"] += int(np.count_nonzero(v & _U(hpte.HPTE_V_SECONDARY)))
-            acc["hvlock"] += int(np.count_nonzero(v & _U(hpte.HPTE_V_HVLOCK)))
-            acc["referenced"] += int(np.count_nonzero(r & _U(hpte.HPTE_R_R)))
-            acc["changed"] += int(np.count_nonzero(r & _U(hpte.HPTE_R_C)))
-            acc["vrma"] += int(np.count_nonzero(hpte.vrma_array(v)))
-            shifts = hpte.base_page_shift_array(v, r)
-            for s, c in zip(*np.unique(shifts, return_counts=True)):
-                name = hpte.PAGE_SIZE_NAMES.get(int(s), f"2^{int(s)}")
-                pages[name] = pages.get(name, 0) + int(c)
-            ss = (v >> _U(hpte.HPTE_V_SSIZE_SHIFT)).astype(np.uint8)
-            for s, c in zip(*np.unique(ss, return_counts=True)):
-                name = hpte.SEGMENT_SIZE_NAMES[int(s)]
-                segs[name] = segs.get(name, 0) + int(c)
-        return cls(entries=n, page_sizes=pages, segment_sizes=segs, pteg_fill=fill.tolist(), **acc)
+        """Statistics of a whole table, in slices of ``chunk`` entries."""
+        stats = cls.empty()
+        for lo in range(0, len(table), chunk):
+            stats.add(table[lo : lo + chunk])
+        return stats
+
+    def add(self, part: np.ndarray) -> None:
+        """Count a slice of the table (slices of a multiple of 8 entries keep
+        the PTEG histogram exact)."""
+        self.entries += len(part)
+        ok = valid_mask(part)
+        groups = ok[: len(ok) // 8 * 8].reshape(-1, 8).sum(axis=1)
+        self.pteg_fill = (np.asarray(self.pteg_fill) + np.bincount(groups, minlength=9)).tolist()
+        v, r = native(part[ok])
+        self.valid += int(ok.sum())
+        self.bolted += int(np.count_nonzero(v & _U(hpte.HPTE_V_BOLTED)))
+        self.secondary += int(np.count_nonzero(v & _U(hpte.HPTE_V_SECONDARY)))
+        self.hvlock += int(np.count_nonzero(v & _U(hpte.HPTE_V_HVLOCK)))
+        self.referenced += int(np.count_nonzero(r & _U(hpte.HPTE_R_R)))
+        self.changed += int(np.count_nonzero(r & _U(hpte.HPTE_R_C)))
+        self.vrma += int(np.count_nonzero(hpte.vrma_array(v)))
+        for s, c in zip(*np.unique(hpte.base_page_shift_array(v, r), return_counts=True)):
+            name = hpte.PAGE_SIZE_NAMES.get(int(s), f"2^{int(s)}")
+            self.page_sizes[name] = self.page_sizes.get(name, 0) + int(c)
+        for s, c in zip(*np.unique((v >> _U(hpte.HPTE_V_SSIZE_SHIFT)).astype(np.uint8), return_counts=True)):
+            name = hpte.SEGMENT_SIZE_NAMES[int(s)]
+            self.segment_sizes[name] = self.segment_sizes.get(name, 0) + int(c)
 
     def to_dict(self) -> dict:
         return {
@@ -200,54 +203,61 @@ class TableDiff:
         }
 
 
-def diff_tables(
-    a: np.ndarray,
-    b: np.ndarray,
-    *,
-    ignore_rc: bool = False,
-    ignore_software: bool = True,
-    limit: int = 10,
-    chunk: int = 1 << 20,
-) -> TableDiff:
-    """Compare two table states of the same size, in slices of ``chunk``.
+class TableDiffer:
+    """Compare two table states slice by slice (same slices of both).
 
     R/C-only changes are counted apart (``rc_only``); with ``ignore_rc``
     they do not make the tables different.  KVM's software bits
     (HPTE_V_HVLOCK, HPTE_V_ABSENT, HPTE_GR_RESERVED) are ignored unless
-    ``ignore_software`` is false."""
-    if len(a) != len(b):
-        from htabtool.errors import UsageError
+    ``ignore_software`` is false.  With ``keep_mask`` the differing entries
+    of each slice are kept (for a delta)."""
 
-        raise UsageError(f"the tables differ in size: {len(a)} and {len(b)} entries")
-    mv = _U(~IGNORE_V & 0xFFFFFFFFFFFFFFFF if ignore_software else 0xFFFFFFFFFFFFFFFF)
-    mr = _U(~IGNORE_R & 0xFFFFFFFFFFFFFFFF if ignore_software else 0xFFFFFFFFFFFFFFFF)
-    rc = _U(RC_BITS)
-    added = removed = changed = rc_only = 0
-    first: list = []
-    mask = np.zeros(len(a), dtype=bool)
-    for lo in range(0, len(a), chunk):
-        pa, pb = a[lo : lo + chunk], b[lo : lo + chunk]
+    def __init__(self, *, ignore_rc: bool = False, ignore_software: bool = True, limit: int = 10):
+        full = 0xFFFFFFFFFFFFFFFF
+        self._mv = _U(full & ~IGNORE_V if ignore_software else full)
+        self._mr = _U(full & ~IGNORE_R if ignore_software else full)
+        self.result = TableDiff(0, 0, 0, 0, 0, ignore_rc, [])
+        self.limit = limit
+
+    def add(self, lo: int, pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+        """Compare entries lo.. of both tables; returns the mask of entries
+        that differ (R/C-only ones included unless ignore_rc)."""
+        res = self.result
         va, vb = valid_mask(pa), valid_mask(pb)
         av, ar = native(pa)
         bv, br = native(pb)
         both = va & vb
-        dv = ((av ^ bv) & mv) != 0
-        dr = (ar ^ br) & mr
-        real = both & (dv | ((dr & ~rc) != 0))
+        dv = ((av ^ bv) & self._mv) != 0
+        dr = (ar ^ br) & self._mr
+        real = both & (dv | ((dr & ~_U(RC_BITS)) != 0))
         rc_diff = both & ~real & (dr != 0)
         add = vb & ~va
         rem = va & ~vb
-        added += int(add.sum())
-        removed += int(rem.sum())
-        changed += int(real.sum())
-        rc_only += int(rc_diff.sum())
-        part = add | rem | real | (rc_diff if not ignore_rc else False)
-        mask[lo : lo + len(pa)] = part
-        if len(first) < limit and part.any():
-            for i in np.flatnonzero(part)[: limit - len(first)]:
+        res.entries += len(pa)
+        res.added += int(add.sum())
+        res.removed += int(rem.sum())
+        res.changed += int(real.sum())
+        res.rc_only += int(rc_diff.sum())
+        part = add | rem | real
+        if not res.ignore_rc:
+            part |= rc_diff
+        if len(res.first) < self.limit and part.any():
+            for i in np.flatnonzero(part)[: self.limit - len(res.first)]:
                 kind = "added" if add[i] else "removed" if rem[i] else "changed" if real[i] else "rc"
-                first.append((lo + int(i), kind))
-    return TableDiff(len(a), added, removed, changed, rc_only, ignore_rc, first, mask)
+                res.first.append((lo + int(i), kind))
+        return part
+
+
+def diff_tables(a: np.ndarray, b: np.ndarray, *, ignore_rc: bool = False, ignore_software: bool = True, limit: int = 10, chunk: int = 1 << 20) -> TableDiff:
+    """Compare two whole table states of the same size."""
+    if len(a) != len(b):
+        from htabtool.errors import UsageError
+
+        raise UsageError(f"the tables differ in size: {len(a)} and {len(b)} entries")
+    differ = TableDiffer(ignore_rc=ignore_rc, ignore_software=ignore_software, limit=limit)
+    masks = [differ.add(lo, a[lo : lo + chunk], b[lo : lo + chunk]) for lo in range(0, len(a), chunk)]
+    differ.result.mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+    return differ.result
 
 
 def field_changes(va: int, ra: int, vb: int, rb: int) -> dict:
@@ -255,3 +265,112 @@ def field_changes(va: int, ra: int, vb: int, rb: int) -> dict:
     fa = hpte.HPTE(va, ra).fields()
     fb = hpte.HPTE(vb, rb).fields()
     return {k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k] and k not in ("v", "r")}
+
+
+# -- the final state of a stream of passes, in windows ------------------------
+
+DEFAULT_WINDOW = 1 << 20  # entries per window: 16 MiB of table
+
+
+class Overrides:
+    """What the passes after the first write, last writer winning.
+
+    Later passes are incremental (the entries changed since they were last
+    read), so they are small beside the first pass: they are held here,
+    entry by entry, and laid over the first pass as it streams past."""
+
+    def __init__(self):
+        self._index: list[np.ndarray] = []
+        self._words: list[np.ndarray] = []
+        self.index = np.zeros(0, dtype=np.int64)
+        self.words = np.zeros((0, 2), dtype=">u8")
+
+    def add(self, batch: RecordBatch) -> None:
+        if not len(batch):
+            return
+        self._index.append(batch.entry_index())
+        self._words.append(batch.entries.view(np.uint64).reshape(-1, 2))
+        inv = _expand_invalid(batch)
+        self._index.append(inv)
+        self._words.append(np.zeros((len(inv), 2), dtype=np.uint64))
+
+    def finish(self) -> "Overrides":
+        """Keep the last write of each entry, sorted by index."""
+        if self._index:
+            idx = np.concatenate(self._index)
+            words = np.concatenate(self._words)
+            # the last occurrence of each index wins: unique over the reversed order
+            rev_unique, first_in_rev = np.unique(idx[::-1], return_index=True)
+            self.index = rev_unique
+            self.words = words[::-1][first_in_rev].view(">u8")
+        self._index, self._words = [], []
+        return self
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def lay_over(self, lo: int, window: np.ndarray) -> None:
+        a, b = np.searchsorted(self.index, [lo, lo + len(window)])
+        if b > a:
+            window[self.index[a:b] - lo] = self.words[a:b]
+
+
+def _expand_invalid(batch: RecordBatch) -> np.ndarray:
+    from htabtool.records import _expand_ranges
+
+    return _expand_ranges(batch.index + batch.n_valid, batch.n_invalid)
+
+
+def final_windows(first_pass, overrides: Overrides, n_entries: int, window: int = DEFAULT_WINDOW):
+    """The final table state, as ``(lo, table slice)`` windows covering
+    0..n_entries in order.
+
+    ``first_pass``: the first pass's record batches in stream order; they
+    must ascend (each record at or after the end of the one before), as a
+    kernel's pass does; ``overrides``: the later passes (:class:`Overrides`,
+    finished).  Memory: one window plus the overrides, whatever the table's
+    size."""
+    from htabtool.errors import StreamError
+    from htabtool.records import new_table
+
+    window = max(8, min(window, n_entries))
+    lo = 0
+    buf = new_table(min(window, n_entries))
+    previous_end = 0
+    for batch in first_pass:
+        if not len(batch):
+            continue
+        before = np.concatenate(([previous_end], batch.end[:-1]))
+        back = batch.index < before
+        if back.any():
+            k = int(np.argmax(back))
+            raise StreamError(
+                f"record {batch.first_record + k} at offset {int(batch.offset[k]):#x}: index "
+                f"{int(batch.index[k])} goes back within the first pass (below {int(before[k])})",
+                offset=int(batch.offset[k]),
+                record=batch.first_record + k,
+            )
+        previous_end = int(batch.end[-1])
+        ei = batch.entry_index()
+        ents = batch.entries
+        k = 0
+        while True:
+            hi = lo + len(buf)
+            j = int(np.searchsorted(ei, hi, side="left"))
+            if j > k:
+                buf[ei[k:j] - lo] = ents[k:j]
+            k = j
+            if previous_end < hi:
+                break
+            overrides.lay_over(lo, buf)
+            yield lo, buf
+            lo = hi
+            if lo >= n_entries:
+                break
+            buf = new_table(min(window, n_entries - lo))
+    while lo < n_entries:
+        overrides.lay_over(lo, buf)
+        yield lo, buf
+        lo += len(buf)
+        if lo < n_entries:
+            buf = new_table(min(window, n_entries - lo))

@@ -350,3 +350,14 @@ def test_later_records_override_earlier_ones_in_stream_order():
     batch, _ = decode_batch(stream, "little")
     apply_batch(state, batch)
     assert int(state[0, 0]) == V + 0x80 and not state[1].any()
+
+
+def test_split_passes_where_indexes_go_back():
+    from htabtool.records import split_passes
+
+    stream = _stream((0, 1, 3, [(V, R)]), (8, 1, 0, [(V, R)]), (2, 1, 0, [(V, R)]), (1, 0, 1, []), (4, 1, 0, [(V, R)]))
+    batch, _ = decode_batch(stream, "little")
+    pieces, p, end = split_passes(batch, 1, 0)
+    assert [(n, len(b)) for n, b in pieces] == [(1, 48), (2, 24), (3, 32)]
+    assert b"".join(b for _, b in pieces) == stream
+    assert (p, end) == (3, 5)

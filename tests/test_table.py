@@ -1,6 +1,7 @@
 """Table statistics and comparison."""
 
 import numpy as np
+import pytest
 
 from htabtool import hpte
 from htabtool.records import StaticTable, decode_batch, encode_pass, new_table
@@ -70,3 +71,51 @@ def test_identical_and_rc_only_with_ignore():
 def test_field_changes():
     ch = field_changes(V64K, R64K, V64K | hpte.HPTE_V_SECONDARY, R64K | hpte.HPTE_R_C)
     assert ch == {"secondary": (False, True), "changed": (False, True)}
+
+
+def _batches(stream, size=64):
+    from htabtool.records import iter_batches
+
+    return list(iter_batches([stream[i : i + size] for i in range(0, len(stream), size)], "little"))
+
+
+def test_final_windows_equal_applying_every_pass():
+    from htabtool.records import apply_batch, encode_pass
+    from htabtool.table import Overrides, final_windows
+
+    rng = np.random.default_rng(3)
+    n = 4096
+    a = new_table(n)
+    live = rng.random(n) < 0.4
+    a[live, 0] = (np.flatnonzero(live).astype(np.uint64) << np.uint64(7)) | np.uint64(1)
+    a[live, 1] = 0x1000
+    b = a.copy()
+    changed = rng.random(n) < 0.05
+    b[changed] = 0
+    grow = changed & (rng.random(n) < 0.5)
+    b[grow, 0] = np.uint64(0x81)
+    b[grow, 1] = 0x2000
+    first = encode_pass(StaticTable(a), "little", start=100)
+    later = encode_pass(StaticTable(b, changed=changed), "little", first_pass=False)
+    want = new_table(n)
+    for batch in _batches(first + later):
+        apply_batch(want, batch)
+    ov = Overrides()
+    for batch in _batches(later):
+        ov.add(batch)
+    ov.finish()
+    for window in (8, 1000, 4096, 1 << 20):
+        got = np.concatenate([w.copy() for _, w in final_windows(iter(_batches(first)), ov, n, window)])
+        assert np.array_equal(got, want), window
+    alone = np.concatenate([w.copy() for _, w in final_windows(iter(_batches(first)), Overrides().finish(), n, 1000)])
+    assert not alone[:100].any() and np.array_equal(alone[100:], a[100:])  # the first pass started at 100
+
+
+def test_final_windows_refuse_a_first_pass_that_goes_back():
+    from htabtool.errors import StreamError
+    from htabtool.table import Overrides, final_windows
+    import struct
+
+    stream = struct.pack("<IHH", 4, 0, 2) + struct.pack("<IHH", 2, 0, 1)
+    with pytest.raises(StreamError, match="record 1 at offset 0x8: index 2 goes back"):
+        list(final_windows(iter(_batches(stream)), Overrides().finish(), 16))

@@ -1,0 +1,147 @@
+"""Sources and sinks: where record streams come from and where they go.
+
+Strategy: the codec and the container never touch a file; this module is
+the edge.  A *source* yields ``(pass_number, records)`` pieces: whole
+kernel records, in the header byte order it states, as read(2) of an htab
+fd returned them, numbered by pass (1 = the first pass).  A *sink* takes
+the same pieces.  Paths are opened here and nowhere else below the CLI;
+``-`` means standard input or output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as stat_module
+import sys
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+from htabtool.atomic import atomic_write
+from htabtool.errors import HtabError, UsageError
+from htabtool.records import HEADER_SIZE, HPTE_SIZE, RecordDecoder, check_byte_order, split_passes
+
+DEFAULT_READ_SIZE = 1 << 20
+
+
+@dataclass
+class StreamInfo:
+    """What a source knows about its stream, for the snapshot header."""
+
+    byte_order: str
+    order: int
+    bolted_only: bool = False
+    start_index: int = 0
+    source: dict = field(default_factory=dict)
+
+    @property
+    def entries(self) -> int:
+        return 1 << (self.order - 4)
+
+
+def order_for(order: int | None, entries: int | None) -> int:
+    """The table order (log2 of its bytes) from --order or --entries."""
+    if (order is None) == (entries is None):
+        raise UsageError("give the table size as exactly one of --order N or --entries N")
+    if entries is not None:
+        if entries < 8 or entries & (entries - 1):
+            raise UsageError(f"--entries must be a power of two of at least 8, not {entries}")
+        order = entries.bit_length() - 1 + 4
+    if not 7 <= order <= 46:
+        raise UsageError(f"--order must be between 7 and 46 (the kernel allows 18 to 46), not {order}")
+    return order
+
+
+# -- files at the edge ---------------------------------------------------------
+
+
+def open_input(path: str) -> BinaryIO:
+    """A binary file to read: ``-`` is standard input.  A directory is
+    refused with a clear message; a FIFO or a pipe is fine."""
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise HtabError(f"{path}: no such file") from None
+    if stat_module.S_ISDIR(st.st_mode):
+        raise HtabError(f"{path}: is a directory, not a file")
+    return open(path, "rb")
+
+
+@contextlib.contextmanager
+def open_output(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """A binary file to write: atomically replaced for a path (temp file in
+    the same directory, fsync, rename), standard output for ``-``."""
+    if path == "-":
+        out = sys.stdout.buffer
+        yield out
+        out.flush()
+        return
+    if os.path.isdir(path):
+        raise HtabError(f"{path}: is a directory")
+    with atomic_write(path, mode) as f:
+        yield f
+
+
+def read_blocks(f: BinaryIO, read_size: int = DEFAULT_READ_SIZE) -> Iterator[bytes]:
+    while True:
+        block = f.read(read_size)
+        if not block:
+            return
+        yield block
+
+
+# -- sources -------------------------------------------------------------------
+
+
+class RawStreamSource:
+    """A kernel record stream someone captured from an htab fd (a file or a
+    pipe): records in ``byte_order``, for a table of ``2**(order-4)`` entries.
+
+    Passes are recovered from the indexes: a record below the end of the one
+    before it begins a new pass (:func:`htabtool.records.pass_starts`).  The
+    records are checked against the table as the kernel's write side would;
+    a stream that ends inside a record is a TruncatedStream naming where."""
+
+    def __init__(self, f: BinaryIO, *, byte_order: str, order: int, name: str = "-", read_size: int = DEFAULT_READ_SIZE):
+        check_byte_order(byte_order)
+        self.f = f
+        self.read_size = read_size
+        self.info = StreamInfo(byte_order, order, source={"kind": "raw", "name": name})
+
+    def pieces(self) -> Iterator[tuple[int, bytes]]:
+        dec = RecordDecoder(self.info.byte_order, n_entries=self.info.entries)
+        pass_number, previous_end = 1, 0
+        for block in read_blocks(self.f, self.read_size):
+            dec.receive_data(block)
+            pieces, pass_number, previous_end = split_passes(dec.next_batch(), pass_number, previous_end)
+            yield from pieces
+        dec.close()
+
+
+def convert_byte_order(data: bytes, from_order: str, to_order: str) -> bytes:
+    """Whole records with their headers turned to another byte order (the
+    entries stay big-endian, as on every host)."""
+    if from_order == to_order:
+        return data
+    from htabtool.records import decode_batch
+
+    batch, used = decode_batch(data, from_order)
+    if used != len(data):
+        raise UsageError("convert_byte_order takes whole records")
+    return batch.to_bytes(to_order)
+
+
+__all__ = [
+    "DEFAULT_READ_SIZE",
+    "StreamInfo",
+    "RawStreamSource",
+    "convert_byte_order",
+    "open_input",
+    "open_output",
+    "order_for",
+    "read_blocks",
+    "HEADER_SIZE",
+    "HPTE_SIZE",
+]

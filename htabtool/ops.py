@@ -125,6 +125,7 @@ class Diff:
     summary: TableDiff
     first: list[EntryChange] = field(default_factory=list)
     delta_records: int = 0
+    delta_path: str | None = None
 
     @property
     def different(self) -> bool:
@@ -133,6 +134,7 @@ class Diff:
     def to_dict(self) -> dict:
         d = self.summary.to_dict()
         d["first_differences"] = [c.to_dict() for c in self.first]
+        d["delta"] = {"path": self.delta_path, "records": self.delta_records} if self.delta_path else None
         return d
 
 
@@ -163,13 +165,33 @@ def diff(
         for index, kind in differ.result.first[seen:]:
             j = index - lo
             (va, ra), (vb, rb) = (tuple(int(x) for x in pa[j]), tuple(int(x) for x in pb[j]))
-            first.append(EntryChange(index, kind, (va, ra), (vb, rb), field_changes(va, ra, vb, rb)))
+            fields = field_changes(va, ra, vb, rb) if kind in ("changed", "rc") else {}
+            first.append(EntryChange(index, kind, (va, ra), (vb, rb), fields))
         if delta is not None and mask.any():
             src = _WindowSource(pb, mask, lo, b.entries)
             for res in iter_reads(src, delta_read_size, b.byte_order, start=lo, first_pass=False):
                 delta_records += len(res.index)
                 delta(1, res.data)
     return Diff(differ.result, first, delta_records)
+
+
+def diff_with_delta(a, b, delta_path: str, *, level: int | None = None, **kw) -> Diff:
+    """diff, and a snapshot at ``delta_path`` (``-``: standard output) of the
+    records that turn A's table into B's: loading A then the delta gives B."""
+    from htabtool import container
+    from htabtool.sources import open_output
+
+    header = container.SnapshotHeader(
+        byte_order=b.byte_order,
+        order=b.header.order,
+        source={"kind": "delta", "from": getattr(a, "name", None), "to": getattr(b, "name", None)},
+    )
+    opts = {} if level is None else {"level": level}
+    with open_output(delta_path) as out:
+        with container.SnapshotWriter(out, header, **opts) as writer:
+            result = diff(a, b, delta=lambda number, data: writer.write_records(data, number), **kw)
+    result.delta_path = delta_path
+    return result
 
 
 class _WindowSource:
@@ -206,41 +228,98 @@ class Problem:
 def verify_records(snap: SnapshotInput) -> list[Problem]:
     """The meaning of a snapshot's records: every record inside the table,
     valid bits on valid runs, each pass ascending; every problem listed."""
-    problems: list[Problem] = []
-    decoders: dict[int, RecordDecoder] = {}
-    ends: dict[int, int] = {}
-    offsets: dict[int, int] = {}
+    checker = RecordChecker(snap.byte_order, snap.entries)
     for number, data in snap.pieces():
-        dec = decoders.setdefault(number, RecordDecoder(snap.byte_order))
+        checker.add(number, data)
+    return checker.finish()
+
+
+class RecordChecker:
+    """verify's record checks, fed chunk by chunk."""
+
+    def __init__(self, byte_order: str, entries: int, limit: int = 100):
+        self.byte_order = byte_order
+        self.entries = entries
+        self.limit = limit
+        self.problems: list[Problem] = []
+        self.records = 0
+        self._decoders: dict[int, RecordDecoder] = {}
+        self._ends: dict[int, int] = {}
+
+    def _note(self, where: str, what: str) -> None:
+        if len(self.problems) < self.limit:
+            self.problems.append(Problem(where, what))
+
+    def add(self, number: int, data: bytes) -> None:
+        dec = self._decoders.setdefault(number, RecordDecoder(self.byte_order))
         dec.receive_data(data)
         try:
             batch = dec.next_batch()
         except StreamError as exc:
-            problems.append(Problem(f"pass {number}", str(exc)))
-            continue
+            self._note(f"pass {number}", str(exc))
+            return
         if not len(batch):
-            continue
+            return
+        self.records += len(batch)
         try:
-            batch.check(snap.entries)
+            batch.check(self.entries)
         except StreamError as exc:
-            problems.append(Problem(f"pass {number}", str(exc)))
-        before = np.concatenate(([ends.get(number, 0)], batch.end[:-1]))
-        back = np.flatnonzero(batch.index < before)
-        for k in back[:10]:
-            problems.append(
-                Problem(
-                    f"pass {number}",
-                    f"record {batch.first_record + int(k)} at offset {int(batch.offset[k]):#x}: index "
-                    f"{int(batch.index[k])} is below the end {int(before[k])} of the record before it",
-                )
+            self._note(f"pass {number}", str(exc))
+        before = np.concatenate(([self._ends.get(number, 0)], batch.end[:-1]))
+        for k in np.flatnonzero(batch.index < before)[:10]:
+            self._note(
+                f"pass {number}",
+                f"record {batch.first_record + int(k)} at offset {int(batch.offset[k]):#x}: index "
+                f"{int(batch.index[k])} is below the end {int(before[k])} of the record before it",
             )
-        ends[number] = int(batch.end[-1])
-    for number, dec in decoders.items():
-        try:
-            dec.close()
-        except StreamError as exc:
-            problems.append(Problem(f"pass {number}", str(exc)))
-    return problems
+        self._ends[number] = int(batch.end[-1])
+
+    def finish(self) -> list[Problem]:
+        for number, dec in self._decoders.items():
+            try:
+                dec.close()
+            except StreamError as exc:
+                self._note(f"pass {number}", str(exc))
+        return self.problems
+
+
+@dataclass
+class Verification:
+    problems: list[Problem]
+    chunks: int = 0
+    records: int = 0
+
+    @property
+    def sound(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": "htabtool-verify/1",
+            "sound": self.sound,
+            "chunks": self.chunks,
+            "records": self.records,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def verify(snap) -> Verification:
+    """Integrity and meaning of a snapshot file in one streaming read: the
+    container's checks (checksums, sizes, numbering, trailer; the first fault
+    stops the read) and the records' (inside the table, valid bits, each pass
+    ascending; all listed)."""
+    from htabtool.errors import ContainerError
+
+    checker = RecordChecker(snap.byte_order, snap.entries)
+    chunks = 0
+    try:
+        for chunk in snap.reader(check_records=True).chunks():
+            chunks += 1
+            checker.add(chunk.pass_number, chunk.data)
+    except ContainerError as exc:
+        checker._note("container", str(exc))
+    problems = checker.finish()
+    return Verification(problems, chunks, checker.records)
 
 
 # -- writing records out -------------------------------------------------------------
@@ -262,67 +341,130 @@ def records_out(snap: SnapshotInput, write: Callable[[bytes], object], byte_orde
 
 @dataclass
 class DumpSummary:
+    output: str | None = None
     passes: int = 0
+    chunks: int = 0
     records: int = 0
     valid: int = 0
     invalid: int = 0
     raw_bytes: int = 0
     file_bytes: int = 0
     seconds: float = 0.0
-    per_pass: dict = field(default_factory=dict)  # pass -> {"records", "valid", "invalid", "bytes"}
+    per_pass: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
+            "schema": "htabtool-dump/1",
+            "output": self.output,
             "passes": self.passes,
+            "chunks": self.chunks,
             "records": self.records,
             "valid": self.valid,
             "invalid": self.invalid,
             "raw_bytes": self.raw_bytes,
             "file_bytes": self.file_bytes,
             "seconds": round(self.seconds, 4),
-            "per_pass": [dict(pass_=k, **v) for k, v in sorted(self.per_pass.items())],
+            "per_pass": self.per_pass,
         }
 
 
-def count_pieces(pieces: Iterable[tuple[int, bytes]], byte_order: str, summary: DumpSummary) -> Iterator[tuple[int, bytes]]:
-    """Pass pieces through, counting records and entries into ``summary``
-    (the headers are decoded; the entries are not touched)."""
-    from htabtool.records import decode_batch
+def dump(source, out, *, level: int | None = None, threads: int | None = None, chunk_size: int | None = None,
+         progress: Callable[[int], None] | None = None, output: str | None = None) -> DumpSummary:
+    """Write what ``source`` yields into a snapshot on the binary file ``out``.
 
+    ``source``: ``.info`` (a sources.StreamInfo) and ``.pieces()`` yielding
+    (pass number, whole records).  ``progress`` is called with the bytes of
+    records of each piece.  The summary comes from the trailer written."""
+    from htabtool import container
+
+    info = source.info
+    header = container.SnapshotHeader(
+        byte_order=info.byte_order,
+        order=info.order,
+        bolted_only=info.bolted_only,
+        start_index=info.start_index,
+        source=info.source,
+    )
+    kw = {}
+    if level is not None:
+        kw["level"] = level
+    if threads is not None:
+        kw["threads"] = threads
+    if chunk_size is not None:
+        kw["chunk_size"] = chunk_size
     t0 = time.perf_counter()
-    for number, data in pieces:
-        batch, used = decode_batch(data, byte_order)
-        if used != len(data):
-            raise StreamError(f"a source gave {len(data) - used} bytes that are not whole records")
-        p = summary.per_pass.setdefault(number, {"records": 0, "valid": 0, "invalid": 0, "bytes": 0})
-        nv, ni = int(batch.n_valid.sum()), int(batch.n_invalid.sum())
-        p["records"] += len(batch)
-        p["valid"] += nv
-        p["invalid"] += ni
-        p["bytes"] += len(data)
-        summary.records += len(batch)
-        summary.valid += nv
-        summary.invalid += ni
-        summary.raw_bytes += len(data)
-        summary.passes = max(summary.passes, number)
-        yield number, data
-    summary.seconds += time.perf_counter() - t0
+    with container.SnapshotWriter(out, header, **kw) as writer:
+        for number, data in source.pieces():
+            writer.write_records(data, number)
+            if progress is not None:
+                progress(len(data))
+    trailer = writer.trailer
+    return DumpSummary(
+        output=output,
+        passes=len(trailer.passes),
+        chunks=len(trailer.chunks),
+        records=trailer.records,
+        valid=trailer.valid,
+        invalid=trailer.invalid,
+        raw_bytes=trailer.raw_size,
+        file_bytes=trailer.file_size,
+        seconds=time.perf_counter() - t0,
+        per_pass=[p.to_dict() for p in trailer.passes],
+    )
 
 
-__all__ = [
-    "SnapshotInput",
-    "Stat",
-    "Diff",
-    "EntryChange",
-    "Problem",
-    "DumpSummary",
-    "batches",
-    "final_state",
-    "stat",
-    "diff",
-    "verify_records",
-    "records_out",
-    "count_pieces",
-    "HtabError",
-    "native",
-]
+# -- whole reports, for the commands ------------------------------------------------
+
+
+def stat_report(snap, window: int = DEFAULT_WINDOW) -> dict:
+    """Everything ``htabtool stat`` shows, as one flat dict (the --json schema
+    htabtool-stat/1, documented in htabtool-stat(1))."""
+    header = snap.header
+    trailer = snap.trailer()
+    s = stat(snap, window)
+    table = s.table.to_dict()
+    recs = s.records.to_dict()
+    per_pass = []
+    for p in trailer.passes:
+        chunks = [c for c in trailer.chunks if c.pass_number == p.pass_number]
+        per_pass.append(
+            {
+                "pass": p.pass_number,
+                "chunks": p.chunks,
+                "records": p.records,
+                "valid": p.valid,
+                "invalid": p.invalid,
+                "raw_bytes": p.raw_size,
+                "compressed_bytes": sum(c.compressed_size for c in chunks),
+            }
+        )
+    compressed = trailer.compressed_size
+    return {
+        "schema": "htabtool-stat/1",
+        "file": getattr(snap, "name", None),
+        "format_version": header.format_version,
+        "byte_order": header.byte_order,
+        "order": header.order,
+        "entries": header.entries,
+        "bolted_only": header.bolted_only,
+        "start_index": header.start_index,
+        "source": header.source,
+        "created": header.created,
+        "tool_version": header.tool_version,
+        **{k: table[k] for k in ("valid", "invalid", "bolted", "secondary", "referenced", "changed", "vrma", "hvlock")},
+        "page_sizes": table["page_sizes"],
+        "segment_sizes": table["segment_sizes"],
+        "pteg_fill": table["pteg_fill"],
+        "records": recs["records"],
+        "mean_n_valid": recs["mean_n_valid"],
+        "mean_n_invalid": recs["mean_n_invalid"],
+        "n_valid_distribution": recs["n_valid_distribution"],
+        "n_invalid_distribution": recs["n_invalid_distribution"],
+        "passes": len(trailer.passes),
+        "per_pass": per_pass,
+        "chunks": len(trailer.chunks),
+        "raw_bytes": trailer.raw_size,
+        "compressed_bytes": compressed,
+        "file_bytes": trailer.file_size,
+        "ratio": round(trailer.raw_size / trailer.file_size, 3) if trailer.file_size else None,
+    }

@@ -145,3 +145,96 @@ __all__ = [
     "HEADER_SIZE",
     "HPTE_SIZE",
 ]
+
+
+# -- snapshot files ---------------------------------------------------------------
+
+
+class SnapshotFile:
+    """A snapshot opened for reading: its header, its trailer, and its chunks
+    streamable as often as needed (:class:`htabtool.ops.SnapshotInput`).
+
+    A pipe (``-``) is spooled to an unnamed temporary file first, so that it
+    too can be read twice (the passes after the first, then the first) and
+    checked whole before anything is written from it.  Passes are numbered
+    from 1, the first pass."""
+
+    def __init__(self, path: str, *, threads: int | None = None):
+        from htabtool import container
+
+        self.path = path
+        self.name = "<stdin>" if path == "-" else path
+        self._threads = container.DEFAULT_THREADS if threads is None else threads
+        f = open_input(path)
+        if path == "-" or not _seekable(f):
+            f = _spool(f)
+        self._f = f
+        self.header = container.SnapshotReader(f, threads=0).header
+        self._trailer = None
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "SnapshotFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def byte_order(self) -> str:
+        return self.header.byte_order
+
+    @property
+    def entries(self) -> int:
+        return self.header.entries
+
+    @property
+    def file_size(self) -> int:
+        return os.fstat(self._f.fileno()).st_size
+
+    def reader(self, **kw):
+        from htabtool import container
+
+        self._f.seek(0)
+        return container.SnapshotReader(self._f, threads=kw.pop("threads", self._threads), **kw)
+
+    def trailer(self):
+        """The trailer, read from the end of the file (the chunks unread)."""
+        if self._trailer is None:
+            self._trailer = self.reader(threads=0).read_trailer()
+        return self._trailer
+
+    def pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
+        if passes is not None:
+            wanted = [c.number for c in self.trailer().chunks if passes(c.pass_number)]
+            if len(wanted) < len(self.trailer().chunks):
+                reader = self.reader(threads=0)
+                for number in wanted:
+                    chunk = reader.read_chunk(number)
+                    yield chunk.pass_number, chunk.data
+                return
+        for chunk in self.reader().chunks():
+            yield chunk.pass_number, chunk.data
+
+
+def open_snapshot(path: str) -> SnapshotFile:
+    return SnapshotFile(path)
+
+
+def _seekable(f) -> bool:
+    try:
+        return f.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _spool(f: BinaryIO, block: int = 1 << 20):
+    import tempfile
+
+    spool = tempfile.TemporaryFile(prefix="htabtool-")
+    for data in read_blocks(f, block):
+        spool.write(data)
+    spool.flush()
+    spool.seek(0)
+    return spool

@@ -36,7 +36,40 @@ EXIT_TROUBLE = 2
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported only when used."""
+    """A group whose subcommands are imported only when used, and which
+    turns every error into one line and exit status 2."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(args=argv, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            _fail("interrupted", argv)
+        except click.exceptions.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()
+            else:
+                hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+                click.echo(f"htabtool: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(EXIT_TROUBLE)
+        except click.ClickException as exc:
+            click.echo(f"htabtool: error: {exc.format_message()}", err=True)
+            sys.exit(EXIT_TROUBLE)
+        except BrokenPipeError:
+            # the reader of our output went away (| head): stop quietly
+            _quiet_stdout()
+            sys.exit(EXIT_TROUBLE)
+        except KeyboardInterrupt:
+            _fail("interrupted", argv)
+        except Exception as exc:
+            from htabtool.errors import HtabError
+
+            if not isinstance(exc, (HtabError, OSError, MemoryError)):
+                raise
+            _fail(_describe(exc), argv)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
     def list_commands(self, ctx):
         return [name for name, (mod, _, _) in COMMANDS.items() if _module_exists(mod)]
@@ -54,6 +87,23 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def _fail(message: str, argv) -> None:
+    if "--debug" in argv:
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"htabtool: error: {message}", err=True)
+    sys.exit(EXIT_TROUBLE)
+
+
+def _quiet_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _module_exists(module: str) -> bool:
@@ -90,31 +140,8 @@ def cli(ctx, debug):
 
 
 def main(argv=None) -> None:
-    """The console script: run the group, mapping errors to one line and exit 2."""
-    from htabtool.errors import HtabError
-
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    try:
-        rv = cli.main(args=argv, prog_name="htabtool", standalone_mode=False)
-    except click.exceptions.Abort:
-        _die("interrupted", debug)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        # usage errors: click's own message, exit 2
-        exc.show()
-        sys.exit(EXIT_TROUBLE)
-    except BrokenPipeError:
-        # a reader of our stdout went away (| head): not an error of ours
-        try:
-            sys.stdout = None
-        finally:
-            os._exit(EXIT_TROUBLE if False else 0)
-    except (HtabError, OSError, MemoryError) as exc:
-        _die(_describe(exc), debug)
-    except KeyboardInterrupt:
-        _die("interrupted", debug)
-    sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+    """The console script."""
+    cli.main(args=argv, prog_name="htabtool")
 
 
 def _describe(exc: BaseException) -> str:
@@ -122,12 +149,3 @@ def _describe(exc: BaseException) -> str:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return str(exc) or type(exc).__name__
-
-
-def _die(message: str, debug: bool) -> None:
-    if debug:
-        import traceback
-
-        traceback.print_exc()
-    click.echo(f"htabtool: error: {message}", err=True)
-    sys.exit(EXIT_TROUBLE)

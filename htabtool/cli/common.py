@@ -1,0 +1,107 @@
+"""What the commands share: options that mean one thing everywhere, output
+for people (rich, only on a terminal) and for scripts (--json), progress."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+
+import click
+
+BYTE_ORDER = click.Choice(["little", "big"])
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema in the man page).")(f)
+
+
+def buffer_size_option(default: int = 65536, help_text: str = "The read(2)/write(2) size on the htab fd, in bytes."):
+    return click.option(
+        "--buffer-size",
+        type=click.IntRange(25, 1 << 30),
+        default=default,
+        show_default=True,
+        metavar="BYTES",
+        help=help_text,
+    )
+
+
+def plain(stream=None) -> bool:
+    """Plain text: NO_COLOR set, TERM=dumb, or the stream is not a terminal."""
+    stream = stream or sys.stdout
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return True
+    try:
+        return not stream.isatty()
+    except (AttributeError, ValueError):
+        return True
+
+
+def emit_json(obj, err: bool = False) -> None:
+    click.echo(json.dumps(obj, indent=2), err=err)
+
+
+def console(stderr: bool = False):
+    """A rich Console for a terminal (imported only when one is used)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+@contextlib.contextmanager
+def progress(total: int | None, label: str):
+    """A progress bar on stderr when stderr is a terminal (and NO_COLOR is
+    unset); otherwise nothing.  Yields ``advance(n)``."""
+    if plain(sys.stderr) or not total:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
+        console=console(stderr=True), transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def table_lines(rows: list[tuple[str, object]]) -> str:
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def show(rows: list[tuple[str, object]], title: str | None = None) -> None:
+    """Key/value rows: a rich table on a terminal, aligned text otherwise."""
+    if plain():
+        if title:
+            click.echo(title)
+        click.echo(table_lines(rows))
+        return
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rows:
+        t.add_row(k, str(v))
+    console().print(t)
+
+
+def level_option(f):
+    return click.option(
+        "--level",
+        type=click.IntRange(-7, 22),
+        default=None,
+        metavar="N",
+        help="zstd compression level (default 1: fast; 3-19 smaller, slower).",
+    )(f)

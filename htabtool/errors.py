@@ -58,3 +58,7 @@ class VMImageError(HtabError):
 
 class QemuStreamError(HtabError):
     """A QEMU migration stream that cannot be walked."""
+
+    def __init__(self, message: str, *, offset: int | None = None):
+        super().__init__(message)
+        self.offset = offset

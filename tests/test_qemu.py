@@ -1,0 +1,677 @@
+"""The QEMU migration stream walker, the htab source, the section writer and
+the splice: on fixtures derived from real captures and on synthetic streams
+built field by field here (every refusal path with its message)."""
+
+import io
+import pathlib
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from htabtool import qemu
+from htabtool.errors import QemuStreamError, RecordError, TruncatedStream, UsageError
+from htabtool.qemu import END_OF_STREAM, NEED_DATA, MigrationWalker, QemuSource, splice, write_section
+from htabtool.records import StaticTable, apply_batch, decode_batch, encode_pass, new_table
+from htabtool.table import diff_tables
+
+FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "qemu"
+TWO_PARTS = FIXTURES / "pseries-4g-two-parts.mig"
+ONE_PART = FIXTURES / "pseries-4g-one-part.mig"
+ONE_PART_SECTION = FIXTURES / "pseries-4g-one-part.htab-section"
+
+# -- a synthetic stream, field by field ----------------------------------------
+
+
+def be16(x):
+    return struct.pack(">H", x)
+
+
+def be32(x):
+    return struct.pack(">I", x & 0xFFFFFFFF)
+
+
+def be64(x):
+    return struct.pack(">Q", x)
+
+
+def idstr(name: bytes) -> bytes:
+    return bytes([len(name)]) + name
+
+
+def file_header(magic=0x5145564D, version=3):
+    return be32(magic) + be32(version)
+
+
+def configuration(machine=b"pseries-7.2", subsections=b""):
+    return b"\x07" + be32(len(machine)) + machine + subsections
+
+
+def start(sid, name, version, instance=0, kind=1):
+    return bytes([kind]) + be32(sid) + idstr(name) + be32(instance) + be32(version)
+
+
+def part(sid, kind=2):
+    return bytes([kind]) + be32(sid)
+
+
+def footer(sid):
+    return b"\x7e" + be32(sid)
+
+
+RAM_ID, HTAB_ID = 2, 576
+BLOCK = b"ppc_spapr.ram"
+BLOCK_LEN = 1 << 20
+PAGE = 4096
+
+
+def block_list(blocks=((BLOCK, BLOCK_LEN),)):
+    total = sum(length for _, length in blocks)
+    return be64(total | 0x04) + b"".join(idstr(n) + be64(length) for n, length in blocks)
+
+
+def page(addr, data=None, flags=0x08, block=BLOCK):
+    """A RAM item: CONTINUE unless ``block`` is given."""
+    if block is None:
+        head = be64(addr | flags | 0x20)
+    else:
+        head = be64(addr | flags) + idstr(block)
+    if flags & 0x02:
+        return head + b"\x00"
+    return head + (data if data is not None else bytes([addr >> 12 & 0xFF]) * PAGE)
+
+
+EOS = be64(0x10)
+
+
+def record(index, entries=(), n_invalid=0):
+    return struct.pack(">IHH", index, len(entries), n_invalid) + b"".join(be64(v) + be64(r) for v, r in entries)
+
+
+def entry(i):
+    """A plausible bolted 64K entry in a 1T segment."""
+    return (0x4000000000000000 | (0x1000 + i) << 7 | 0x15, (0x10000 * i) | 0x190)
+
+
+MARKER = bytes(8)
+
+
+def htab_part(*records):
+    return be32(0) + b"".join(records) + MARKER
+
+
+SHIFT = 18  # 16384 entries: the smallest table
+PART1 = (record(8, [entry(0), entry(1)]), record(100, [entry(2)]))
+PART2 = (record(9, [], 1), record(50, [entry(3)], 2), record(16000, [entry(4)]))
+TAIL = b"\x04" + be32(0) + idstr(b"timer") + be32(0) + be32(2) + bytes(24) + footer(0) + b"\x00"
+
+STREAM = {
+    "header": file_header(),
+    "config": configuration(),
+    "ram_start": start(RAM_ID, b"ram", 4) + block_list() + EOS + footer(RAM_ID),
+    "htab_start": start(HTAB_ID, b"spapr/htab", 1) + be32(SHIFT) + footer(HTAB_ID),
+    "ram_part": part(RAM_ID)
+    + page(0)
+    + b"".join(page(a * PAGE, flags=0x02, block=None) for a in range(1, 41))
+    + page(41 * PAGE, block=None)
+    + page(42 * PAGE, flags=0x02)
+    + EOS
+    + footer(RAM_ID),
+    "htab_part": part(HTAB_ID) + htab_part(*PART1) + footer(HTAB_ID),
+    "ram_end": part(RAM_ID, 3) + EOS + footer(RAM_ID),
+    "htab_end": part(HTAB_ID, 3) + htab_part(*PART2) + footer(HTAB_ID),
+    "device": TAIL,
+}
+
+
+def stream(**replace) -> bytes:
+    """The synthetic stream with named pieces replaced (None drops one)."""
+    pieces = dict(STREAM, **replace)
+    return b"".join(v for v in pieces.values() if v is not None)
+
+
+def at(name) -> int:
+    """Offset of a named piece in the default stream."""
+    off = 0
+    for k, v in STREAM.items():
+        if k == name:
+            return off
+        off += len(v)
+    raise KeyError(name)
+
+
+# -- replay helpers ------------------------------------------------------------------
+
+
+def walk(data: bytes, cut=None, section_only=False, trailing=b""):
+    """Events of ``data`` fed in pieces of ``cut`` bytes (None: whole),
+    normalised: consecutive HtabRecords of one part merged."""
+    w = MigrationWalker(section_only=section_only)
+    chunks = [data] if cut is None else [data[i : i + cut] for i in range(0, len(data), cut)]
+    chunks = [c for c in chunks if c] + ([trailing] if trailing else []) + [b""]
+    events = []
+    for chunk in chunks:
+        w.receive_data(chunk)
+        while True:
+            ev = w.next_event()
+            if ev is NEED_DATA or ev is END_OF_STREAM:
+                break
+            events.append(ev)
+    assert w.next_event() is END_OF_STREAM
+    return normalise(events)
+
+
+def normalise(events):
+    out = []
+    for ev in events:
+        if isinstance(ev, qemu.HtabRecords) and out and isinstance(out[-1], qemu.HtabRecords) and out[-1].part == ev.part:
+            prev = out.pop()
+            ev = qemu.HtabRecords(ev.part, prev.data + ev.data, prev.records + ev.records, prev.offset)
+        out.append(ev)
+    return out
+
+
+def refused(data: bytes, cut=None, section_only=False) -> QemuStreamError:
+    with pytest.raises(QemuStreamError) as info:
+        walk(data, cut=cut, section_only=section_only)
+    return info.value
+
+
+# -- the synthetic stream, whole and cut anywhere ------------------------------------
+
+
+def test_synthetic_stream_events():
+    events = walk(stream())
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == [
+        "FileHeader", "Configuration",
+        "SectionBegin", "RamSkipped", "SectionEnd",
+        "SectionBegin", "HtabStart", "SectionEnd",
+        "SectionBegin", "RamSkipped", "SectionEnd",
+        "SectionBegin", "HtabRecords", "HtabPartEnd", "SectionEnd",
+        "SectionBegin", "RamSkipped", "SectionEnd",
+        "SectionBegin", "HtabRecords", "HtabPartEnd", "SectionEnd",
+        "DeviceState",
+    ]  # fmt: skip
+    conf = events[1]
+    assert conf.machine == "pseries-7.2" and conf.offset == 8
+    start_ev = events[6]
+    assert start_ev == qemu.HtabStart(SHIFT, at("htab_start") + len(start(HTAB_ID, b"spapr/htab", 1)))
+    ram = events[9]
+    assert (ram.pages, ram.zero_pages, ram.kind) == (2, 41, "PART")
+    assert ram.nbytes == len(STREAM["ram_part"]) - 5 - 5  # header and footer are not payload
+    recs = events[12]
+    assert recs.part == 1 and recs.records == 2 and recs.data == b"".join(PART1)
+    assert events[13] == qemu.HtabPartEnd(1, "PART", 2, at("htab_part") + 5 + 4 + len(b"".join(PART1)))
+    assert events[19].data == b"".join(PART2) and events[20].kind == "END"
+    end = events[14]  # the htab PART's
+    assert end.footer_offset == at("ram_end") - 5 and end.end == at("ram_end")
+    assert events[-1] == qemu.DeviceState(0, "timer", 0, 2, at("device"))
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 7, 8, 9, 13, 4095, 4097])
+def test_synthetic_stream_cut_anywhere(cut):
+    assert walk(stream(), cut=cut) == walk(stream())
+
+
+def test_trailing_data_after_the_device_state_is_not_read():
+    assert walk(stream(), trailing=b"\xff" * 100) == walk(stream())
+    assert walk(stream(device=TAIL + b"\xff" * 5000), cut=1000) == walk(stream())
+
+
+def test_qemu_vm_eof_ends_the_walk():
+    events = walk(stream(device=b"\x00"))
+    assert events[-1] == qemu.VmEof(at("device"))
+
+
+def test_footers_are_optional_but_consistent():
+    no_footers = {k: v for k, v in STREAM.items()}
+    for k in ("ram_start", "htab_start", "ram_part", "htab_part", "ram_end", "htab_end"):
+        no_footers[k] = no_footers[k][:-5]
+    events = walk(b"".join(no_footers.values()))
+    ends = [e for e in events if isinstance(e, qemu.SectionEnd)]
+    assert len(ends) == 6 and all(e.footer_offset is None for e in ends)
+    mixed = stream(ram_part=STREAM["ram_part"][:-5])
+    err = refused(mixed)
+    assert "expected a section footer (0x7e)" in str(err)
+
+
+def test_configuration_subsections():
+    subs = (
+        b"\x05" + idstr(b"configuration/target-page-bits") + be32(1) + be32(12)
+        + b"\x05" + idstr(b"configuration/capabilities") + be32(1) + be32(1) + idstr(b"x-ignore-shared")
+        + b"\x05" + idstr(b"configuration/uuid") + be32(1) + bytes(16)
+    )  # fmt: skip
+    ram_start = start(RAM_ID, b"ram", 4) + be64(BLOCK_LEN | 4) + idstr(BLOCK) + be64(BLOCK_LEN) + be64(0) + EOS + footer(RAM_ID)
+    data = stream(config=configuration(subsections=subs), ram_start=ram_start)
+    conf = walk(data)[1]
+    assert conf.capabilities == ("x-ignore-shared",)
+    assert conf.subsections == ("configuration/target-page-bits", "configuration/capabilities", "configuration/uuid")
+    assert walk(data, cut=1) == walk(data)
+
+
+def test_no_configuration_section():
+    assert [type(e).__name__ for e in walk(stream(config=None))][:2] == ["FileHeader", "SectionBegin"]
+
+
+def test_ram_block_list_and_blocks():
+    blocks = ((BLOCK, BLOCK_LEN), (b"vga.vram", 1 << 16))
+    data = stream(
+        ram_start=start(RAM_ID, b"ram", 4) + block_list(blocks) + EOS + footer(RAM_ID),
+        ram_part=part(RAM_ID) + page(0, block=b"vga.vram") + page(PAGE, flags=0x02, block=None) + page(8 * PAGE) + EOS + footer(RAM_ID),
+    )
+    ram = [e for e in walk(data) if isinstance(e, qemu.RamSkipped)]
+    assert [(r.pages, r.zero_pages) for r in ram] == [(0, 0), (2, 1), (0, 0)]
+
+
+def test_zero_run_stops_at_a_page_of_another_kind():
+    # the vectorised path takes runs of ZERO|CONTINUE items; anything else ends the run
+    items = [page(a * PAGE, flags=0x02, block=None) for a in range(1, 200)]
+    items[100] = page(100 * PAGE, block=None)
+    data = stream(ram_part=part(RAM_ID) + page(0) + b"".join(items) + EOS + footer(RAM_ID))
+    ram = [e for e in walk(data) if isinstance(e, qemu.RamSkipped)][1]
+    assert (ram.pages, ram.zero_pages) == (2, 198)
+    assert walk(data, cut=50) == walk(data)
+
+
+# -- refusals: every one names what it found and where ------------------------------
+
+
+def ram_item_stream(item: bytes) -> bytes:
+    return stream(ram_part=part(RAM_ID) + page(0) + item + EOS + footer(RAM_ID))
+
+
+RAM_ITEM_AT = at("ram_part") + 5 + len(page(0))
+HTAB_SHIFT_AT = at("htab_start") + len(start(HTAB_ID, b"spapr/htab", 1))
+
+REFUSALS = [
+    # (name, stream, message fragment, offset)
+    ("bad magic", stream(header=file_header(magic=0x12345678)), "not a QEMU migration stream: magic 0x12345678 at offset 0x0", 0),
+    ("version 2", stream(header=file_header(version=2)), "migration stream version 2 at offset 0x4 is QEMU's obsolete format", 4),
+    ("version 4", stream(header=file_header(version=4)), "unsupported migration stream version 4 at offset 0x4", 4),
+    ("config twice", stream(ram_start=configuration() + STREAM["ram_start"]), "configuration section at offset 0x18: it may only follow the file header", 0x18),
+    ("unknown subsection", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/x") + be32(1))), "unknown configuration subsection 'configuration/x' at offset 0x18", 0x18),
+    ("page bits", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/target-page-bits") + be32(1) + be32(16))), "target page bits 16 in the configuration at offset 0x18", 0x18),
+    ("capability", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/capabilities") + be32(1) + be32(1) + idstr(b"mapped-ram"))), "migration capability 'mapped-ram' in the configuration at offset 0x8 changes the stream layout", 8),
+    ("command", stream(ram_start=b"\x08" + be16(3) + be16(0) + STREAM["ram_start"]), "QEMU_VM_COMMAND (command 3) at offset 0x18", 0x18),
+    ("section type", stream(ram_start=b"\x09"), "unknown section type 0x09 at offset 0x18", 0x18),
+    ("vmdesc", stream(ram_start=b"\x06" + be32(2) + b"{}"), "unknown section type 0x06 at offset 0x18", 0x18),
+    ("unknown iterative", stream(ram_start=start(3, b"block", 1)), "unknown iterative section 'block' (id 3, START) at offset 0x18: only 'ram' and 'spapr/htab' can be walked", 0x18),
+    ("ram version", stream(ram_start=start(RAM_ID, b"ram", 5)), "section 'ram' version 5 at offset 0x18: only version 4 is known", 0x18),
+    ("htab version", stream(htab_start=start(HTAB_ID, b"spapr/htab", 2)), f"section 'spapr/htab' version 2 at offset {at('htab_start'):#x}: only version 1 is known", at("htab_start")),
+    ("duplicate id", stream(htab_start=start(RAM_ID, b"spapr/htab", 1)), f"START of section id 2 ('spapr/htab') at offset {at('htab_start'):#x}: that id is already in use", at("htab_start")),
+    ("unknown id", stream(ram_part=part(7)), f"PART section at offset {at('ram_part'):#x} names section id 7, which has no START", at("ram_part")),
+    ("part after end", stream(device=part(RAM_ID) + EOS + footer(RAM_ID)), f"PART section at offset {at('device'):#x} for section 'ram' (id 2) after its END", at("device")),
+    ("footer id", stream(htab_start=start(HTAB_ID, b"spapr/htab", 1) + be32(SHIFT) + footer(3)), f"section footer at offset {HTAB_SHIFT_AT + 4:#x} names section id 3, expected 576 ('spapr/htab' START at {at('htab_start'):#x})", HTAB_SHIFT_AT + 4),
+    ("device before end", stream(htab_end=None), f"the device-state section 'timer' at offset {at('htab_end'):#x} comes before the END of iterative section 'spapr/htab' (id 576", at("htab_end")),
+    ("eof before end", stream(htab_end=None, device=b"\x00"), "QEMU_VM_EOF at offset", None),
+    ("xbzrle", ram_item_stream(be64(PAGE | 0x40 | 0x20)), f"unsupported RAM page flag 0x40 (XBZRLE) at offset {RAM_ITEM_AT:#x} (in the PART section of 'ram' at {at('ram_part'):#x})", RAM_ITEM_AT),
+    ("compressed", ram_item_stream(be64(PAGE | 0x100 | 0x20)), f"unsupported RAM page flag 0x100 (compressed page) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("rdma", ram_item_stream(be64(0x80)), f"unsupported RAM page flag 0x80 (RDMA hook) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("multifd", ram_item_stream(be64(0x200)), f"unsupported RAM page flag 0x200 (multifd flush) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("full", ram_item_stream(be64(PAGE | 0x01 | 0x20)), "unsupported RAM page flag 0x1 (FULL, obsolete since 2009)", RAM_ITEM_AT),
+    ("unknown flag", ram_item_stream(be64(PAGE | 0x400 | 0x20)), f"unknown RAM page flags 0x420 at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("two kinds", ram_item_stream(be64(PAGE | 0x0A | 0x20)), "RAM page flags 0x2a: no single page kind", RAM_ITEM_AT),
+    ("no kind", ram_item_stream(be64(PAGE | 0x20)), "RAM page flags 0x20: no single page kind", RAM_ITEM_AT),
+    ("unknown block", ram_item_stream(page(0, block=b"nope")), f"a RAM page of unknown block 'nope' at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("past block", ram_item_stream(page(BLOCK_LEN, block=None)), f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("zero past block", ram_item_stream(b"".join(page(BLOCK_LEN - PAGE * k, flags=0x02, block=None) for k in (3, 2, 1, 0))), f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {RAM_ITEM_AT + 27:#x}", RAM_ITEM_AT + 27),
+    ("eos with address", ram_item_stream(be64(PAGE | 0x10)), "an end-of-section item with flags 0x10 and address 0x1000", RAM_ITEM_AT),
+    ("block list overrun", stream(ram_start=start(RAM_ID, b"ram", 4) + be64(PAGE | 4) + idstr(BLOCK) + be64(BLOCK_LEN) + EOS + footer(RAM_ID)), "RAM block 'ppc_spapr.ram' of 0x100000 bytes overruns the 0x1000 bytes the block list announces at offset 0x31 (in the START section of 'ram' at 0x18)", 0x31),
+    ("continue first", stream(ram_part=part(RAM_ID) + page(0, block=None) + EOS + footer(RAM_ID)), "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
+    ("continue zero first", stream(ram_part=part(RAM_ID) + b"".join(page(a * PAGE, flags=2, block=None) for a in range(4)) + EOS + footer(RAM_ID)), "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
+    ("radix start", stream(htab_start=start(HTAB_ID, b"spapr/htab", 1) + be32(-1) + footer(HTAB_ID)), f"htab_shift -1 at offset {HTAB_SHIFT_AT:#x}: the guest uses the radix MMU, it has no HPT", HTAB_SHIFT_AT),
+    ("shift range", stream(htab_start=start(HTAB_ID, b"spapr/htab", 1) + be32(17) + footer(HTAB_ID)), f"htab_shift 17 at offset {HTAB_SHIFT_AT:#x} is outside 18..46", HTAB_SHIFT_AT),
+    ("part header", stream(htab_part=part(HTAB_ID) + be32(19) + MARKER + footer(HTAB_ID)), f"htab part at offset {at('htab_part') + 5:#x} starts with 0x13: expected 0", at("htab_part") + 5),
+    ("part radix", stream(htab_part=part(HTAB_ID) + be32(-1) + footer(HTAB_ID)), "htab part header -1 at offset", at("htab_part") + 5),
+    ("record past table", stream(htab_part=part(HTAB_ID) + htab_part(record(16383, [entry(0)], 1)) + footer(HTAB_ID)), f"htab record at offset {at('htab_part') + 9:#x}: index 16383 + n_valid 1 + n_invalid 1 runs past the table of 16384 entries (htab_shift 18); QEMU's htab_load refuses it", at("htab_part") + 9),
+    ("truncated header", file_header()[:5], "stream ends at offset 0x0 inside the file header", 0),
+    ("truncated page", stream()[: at("ram_part") + 5 + 8 + 14 + 100], "stream ends at offset", None),
+    ("truncated records", stream()[: at("htab_part") + 5 + 4 + 20], "inside the records of htab part 1", None),
+    ("truncated footer", stream()[: at("htab_part") + len(STREAM["htab_part"]) - 2], "inside the footer of the PART section of 'spapr/htab'", None),
+    ("no device state", stream(device=None), f"stream ends at offset {at('device'):#x} before any device-state section", at("device")),
+]
+
+
+@pytest.mark.parametrize("name,data,message,offset", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refusals(name, data, message, offset):
+    for cut in (None, 1, 5):
+        err = refused(data, cut=cut)
+        assert message in str(err), str(err)
+        if offset is not None:
+            assert err.offset == offset, str(err)
+
+
+def test_truncated_page_message_counts_the_missing_bytes():
+    data = stream()[: at("ram_part") + 5 + 8 + 14 + 100]
+    err = refused(data, cut=64)
+    assert f"stream ends at offset {len(data):#x} inside a RAM page: {PAGE - 100} more bytes expected" in str(err)
+
+
+def test_data_after_the_end_is_a_usage_error():
+    w = MigrationWalker()
+    w.receive_data(b"")
+    with pytest.raises(UsageError):
+        w.receive_data(b"x")
+
+
+def test_page_size_must_be_a_power_of_two():
+    with pytest.raises(UsageError):
+        MigrationWalker(page_size=3000)
+
+
+# -- bare section payloads (--qemu-section) -------------------------------------------
+
+SECTION = be32(SHIFT) + htab_part(*PART1) + htab_part(*PART2)
+
+
+def test_section_only_events():
+    events = walk(SECTION, section_only=True)
+    assert [type(e).__name__ for e in events] == ["HtabStart", "HtabRecords", "HtabPartEnd", "HtabRecords", "HtabPartEnd"]
+    assert events[0] == qemu.HtabStart(SHIFT, 0)
+    assert [e.part for e in events[1:]] == [1, 1, 2, 2]
+    for cut in (1, 3, 8, 9):
+        assert walk(SECTION, cut=cut, section_only=True) == events
+
+
+def test_section_only_refusals():
+    err = refused(be32(-1), section_only=True)
+    assert "htab_shift -1 at offset 0x0: the guest uses the radix MMU, it has no HPT" in str(err)
+    err = refused(be32(SHIFT), section_only=True)
+    assert "htab section payload ends after its START (htab_shift 18) at offset 0x4: no PART/END payload follows" in str(err)
+    err = refused(SECTION[:-3], section_only=True)
+    assert "inside the records of htab part 2" in str(err)
+    err = refused(SECTION + b"\x00\x00", section_only=True)
+    assert f"stream ends at offset {len(SECTION):#x} inside an htab part header" in str(err)
+    err = refused(b"QEVM" + be32(3), section_only=True)
+    assert "htab_shift 1363498573 at offset 0x0 is outside 18..46" in str(err)
+
+
+# -- the source ------------------------------------------------------------------------
+
+
+def final_table(pieces, shift, byte_order="little"):
+    table = new_table(1 << (shift - 4))
+    for _, data in pieces:
+        apply_batch(table, decode_batch(data, byte_order)[0])
+    return table
+
+
+@pytest.mark.parametrize("byte_order", ["little", "big"])
+def test_source_on_the_synthetic_stream(byte_order):
+    src = QemuSource(io.BytesIO(stream()), byte_order=byte_order, name="syn.mig")
+    assert src.info.order == SHIFT and src.info.byte_order == byte_order
+    assert src.info.source["kind"] == "qemu" and src.info.source["machine"] == "pseries-7.2"
+    assert src.info.source["htab_section_id"] == HTAB_ID
+    pieces = list(src.pieces())
+    # part 2 (index 9, 50, then 16000) ascends: one pass per part
+    assert [p for p, _ in pieces] == [1, 2]
+    batch, _ = decode_batch(pieces[1][1], byte_order)
+    assert list(batch.index) == [9, 50, 16000] and list(batch.n_invalid) == [1, 2, 0]
+    assert src.info.source["parts"] == 2 and src.info.source["records"] == 5
+    assert src.info.source["ram_pages"] == 2 and src.info.source["ram_zero_pages"] == 41
+    table = final_table(pieces, SHIFT, byte_order)
+    assert table[8, 0] == entry(0)[0] and table[9, 0] == 0 and table[50, 0] == entry(3)[0]
+    assert table[16000, 1] == entry(4)[1]
+
+
+def test_source_cuts_a_part_that_wraps_into_two_passes():
+    data = stream(htab_end=part(HTAB_ID, 3) + htab_part(record(12000, [entry(5)]), record(10, [entry(6)])) + footer(HTAB_ID))
+    src = QemuSource(io.BytesIO(data), byte_order="big", read_size=7)
+    numbers = [p for p, _ in src.pieces()]
+    assert sorted(set(numbers)) == [1, 2, 3] and numbers == sorted(numbers)  # a pass may come in several pieces
+    assert src.info.source["passes"] == 3 and src.info.source["parts"] == 2
+
+
+def test_source_skips_empty_parts():
+    data = stream(htab_part=part(HTAB_ID) + htab_part() + footer(HTAB_ID))
+    src = QemuSource(io.BytesIO(data))
+    assert [p for p, _ in src.pieces()] == [1]
+    assert src.info.source["parts"] == 2
+
+
+def test_source_refuses_a_stream_without_htab():
+    data = stream(htab_start=None, htab_part=None, htab_end=None)
+    with pytest.raises(QemuStreamError, match=r"no 'spapr/htab' section before the device-state section 'timer' at offset 0x"):
+        QemuSource(io.BytesIO(data))
+
+
+def test_source_checks_records_as_the_kernel_would():
+    bad = record(20, [(0x4000000000001000, 0x190)])  # no HPTE_V_VALID
+    data = stream(htab_part=part(HTAB_ID) + htab_part(bad) + footer(HTAB_ID))
+    with pytest.raises(RecordError, match=rf"record 0 at offset {at('htab_part') + 9:#x}: entry 20 of the valid run lacks HPTE_V_VALID"):
+        list(QemuSource(io.BytesIO(data)).pieces())
+
+
+def test_source_section_only():
+    src = QemuSource(io.BytesIO(SECTION), section_only=True, name="x.htab")
+    assert src.info.source["format"] == "section" and src.info.order == SHIFT
+    assert [p for p, _ in src.pieces()] == [1, 2]
+
+
+def test_source_never_holds_ram_pages():
+    pages = b"".join(page(a * PAGE, data=b"\x5a" * PAGE, block=None) for a in range(1, 255))
+    data = stream(ram_part=part(RAM_ID) + page(0) + pages + EOS + footer(RAM_ID))
+    reader = io.BytesIO(data)
+    src = QemuSource(reader, read_size=64 * 1024)
+    biggest = 0
+    for _ in src.pieces():
+        pass
+    # the walker's buffer never holds more than one read of the stream
+    w = MigrationWalker()
+    reader.seek(0)
+    while (ev := w.next_event()) is not END_OF_STREAM:
+        if ev is NEED_DATA:
+            w.receive_data(reader.read(64 * 1024))
+            biggest = max(biggest, len(w._buf))
+    assert len(data) > 1_000_000 and biggest <= 64 * 1024 + PAGE
+
+
+# -- writing section payloads -------------------------------------------------------------
+
+
+def test_write_section_layout():
+    out = io.BytesIO()
+    pieces = [(1, b"".join(PART1)), (2, PART2[0]), (2, b"".join(PART2[1:]))]
+    stats = write_section(pieces, SHIFT, out)
+    assert out.getvalue() == SECTION
+    assert (stats.parts, stats.records, stats.valid_entries, stats.invalid_entries) == (2, 5, 5, 3)
+    assert stats.nbytes == len(SECTION)
+
+
+def test_write_section_from_little_endian_pieces_and_back():
+    src = QemuSource(io.BytesIO(SECTION), section_only=True, byte_order="little")
+    out = io.BytesIO()
+    write_section(src.pieces(), SHIFT, out, byte_order="little")
+    assert out.getvalue() == SECTION
+
+
+def test_write_section_without_pieces_writes_one_empty_part():
+    out = io.BytesIO()
+    write_section([], 25, out)
+    assert out.getvalue() == be32(25) + be32(0) + MARKER
+
+
+def test_write_section_drops_empty_records():
+    # index 0 with no entries is QEMU's end marker: it must never be written
+    out = io.BytesIO()
+    stats = write_section([(1, record(0) + record(5, [entry(0)]) + record(7))], SHIFT, out)
+    assert out.getvalue() == be32(SHIFT) + htab_part(record(5, [entry(0)]))
+    assert stats.records == 1
+
+
+def test_write_section_refusals():
+    with pytest.raises(UsageError, match="htab_shift -1 means no HPT"):
+        write_section([], -1, io.BytesIO())
+    with pytest.raises(UsageError, match="htab_shift 47 is outside 18..46"):
+        write_section([], 47, io.BytesIO())
+    with pytest.raises(TruncatedStream, match="a piece of pass 1 ends inside a record: 3 bytes left over"):
+        write_section([(1, record(5, [entry(0)]) + b"abc")], SHIFT, io.BytesIO())
+    with pytest.raises(RecordError, match="entries 16383..16388 run past the table of 16384 entries"):
+        write_section([(1, record(16383, [entry(0)], 5))], SHIFT, io.BytesIO())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(0, (1 << 14) - 1), st.integers(0, 1 << 20)), max_size=300),
+    st.sampled_from(["little", "big"]),
+    st.integers(1, 64),
+)
+def test_round_trip_through_section_payloads(entries, byte_order, cut):
+    table = new_table(1 << 14)
+    for i, x in entries:
+        table[i] = (0x4000000000000000 | x << 7 | 0x11, x << 12 | 0x190)
+    pieces = [(1, encode_pass(StaticTable(table), byte_order))]
+    out = io.BytesIO()
+    write_section(pieces, SHIFT, out, byte_order=byte_order)
+    data = out.getvalue()
+    assert walk(data, cut=cut, section_only=True) == walk(data, section_only=True)
+    back = list(QemuSource(io.BytesIO(data), section_only=True, byte_order=byte_order, read_size=cut).pieces())
+    assert np.array_equal(final_table(back, SHIFT, byte_order), table)
+
+
+# -- splicing ------------------------------------------------------------------------------
+
+
+def dumped(data: bytes, byte_order="big"):
+    src = QemuSource(io.BytesIO(data), byte_order=byte_order)
+    return src.info.order, list(src.pieces())
+
+
+def test_splice_replaces_the_htab_and_copies_the_rest():
+    new_records = (record(1, [entry(7)]), record(3000, [entry(8), entry(9)], 4))
+    out = io.BytesIO()
+    stats = splice(io.BytesIO(stream()), SHIFT, [(1, new_records[0]), (2, new_records[1])], out, read_size=10)
+    expected = stream(
+        htab_part=None,
+        htab_end=part(HTAB_ID, 3) + htab_part(*new_records) + footer(HTAB_ID),
+    )
+    assert out.getvalue() == expected
+    assert stats.dropped_parts == 1 and stats.htab.records == 2 and stats.htab.parts == 1
+    assert stats.output_bytes == len(expected) and stats.input_bytes == len(stream())
+    assert stats.replaced_end_offset == at("htab_end") and stats.device_state_offset == at("device")
+
+
+@pytest.mark.parametrize("read_size", [1, 9, 4096, 1 << 20])
+def test_splice_with_its_own_records_is_the_same_final_table(read_size):
+    shift, pieces = dumped(stream())
+    out = io.BytesIO()
+    splice(io.BytesIO(stream()), shift, pieces, out, read_size=read_size)
+    shift2, pieces2 = dumped(out.getvalue())
+    assert np.array_equal(final_table(pieces2, shift2, "big"), final_table(pieces, shift, "big"))
+    moved = at("device") - len(STREAM["htab_part"]) + len(b"".join(PART1))
+    assert walk(out.getvalue())[-1] == qemu.DeviceState(0, "timer", 0, 2, moved)
+
+
+def test_splice_keeps_everything_after_the_device_state_verbatim():
+    tail = TAIL + bytes(range(256)) * 40
+    out = io.BytesIO()
+    splice(io.BytesIO(stream(device=tail)), SHIFT, [], out, read_size=100)
+    assert out.getvalue().endswith(tail)
+
+
+def test_splice_without_footers():
+    no_footers = dict(STREAM)
+    for k in ("ram_start", "htab_start", "ram_part", "htab_part", "ram_end", "htab_end"):
+        no_footers[k] = no_footers[k][:-5]
+    out = io.BytesIO()
+    splice(io.BytesIO(b"".join(no_footers.values())), SHIFT, [(1, PART1[0])], out)
+    no_footers["htab_part"] = b""
+    no_footers["htab_end"] = part(HTAB_ID, 3) + htab_part(PART1[0])
+    assert out.getvalue() == b"".join(no_footers.values())
+
+
+def test_splice_refusals():
+    with pytest.raises(QemuStreamError, match=rf"the htab START at offset {HTAB_SHIFT_AT:#x} gives htab_shift 18, the snapshot's table has 25"):
+        splice(io.BytesIO(stream()), 25, [], io.BytesIO())
+    with pytest.raises(QemuStreamError, match=r"no 'spapr/htab' section before offset"):
+        splice(io.BytesIO(stream(htab_start=None, htab_part=None, htab_end=None)), SHIFT, [], io.BytesIO())
+    with pytest.raises(QemuStreamError, match="unsupported RAM page flag 0x40"):
+        splice(io.BytesIO(ram_item_stream(be64(PAGE | 0x60))), SHIFT, [], io.BytesIO())
+
+
+# -- fixtures derived from real captures (fixtures/qemu/README.md) -------------------------
+
+
+def test_fixture_two_parts():
+    events = list(qemu.iter_events(open(TWO_PARTS, "rb"), read_size=4096))
+    conf = events[1]
+    assert conf.machine == "pseries-7.2" and conf.capabilities == ()
+    starts = [e for e in events if isinstance(e, qemu.SectionBegin) and e.kind == "START"]
+    assert [(e.name, e.section_id, e.version_id) for e in starts] == [("ram", 2, 4), ("spapr/htab", 576, 1)]
+    assert [e for e in events if isinstance(e, qemu.HtabStart)][0].shift == 25
+    ends = [e for e in events if isinstance(e, qemu.HtabPartEnd)]
+    assert [(e.part, e.kind, e.records) for e in ends] == [(1, "PART", 11), (2, "END", 1501)]
+    assert isinstance(events[-1], qemu.DeviceState) and events[-1].name == "timer"
+    src = QemuSource(open(TWO_PARTS, "rb"), name="two-parts")
+    pieces = list(src.pieces())
+    # QEMU's END continues the first pass, then its later pass wraps to index 240400
+    assert [p for p, _ in pieces] == [1, 2, 3]
+    last, _ = decode_batch(pieces[-1][1], "little")
+    assert list(last.index) == [240400]
+    assert src.info.entries == 1 << 21 and src.info.source["records"] == 1512
+
+
+def test_fixture_one_part_section_is_what_write_section_writes():
+    src = QemuSource(open(ONE_PART, "rb"))
+    out = io.BytesIO()
+    write_section(src.pieces(), src.info.order, out, byte_order=src.info.byte_order)
+    assert out.getvalue() == ONE_PART_SECTION.read_bytes()
+    bare = QemuSource(open(ONE_PART_SECTION, "rb"), section_only=True)
+    assert list(bare.pieces()) == list(QemuSource(open(ONE_PART, "rb")).pieces())
+
+
+def test_fixture_one_part_splices_into_itself_byte_for_byte():
+    data = ONE_PART.read_bytes()
+    shift, pieces = dumped(data, "little")
+    out = io.BytesIO()
+    splice(io.BytesIO(data), shift, pieces, out, byte_order="little", read_size=777)
+    assert out.getvalue() == data
+
+
+def test_fixture_two_parts_splice_keeps_the_final_table():
+    data = TWO_PARTS.read_bytes()
+    shift, pieces = dumped(data)
+    out = io.BytesIO()
+    stats = splice(io.BytesIO(data), shift, pieces, out)
+    assert stats.dropped_parts == 1 and len(out.getvalue()) == len(data) - 22
+    shift2, pieces2 = dumped(out.getvalue())
+    assert [p for p, _ in pieces2] == [1, 2]  # one part now; the wrap still cuts a pass
+    assert np.array_equal(final_table(pieces2, shift2, "big"), final_table(pieces, shift, "big"))
+
+
+def test_fixture_table_diffs_against_a_simulated_one_of_the_same_size():
+    shift, pieces = dumped(TWO_PARTS.read_bytes(), "little")
+    from_qemu = final_table(pieces, shift)
+    simulated = new_table(len(from_qemu))
+    simulated[: 1 << 20 : 640] = [entry(i) for i in range(len(range(0, 1 << 20, 640)))]
+    d = diff_tables(from_qemu, simulated)
+    assert d.different and d.entries == 1 << 21
+    assert diff_tables(from_qemu, from_qemu.copy()).different is False
+
+
+def test_fixture_truncated_anywhere_is_refused_with_an_offset():
+    data = TWO_PARTS.read_bytes()
+    for n in (3, 100, 190, 5000, 21420, 26300, len(data) - 300):
+        err = refused(data[:n], cut=1000)
+        assert f"stream ends at offset {n:#x}" in str(err) or "stream ends at offset" in str(err)
+        assert err.offset <= n
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.booleans(), min_size=1, max_size=120), st.integers(1, 9000), st.data())
+def test_ram_grid_fast_path_agrees_with_the_item_loop(kinds, cut, data):
+    """Runs of zero pages and whole pages in any order, cut anywhere: the
+    counts are those of the items, and an address past the block is named
+    at its own offset whichever path finds it."""
+    items = [page(a * PAGE, flags=0x08 if whole else 0x02, block=None) for a, whole in enumerate(kinds, 1)]
+    body = page(0) + b"".join(items)
+    ram = [e for e in walk(stream(ram_part=part(RAM_ID) + body + EOS + footer(RAM_ID)), cut=cut) if isinstance(e, qemu.RamSkipped)][1]
+    assert (ram.pages, ram.zero_pages) == (1 + sum(kinds), len(kinds) - sum(kinds))
+    bad = data.draw(st.integers(0, len(items) - 1))
+    whole = kinds[bad]
+    items[bad] = page(BLOCK_LEN + PAGE * bad, flags=0x08 if whole else 0x02, block=None)
+    err = refused(stream(ram_part=part(RAM_ID) + page(0) + b"".join(items) + EOS + footer(RAM_ID)), cut=cut)
+    offset = RAM_ITEM_AT + sum(len(i) for i in items[:bad])
+    assert f"past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {offset:#x}" in str(err)

@@ -413,6 +413,196 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
     )
 
 
+# -- load into a simulated VM ---------------------------------------------------------
+
+
+def write_records(fd, pieces: Iterable[tuple[int, bytes]], buffer_size: int) -> tuple[int, int, int]:
+    """Write whole records through an htab write fd in ``buffer_size``
+    writes, as one would into the kernel: a write consumes the whole records
+    at its start, so what it leaves is written again; a record longer than
+    the buffer is written whole.  Returns (records, bytes, writes)."""
+    from htabtool.records import HEADER_SIZE, HPTE_SIZE, RecordHeader, decode_batch
+
+    records = total = writes = 0
+    for _, data in pieces:
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            n = fd.write(view[pos : pos + buffer_size])
+            writes += 1
+            if n == 0:
+                head = RecordHeader.unpack(view, "little" if fd.byte_order == "little" else "big", pos)
+                size = HEADER_SIZE + HPTE_SIZE * head.n_valid
+                n = fd.write(view[pos : pos + size])
+                writes += 1
+                if n == 0:
+                    raise StreamError(f"a record at stream offset {total + pos:#x} was not consumed")
+            pos += n
+        records += len(decode_batch(data, fd.byte_order)[0])
+        total += len(view)
+    return records, total, writes
+
+
+def load_vm(snap, image: str, *, create: bool = False, stop: bool = False, verify: bool = False,
+            buffer_size: int = 65536) -> dict:
+    """Replay every chunk of a (checked) snapshot into a VM image through its
+    htab write fd.  The image is changed in a copy renamed over it at the
+    end, so it is either as before or as after the load."""
+    import os
+
+    from htabtool.engine import KVM_GET_HTAB_WRITE
+    from htabtool.errors import VMImageError
+    from htabtool.vmimage import VMImage, open_vm
+
+    created = False
+    if not os.path.exists(image):
+        if not create:
+            raise VMImageError(f"{image}: no such VM image (--create makes one of the snapshot's size)")
+        VMImage.create(image, order=snap.header.order, profile="empty").close()
+        created = True
+    try:
+        return _load_vm(snap, image, created, stop, verify, buffer_size)
+    except BaseException:
+        if created:
+            os.unlink(image)  # nothing half-made is left
+        raise
+
+
+def _load_vm(snap, image, created, stop, verify, buffer_size) -> dict:
+    from htabtool.engine import KVM_GET_HTAB_WRITE
+    from htabtool.errors import VMImageError
+    with _held(image) as original:
+        if original.hpt.npte != snap.entries:
+            raise VMImageError(
+                f"{image}: its table has {original.hpt.npte:,} entries (order {original.header['order']}), "
+                f"the snapshot's {snap.entries:,} (order {snap.header.order})"
+            )
+        if original.hpt.vcpus_running and not stop:
+            raise VMImageError(
+                f"{image}: the VM is running and the kernel refuses htab writes while vCPUs run (EBUSY); "
+                f"stop it first (htabtool vm stop, or load --stop)"
+            )
+        with _image_copy(original) as (copy_path, vm):
+            if stop:
+                vm.hpt.stop()
+            with vm.hpt.htab_fd(KVM_GET_HTAB_WRITE, byte_order=snap.byte_order) as fd:
+                try:
+                    records, nbytes, writes = write_records(fd, snap.pieces(), buffer_size)
+                except OSError as exc:
+                    raise VMImageError(f"{image}: the htab fd refused a write ({exc.strerror or exc}); "
+                                       f"the image is left as it was") from None
+            report = {"target": "vm", "image": image, "records": records, "bytes": nbytes, "writes": writes,
+                      "buffer_size": buffer_size, "created": created, "stopped": stop, "verified": None}
+            if verify:
+                differences = _compare_vm(vm, snap)
+                report["verified"] = differences == 0
+                report["differences"] = differences
+        return report
+
+
+def _compare_vm(vm, snap) -> int:
+    """Read the VM's table through a read fd (one first pass) and count the
+    entries that differ from the snapshot's final table."""
+    from htabtool.records import RecordDecoder
+
+    def vm_batches():
+        dec = RecordDecoder(snap.byte_order, n_entries=snap.entries)
+        with vm.hpt.htab_fd(0, byte_order=snap.byte_order) as fd:
+            while True:
+                dec.receive_data(fd.read(1 << 20))
+                yield dec.next_batch()
+                if fd.last_read.wrapped:
+                    break
+        dec.close()
+
+    differ = TableDiffer()
+    for (lo, want), (_, got) in zip(final_state(snap), final_windows(vm_batches(), Overrides().finish(), snap.entries)):
+        differ.add(lo, want, got)
+    r = differ.result
+    return r.added + r.removed + r.changed + r.rc_only
+
+
+class _held:
+    """An image held open for writing (its lock: one writer at a time) and
+    closed without saving: a load changes its copy, not it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        from htabtool.vmimage import VMImage
+
+        self.vm = VMImage.open(self.path)
+        return self.vm
+
+    def __exit__(self, *exc):
+        self.vm.close(save=False)
+        return False
+
+
+class _image_copy:
+    """A working copy of an open image beside it, renamed over it on success
+    (holes kept: an image is sparse until written)."""
+
+    def __init__(self, original):
+        self.original = original
+
+    def __enter__(self):
+        import os
+        import secrets
+
+        from htabtool.vmimage import VMImage
+
+        src = self.original.path
+        directory, base = os.path.split(os.path.abspath(src))
+        self.tmp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+        _sparse_copy(src, self.tmp)
+        self.vm = VMImage.open(self.tmp)
+        return self.tmp, self.vm
+
+    def __exit__(self, exc_type, exc, tb):
+        import os
+
+        try:
+            if exc_type is None:
+                self.vm.close()  # saves and fsyncs
+                os.replace(self.tmp, self.original.path)
+                from htabtool.atomic import _fsync_directory
+
+                _fsync_directory(os.path.dirname(os.path.abspath(self.original.path)))
+            else:
+                self.vm.close(save=False)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        return False
+
+
+def _sparse_copy(src: str, dst: str, block: int = 1 << 20) -> None:
+    import os
+
+    zero = bytes(block)
+    fd_in = os.open(src, os.O_RDONLY)
+    try:
+        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            size = os.fstat(fd_in).st_size
+            pos = 0
+            while pos < size:
+                data = os.pread(fd_in, block, pos)
+                if not data:
+                    break
+                if data != zero[: len(data)]:
+                    os.pwrite(fd_out, data, pos)
+                pos += len(data)
+            os.ftruncate(fd_out, size)
+            os.fsync(fd_out)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+
+
 # -- whole reports, for the commands ------------------------------------------------
 
 

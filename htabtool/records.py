@@ -698,7 +698,9 @@ def encode_read(source: TableSource, start: int, first_pass: bool, count: int, b
             nb = int(b[0] + HEADER_SIZE * take + HPTE_SIZE * nv.sum())
             break
         _collect(source, parts, words, idx, nv, ni, lo, hi)
-        nb = int(b[-1])
+        used, nb = int(b[-1]) - nb, int(b[-1])
+        if used < (count - nb) // 2:
+            window = min(window * 2, 1 << 22)  # sparse (an incremental pass): look further at once
         if trusted:
             i = int(ends[-1])
             if i >= n:

@@ -238,3 +238,77 @@ def _spool(f: BinaryIO, block: int = 1 << 20):
     spool.flush()
     spool.seek(0)
     return spool
+
+
+# -- simulated VMs --------------------------------------------------------------------
+
+
+class VMSource:
+    """The HPT of a simulated VM image, read through its htab fd exactly as
+    from the kernel: ``buffer_size``-byte reads, the first pass from
+    ``start_index`` to the end, then incremental passes.
+
+    With ``passes`` > 1 the guest runs ``churn`` operations between passes
+    (a live snapshot); with ``until_dirty`` passes go on until one returns at
+    most that many changed entries (at most ``max_passes``).  The pass
+    boundaries are the simulated fd's (``first_pass`` / ``last_read``): a
+    real kernel does not tell them.  Reading clears the entries' modified
+    marks and harvests R/C, as in the kernel; the image is saved after."""
+
+    def __init__(self, vm, *, byte_order="little", bolted_only=False, start_index=0, buffer_size=65536, passes=1,
+                 churn=1000, until_dirty=None, max_passes=30):
+        check_byte_order(byte_order)
+        if start_index >= vm.hpt.npte:
+            raise UsageError(f"--start-index {start_index} is past the table of {vm.hpt.npte} entries")
+        self.vm = vm
+        self.buffer_size = buffer_size
+        self.passes = max_passes if until_dirty is not None else passes
+        self.churn = churn
+        self.until_dirty = until_dirty
+        guest = vm.guest.summary() if hasattr(vm.guest, "summary") else {}
+        self.info = StreamInfo(
+            byte_order,
+            vm.hpt.order if hasattr(vm.hpt, "order") else vm.header["order"],
+            bolted_only=bolted_only,
+            start_index=start_index,
+            source={"kind": "vm", "image": os.path.basename(vm.path), "profile": guest.get("profile"),
+                    "seed": guest.get("seed"), "generation": vm.header.get("generation")},
+        )
+        valid = vm.hpt.count_valid()
+        self.progress_total = 16 * valid + 8 * max(1, valid // 4)
+        self.pass_changes: list[int] = []  # entries reported by each pass (n_valid + n_invalid)
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, path: str, **kw):
+        from htabtool.vmimage import open_vm
+
+        with open_vm(path) as vm:
+            yield cls(vm, **kw)
+
+    def pieces(self) -> Iterator[tuple[int, bytes]]:
+        from htabtool.engine import KVM_GET_HTAB_BOLTED_ONLY
+
+        hpt = self.vm.hpt
+        flags = KVM_GET_HTAB_BOLTED_ONLY if self.info.bolted_only else 0
+        with hpt.htab_fd(flags, self.info.start_index, byte_order=self.info.byte_order) as fd:
+            for number in range(1, self.passes + 1):
+                if number > 1:
+                    if self.churn and not hpt.vcpus_running:
+                        raise UsageError(f"{self.vm.path}: the VM is stopped, so nothing changes between passes "
+                                         f"(htabtool vm cont first, or --passes 1)")
+                    if self.churn:
+                        self.vm.guest.run(ops=self.churn)
+                changed = 0
+                while True:
+                    data = fd.read(self.buffer_size)
+                    res = fd.last_read
+                    changed += int(res.n_valid.sum() + res.n_invalid.sum())
+                    yield number, data
+                    if res.wrapped:
+                        break
+                    if not data:
+                        raise UsageError(f"a read of {self.buffer_size} bytes holds no record")
+                self.pass_changes.append(changed)
+                if self.until_dirty is not None and number > 1 and changed <= self.until_dirty:
+                    break

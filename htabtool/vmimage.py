@@ -1,0 +1,592 @@
+"""Persistent VM images: one file holding a simulated guest between commands.
+
+Strategy: a real VM lives on between ``savevm`` and ``loadvm``; a simulated
+one lives in a file, so that ``htabtool vm create``, ``vm run``, ``dump``
+and ``load`` -- separate processes -- all see one guest.  The file holds
+the hashed page table, the reverse map, the guest's own record of the
+table and the guest model's state.  The three arrays are mapped with mmap
+(numpy memmaps) and used in place: a 1 GiB table is never copied into
+Python objects, and an image is written only where the guest or a load
+changed it (the file is sparse until then).  The small state is JSON (no
+pickle, nothing evaluated).  While an image is open it is locked (flock):
+one writer, or any number of readers.
+
+On-disk layout, format version 1
+--------------------------------
+
+All header integers are little-endian.  The header is one 4096-byte block::
+
+    offset size field
+         0    8 magic: 89 48 54 41 42 56 4d 0a ("\\x89HTABVM\\n")
+         8    4 format version: 1
+        12    4 header size: 4096
+        16    4 order: log2 of the table's size in bytes (18..46)
+        20    4 flags: bit 0 vCPUs running, bit 1 MMU ready,
+                bit 2 map the VRMA on the first run
+        24    8 entries: 2**(order-4)
+        32    8 guest RAM size in bytes
+        40    4 backing page shift (log2 of the host pages backing RAM)
+        44    4 reserved, 0
+        48    8 table offset          56  8 table length   (entries * 16)
+        64    8 reverse map offset    72  8 its length     (entries * 8)
+        80    8 guest map offset      88  8 its length     (entries * 8)
+        96    8 state offset         104  8 state length   (bytes of JSON)
+       112    8 vrma_slb_v: the VRMA's SLB word (0 until set up)
+       120    8 LPCR bits of the VRMA (the VRMASD field)
+       128    8 generation: bumped by every save
+       136    4 CRC-32 (zlib) of bytes 0..135
+       140  ... zero to the end of the block
+
+The sections start at multiples of 64 KiB, in this order:
+
+- table: the HPT as the hardware sees it, each entry two big-endian 64-bit
+  doublewords (as the HPT is in memory), with KVM's software bits and host
+  real addresses;
+- reverse map: each entry's ``guest_rpte`` (the guest's view of the second
+  doubleword, HPTE_GR_MODIFIED in bit 62), little-endian 64-bit;
+- guest map: the guest model's record of each slot, little-endian 64-bit
+  (bit 63 present, bit 62 clean-but-writable, bits 40..58 context, bits
+  0..32 the 64K page within the context's 512T); zero where the guest
+  believes the slot is free;
+- state: UTF-8 JSON, ``{"format": 1, "tool": ..., "guest": {...},
+  "engine": {"hcalls": {...}}}``; the guest part holds the profile, seed,
+  the generator state, the processes and their mappings.  It is the last
+  section; a save rewrites it and truncates the file after it.
+
+A reader refuses an image whose magic, version, header checksum, sizes or
+JSON do not hold, with a one-line :class:`~htabtool.errors.VMImageError`.
+A crash in the middle of a save can leave the arrays and the state out of
+step: the image is a simulator's scratch file, not a database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import struct
+import tempfile
+import zlib
+from typing import Iterator
+
+import numpy as np
+
+from htabtool import __version__
+from htabtool.engine import (
+    DEFAULT_BACKING_PAGE_SHIFT,
+    PPC_MAX_HPT_ORDER,
+    PPC_MIN_HPT_ORDER,
+    SimulatedHPT,
+)
+from htabtool.errors import HtabError, UsageError, VMImageError
+from htabtool.guest import Guest, get_profile, ram_order
+
+MAGIC = b"\x89HTABVM\n"
+FORMAT_VERSION = 1
+HEADER_SIZE = 4096
+SECTION_ALIGN = 1 << 16
+_HEADER = struct.Struct("<8sIIIIQQII" + "Q" * 8 + "QQQ")
+assert _HEADER.size == 136
+
+FLAG_RUNNING = 1
+FLAG_MMU_READY = 2
+FLAG_MAP_VRMA = 4
+
+
+def _align(x: int) -> int:
+    return (x + SECTION_ALIGN - 1) // SECTION_ALIGN * SECTION_ALIGN
+
+
+def _layout(npte: int) -> dict:
+    table = _align(HEADER_SIZE)
+    rev = _align(table + npte * 16)
+    gmap = _align(rev + npte * 8)
+    state = _align(gmap + npte * 8)
+    return {"table": table, "rev": rev, "gmap": gmap, "state": state}
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """'4G', '512M', '4GiB', '1T' or plain bytes; binary multiples."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise UsageError(f"not a size: {text!r} (use e.g. 4G, 512M, 1T)")
+    n = int(m.group(1))
+    shift = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
+    return n << shift
+
+
+def format_size(n: int) -> str:
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+class VMImage:
+    """An open VM image: ``hpt`` (:class:`SimulatedHPT` over the mapped
+    table) and ``guest`` (:class:`Guest`).  Changes are in the file as they
+    happen; :meth:`close` (or leaving the ``with`` block) saves the rest."""
+
+    def __init__(self, path: str, fd: int, header: dict, state: dict, writable: bool):
+        self.path = path
+        self._fd = fd
+        self.header = header
+        self.writable = writable
+        npte = header["entries"]
+        mode = "r+" if writable else "r"
+        try:
+            table = np.memmap(path, dtype=">u8", mode=mode, offset=header["table_offset"], shape=(npte, 2))
+            rev = np.memmap(path, dtype="<u8", mode=mode, offset=header["rev_offset"], shape=(npte,))
+            gmap = np.memmap(path, dtype="<u8", mode=mode, offset=header["gmap_offset"], shape=(npte,))
+        except (OSError, ValueError) as exc:
+            raise VMImageError(f"{path}: cannot map the image: {exc}") from None
+        flags = header["flags"]
+        self.hpt = SimulatedHPT(
+            header["order"],
+            ram_size=header["ram"],
+            backing_page_shift=header["backing_page_shift"],
+            map_vrma=bool(flags & FLAG_MAP_VRMA),
+            hpt=table,
+            rev=rev,
+        )
+        self.hpt.vcpus_running = bool(flags & FLAG_RUNNING)
+        self.hpt.mmu_ready = bool(flags & FLAG_MMU_READY)
+        self.hpt.vrma_slb_v = header["vrma_slb_v"]
+        self.hpt.lpcr = header["lpcr"]
+        self.hpt.hcalls.update(state.get("engine", {}).get("hcalls", {}))
+        try:
+            self.guest = Guest(self.hpt, gmap, state["guest"])
+        except (KeyError, TypeError, ValueError, HtabError) as exc:
+            raise VMImageError(f"{path}: the guest state does not hold: {exc}") from None
+        self.state = state
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, writable: bool = True) -> "VMImage":
+        path = os.fspath(path)
+        try:
+            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        except FileNotFoundError:
+            raise VMImageError(f"{path}: no such VM image") from None
+        except IsADirectoryError:
+            raise VMImageError(f"{path}: is a directory, not a VM image") from None
+        except PermissionError:
+            raise VMImageError(f"{path}: permission denied") from None
+        try:
+            _lock(fd, path, writable)
+            header = _read_header(fd, path)
+            state = _read_state(fd, path, header)
+            return cls(path, fd, header, state, writable)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        ram: int | None = None,
+        order: int | None = None,
+        profile: str = "idle",
+        seed: int = 0,
+        backing_page_shift: int = DEFAULT_BACKING_PAGE_SHIFT,
+        vrma: bool = False,
+        force: bool = False,
+    ) -> "VMImage":
+        """Make a new image and boot its guest.  The table size is ``order``,
+        else QEMU's default for ``ram``; RAM defaults to 128 times the table
+        (the inverse rule).  The file appears whole or not at all; an
+        existing one is kept unless ``force``."""
+        path = os.fspath(path)
+        get_profile(profile)
+        ram, order = _sizes(ram, order)
+        if os.path.isdir(path):
+            raise VMImageError(f"{path}: is a directory")
+        if os.path.exists(path) and not force:
+            raise VMImageError(f"{path}: exists (use --force to replace it)")
+        directory = os.path.dirname(os.path.abspath(path))
+        npte = 1 << (order - 4)
+        lay = _layout(npte)
+        header = {
+            "version": FORMAT_VERSION,
+            "order": order,
+            "flags": FLAG_MAP_VRMA if vrma else 0,
+            "entries": npte,
+            "ram": ram,
+            "backing_page_shift": int(backing_page_shift),
+            "table_offset": lay["table"],
+            "table_length": npte * 16,
+            "rev_offset": lay["rev"],
+            "rev_length": npte * 8,
+            "gmap_offset": lay["gmap"],
+            "gmap_length": npte * 8,
+            "state_offset": lay["state"],
+            "state_length": 0,
+            "vrma_slb_v": 0,
+            "lpcr": 0,
+            "generation": 0,
+        }
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".htabvm-", dir=directory)
+        except OSError as exc:
+            raise VMImageError(f"{path}: cannot create: {exc.strerror}") from None
+        image = None
+        try:
+            os.fchmod(fd, 0o600)
+            _lock(fd, path, True)
+            os.ftruncate(fd, lay["state"])
+            _write_header(fd, header)
+            state = {"guest": None}
+            # boot on the mapped arrays, then write the state
+            vm = cls.__new__(cls)
+            vm.path, vm._fd, vm.header, vm.writable = tmp, fd, header, True
+            try:
+                table = np.memmap(tmp, dtype=">u8", mode="r+", offset=lay["table"], shape=(npte, 2))
+                rev = np.memmap(tmp, dtype="<u8", mode="r+", offset=lay["rev"], shape=(npte,))
+                gmap = np.memmap(tmp, dtype="<u8", mode="r+", offset=lay["gmap"], shape=(npte,))
+            except (OSError, ValueError) as exc:
+                raise VMImageError(f"{path}: cannot map a table of {npte} entries: {exc}") from None
+            hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=table, rev=rev)
+            vm.hpt = hpt
+            vm.guest = Guest.boot(hpt, profile, seed, gmap=gmap)
+            vm.state = state
+            image = vm
+            vm.save()
+            os.fsync(fd)
+            if force:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise VMImageError(f"{path}: exists (use --force to replace it)") from None
+                os.unlink(tmp)
+            _fsync_dir(directory)
+            vm.path = path
+            return vm
+        except BaseException:
+            if image is not None:
+                image._drop()
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    # -- saving and closing ------------------------------------------------------
+
+    def save(self) -> None:
+        """Write the state and the header; flush the mapped arrays."""
+        if not self.writable:
+            raise VMImageError(f"{self.path}: opened read-only")
+        for arr in (self.hpt.hpt, self.hpt.rev, self.guest.gmap):
+            if isinstance(arr, np.memmap):
+                arr.flush()
+        state = dict(self.state)
+        state.update(
+            {
+                "format": FORMAT_VERSION,
+                "tool": f"htabtool {__version__}",
+                "guest": self.guest.state,
+                "engine": {"hcalls": dict(sorted(self.hpt.hcalls.items()))},
+            }
+        )
+        blob = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+        h = self.header
+        flags = h["flags"] & FLAG_MAP_VRMA
+        flags |= FLAG_RUNNING if self.hpt.vcpus_running else 0
+        flags |= FLAG_MMU_READY if self.hpt.mmu_ready else 0
+        h.update(
+            flags=flags,
+            state_length=len(blob),
+            vrma_slb_v=self.hpt.vrma_slb_v,
+            lpcr=self.hpt.lpcr,
+            generation=h["generation"] + 1,
+        )
+        os.pwrite(self._fd, blob, h["state_offset"])
+        os.ftruncate(self._fd, h["state_offset"] + len(blob))
+        _write_header(self._fd, h)
+
+    def close(self, save: bool = True) -> None:
+        """Save (unless ``save`` is false: nothing was changed) and let go."""
+        if self._fd is None:
+            return
+        try:
+            if self.writable and save:
+                self.save()
+                os.fsync(self._fd)
+        finally:
+            self._drop()
+            os.close(self._fd)
+            self._fd = None
+
+    def _drop(self) -> None:
+        """Let go of the mapped arrays."""
+        self.hpt = None
+        self.guest = None
+
+    def __enter__(self) -> "VMImage":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    # -- for people -----------------------------------------------------------------
+
+    def info(self) -> dict:
+        h = self.header
+        hpt = self.hpt
+        counts = table_counts(hpt)
+        st = os.fstat(self._fd)
+        return {
+            "path": self.path,
+            "format_version": h["version"],
+            "generation": h["generation"],
+            "order": h["order"],
+            "entries": h["entries"],
+            "table_bytes": h["table_length"],
+            "ram_bytes": h["ram"],
+            "backing_page_shift": h["backing_page_shift"],
+            "vcpus": "running" if hpt.vcpus_running else "stopped",
+            "mmu_ready": hpt.mmu_ready,
+            "map_vrma": hpt.map_vrma,
+            "vrma_slb_v": f"{hpt.vrma_slb_v:#x}",
+            **counts,
+            "guest": self.guest.summary(),
+            "hcalls": dict(sorted(hpt.hcalls.items())),
+            "file_bytes": st.st_size,
+            "disk_bytes": st.st_blocks * 512,
+        }
+
+
+def table_counts(hpt: SimulatedHPT, chunk: int = 1 << 22) -> dict:
+    """Valid (valid or absent), bolted, absent, secondary and VRMA entries, by chunks."""
+    out = {"valid": 0, "bolted": 0, "absent": 0, "secondary": 0}
+    for lo in range(0, hpt.npte, chunk):
+        low = hpt.hpt[lo : lo + chunk].view(np.uint8)[:, 7]
+        valid = (low & 0x21) != 0
+        out["valid"] += int(np.count_nonzero(valid))
+        out["bolted"] += int(np.count_nonzero(valid & ((low & 0x10) != 0)))
+        out["absent"] += int(np.count_nonzero((low & 0x20) != 0))
+        out["secondary"] += int(np.count_nonzero(valid & ((low & 0x02) != 0)))
+    return out
+
+
+# -- the header and the state ---------------------------------------------------
+
+
+def _lock(fd: int, path: str, exclusive: bool) -> None:
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise VMImageError(f"{path}: the VM image is in use by another process") from None
+        raise
+
+
+def _write_header(fd: int, h: dict) -> None:
+    body = _HEADER.pack(
+        MAGIC,
+        h["version"],
+        HEADER_SIZE,
+        h["order"],
+        h["flags"],
+        h["entries"],
+        h["ram"],
+        h["backing_page_shift"],
+        0,
+        h["table_offset"],
+        h["table_length"],
+        h["rev_offset"],
+        h["rev_length"],
+        h["gmap_offset"],
+        h["gmap_length"],
+        h["state_offset"],
+        h["state_length"],
+        h["vrma_slb_v"],
+        h["lpcr"],
+        h["generation"],
+    )
+    block = body + struct.pack("<I", zlib.crc32(body))
+    os.pwrite(fd, block + bytes(HEADER_SIZE - len(block)), 0)
+
+
+def _read_header(fd: int, path: str) -> dict:
+    raw = os.pread(fd, HEADER_SIZE, 0)
+    if len(raw) < _HEADER.size + 4 or raw[:8] != MAGIC:
+        if len(raw) >= 8 and raw[:8] != MAGIC:
+            raise VMImageError(f"{path}: not a VM image (bad magic {raw[:8].hex()})")
+        raise VMImageError(f"{path}: not a VM image (only {len(raw)} bytes)")
+    fields = _HEADER.unpack_from(raw)
+    (
+        _,
+        version,
+        header_size,
+        order,
+        flags,
+        entries,
+        ram,
+        backing,
+        _reserved,
+        t_off,
+        t_len,
+        r_off,
+        r_len,
+        g_off,
+        g_len,
+        s_off,
+        s_len,
+        vrma_slb_v,
+        lpcr,
+        generation,
+    ) = fields
+    if version != FORMAT_VERSION:
+        raise VMImageError(
+            f"{path}: VM image format version {version}; this htabtool reads version {FORMAT_VERSION}"
+        )
+    (crc,) = struct.unpack_from("<I", raw, _HEADER.size)
+    if crc != zlib.crc32(raw[: _HEADER.size]):
+        raise VMImageError(f"{path}: the VM image header is corrupted (checksum mismatch)")
+    if header_size != HEADER_SIZE:
+        raise VMImageError(f"{path}: unexpected header size {header_size}")
+    if not PPC_MIN_HPT_ORDER <= order <= PPC_MAX_HPT_ORDER or entries != 1 << (order - 4):
+        raise VMImageError(f"{path}: order {order} and {entries} entries do not agree")
+    lay = _layout(entries)
+    want = (lay["table"], entries * 16, lay["rev"], entries * 8, lay["gmap"], entries * 8, lay["state"])
+    if (t_off, t_len, r_off, r_len, g_off, g_len, s_off) != want:
+        raise VMImageError(f"{path}: the section offsets do not match a table of {entries} entries")
+    size = os.fstat(fd).st_size
+    if size < s_off + s_len:
+        raise VMImageError(f"{path}: truncated VM image: {size} bytes, the header says {s_off + s_len}")
+    return {
+        "version": version,
+        "order": order,
+        "flags": flags,
+        "entries": entries,
+        "ram": ram,
+        "backing_page_shift": backing,
+        "table_offset": t_off,
+        "table_length": t_len,
+        "rev_offset": r_off,
+        "rev_length": r_len,
+        "gmap_offset": g_off,
+        "gmap_length": g_len,
+        "state_offset": s_off,
+        "state_length": s_len,
+        "vrma_slb_v": vrma_slb_v,
+        "lpcr": lpcr,
+        "generation": generation,
+    }
+
+
+def _read_state(fd: int, path: str, h: dict) -> dict:
+    blob = os.pread(fd, h["state_length"], h["state_offset"])
+    try:
+        state = json.loads(blob.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VMImageError(f"{path}: the VM image's state is not valid JSON ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("guest"), dict):
+        raise VMImageError(f"{path}: the VM image's state has no guest")
+    return state
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(dfd)
+
+
+def _sizes(ram: int | None, order: int | None) -> tuple[int, int]:
+    if ram is None and order is None:
+        raise UsageError("give the guest's RAM (--ram) or the table's order (--order)")
+    if order is not None and not PPC_MIN_HPT_ORDER <= order <= PPC_MAX_HPT_ORDER:
+        raise UsageError(f"--order must be between {PPC_MIN_HPT_ORDER} and {PPC_MAX_HPT_ORDER}, not {order}")
+    if ram is not None:
+        if ram < (16 << 20) or ram % (1 << 16):
+            raise UsageError(f"--ram must be a multiple of 64 KiB and at least 16 MiB, not {ram}")
+    if order is None:
+        order = ram_order(ram)
+    if ram is None:
+        ram = 1 << (order + 7)
+    return int(ram), int(order)
+
+
+# -- the library calls behind ``htabtool vm`` --------------------------------------
+
+
+@contextlib.contextmanager
+def open_vm(path, writable: bool = True) -> Iterator[VMImage]:
+    """``with open_vm(path) as vm:`` -- vm.hpt, vm.guest; saved on leaving."""
+    vm = VMImage.open(path, writable)
+    try:
+        yield vm
+    finally:
+        vm.close()
+
+
+def create_image(path, *, ram=None, order=None, profile="idle", seed=0, backing_page_shift=DEFAULT_BACKING_PAGE_SHIFT, vrma=False, force=False) -> dict:
+    vm = VMImage.create(
+        path, ram=ram, order=order, profile=profile, seed=seed, backing_page_shift=backing_page_shift, vrma=vrma, force=force
+    )
+    try:
+        return vm.info()
+    finally:
+        vm.close()
+
+
+def run_image(path, *, ops: int | None = None, seconds: float | None = None) -> dict:
+    """Churn the guest of an image: ``ops`` events or ``seconds`` of guest time."""
+    with open_vm(path) as vm:
+        if not vm.hpt.vcpus_running:
+            raise VMImageError(f"{vm.path}: the VM is stopped (htabtool vm cont {vm.path} first)")
+        before = vm.hpt.count_valid()
+        stats = vm.guest.run(ops=ops, seconds=seconds).as_dict()
+        stats["valid_before"] = before
+        stats["valid_after"] = vm.hpt.count_valid()
+        stats["clock_seconds"] = round(vm.guest.state["clock"], 6)
+        return stats
+
+
+def image_info(path) -> dict:
+    with open_vm(path, writable=False) as vm:
+        return vm.info()
+
+
+def set_running(path, running: bool) -> dict:
+    """``vm stop`` / ``vm cont``: the vCPUs' running state, persisted."""
+    with open_vm(path) as vm:
+        if running:
+            vm.hpt.cont()
+        else:
+            vm.hpt.stop()
+        return {"path": vm.path, "vcpus": "running" if running else "stopped", "mmu_ready": vm.hpt.mmu_ready}
+
+
+__all__ = [
+    "VMImage",
+    "open_vm",
+    "create_image",
+    "run_image",
+    "image_info",
+    "set_running",
+    "parse_size",
+    "format_size",
+    "table_counts",
+    "MAGIC",
+    "FORMAT_VERSION",
+]

@@ -131,3 +131,20 @@ def test_savevm_loadvm_workflow_script(tmp_path):
     done = subprocess.run(["bash", str(WORKFLOW), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().endswith("workflow ok")
+
+
+def test_diff_between_a_qemu_snapshot_and_a_simulated_one(tmp_path):
+    fixtures = Path(__file__).parent.parent / "fixtures" / "qemu"
+    assert run("dump", "--qemu", fixtures / "pseries-4g-one-part.mig", "-o", tmp_path / "q.htab").exit_code == 0
+    assert run("vm", "create", tmp_path / "g.img", "--ram", "4G", "--profile", "idle", "--seed", 1).exit_code == 0
+    assert run("dump", "--vm", tmp_path / "g.img", "-o", tmp_path / "g.htab").exit_code == 0
+    r = run("diff", "--json", "--limit", 2, tmp_path / "q.htab", tmp_path / "g.htab")
+    assert r.exit_code == 1, r.stderr
+    d = json.loads(r.stdout)
+    assert d["entries"] == 1 << 21 and d["added"] > 60_000 and len(d["first_differences"]) == 2
+
+
+def test_shell_completion():
+    env = dict(os.environ, _HTABTOOL_COMPLETE="bash_complete", COMP_WORDS="htabtool dump --bo", COMP_CWORD="2")
+    done = subprocess.run([sys.executable, "-m", "htabtool"], env=env, capture_output=True, text=True)
+    assert "--bolted-only" in done.stdout

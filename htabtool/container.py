@@ -41,7 +41,7 @@ import numpy as np
 import zstandard
 
 from htabtool.errors import ContainerError, StreamError, TruncatedContainer, UnsupportedFeature, UsageError
-from htabtool.records import END_OF_STREAM, HEADER_SIZE, MAX_RUN, NEED_DATA, decode_batch
+from htabtool.records import END_OF_STREAM, HEADER_SIZE, MAX_RUN, NEED_DATA, _scan, decode_batch, header_dtype
 
 __all__ = [
     "FORMAT_VERSION",
@@ -464,55 +464,26 @@ def _chunk_stats(data, byte_order: str, raw_offset: int, first_record: int, n_en
     )
 
 
-def _scan_records(data, byte_order: str, n_entries: int, rounds: int = 8):
-    """The statistics of ``data`` if it is whole records inside the table, found
-    without a Python loop per record; None when it cannot tell (then
-    decode_batch must decide).
-
-    Records start at multiples of 8 bytes, and a header at word w says the
-    next starts at word nxt[w] = w + 1 + 2 * n_valid.  Every true header has
-    index < n_entries, so the words that do are the candidates.  Candidates
-    no other candidate points at (word 0 excepted) are dropped until none
-    is; then every candidate is reachable from word 0 (its chain of
-    pointers back only descends, and can only end at 0), and the set is
-    accepted only if it is one chain 0 -> nxt[0] -> ... ending exactly at
-    the end of the data, every record of it inside the table.  So a result
-    is exact; anything odd (a bad record, a partial one, data that keep many
-    false candidates alive) gives None."""
+def _scan_records(data, byte_order: str, n_entries: int, rounds: int = 64):
+    """The statistics of ``data`` if it is whole records inside the table,
+    found without a Python loop per record (htabtool.records' chain scan);
+    None when the scan cannot vouch for it (then decode_batch decides)."""
     size = len(data)
     n = size // 8
     if n == 0 or n * 8 != size:
         return None
-    p = "<" if byte_order == "little" else ">"
-    words = np.frombuffer(data, dtype=np.dtype([("index", p + "u4"), ("n_valid", p + "u2"), ("n_invalid", p + "u2")]))
-    cand = np.flatnonzero(words["index"] < n_entries)
-    if not len(cand) or cand[0] != 0:
+    words = np.frombuffer(data, dtype=header_dtype(byte_order))
+    scanned = _scan(words, n, n_entries, rounds)
+    if scanned is None or scanned[1] != n:
         return None
-    nxt = words["n_valid"][cand].astype(np.int64)
-    nxt *= 2
-    nxt += cand
-    nxt += 1
-    for _ in range(rounds):
-        pointed = np.zeros(n + 1, dtype=bool)
-        pointed[np.minimum(nxt, n)] = True
-        keep = pointed[cand]
-        keep[0] = True
-        if keep.all():
-            break
-        cand = cand[keep]
-        nxt = nxt[keep]
-    else:
-        return None
-    if nxt[-1] != n or not np.array_equal(nxt[:-1], cand[1:]):
-        return None
-    chain = words[cand]
+    chain = words[scanned[0]]
     index = chain["index"].astype(np.int64)
     n_valid = chain["n_valid"].astype(np.int64)
     n_invalid = chain["n_invalid"].astype(np.int64)
     end = index + n_valid + n_invalid
     if int(end.max()) > n_entries:
         return None
-    return len(cand), int(index.min()), int(end.max()), int(n_valid.sum()), int(n_invalid.sum())
+    return len(index), int(index.min()), int(end.max()), int(n_valid.sum()), int(n_invalid.sum())
 
 
 def _check_chunk_records(data: bytes, info: ChunkInfo, byte_order: str, n_entries: int) -> None:
@@ -1398,7 +1369,8 @@ class SnapshotWriter:
             self._pending += view
             return
         # a piece longer than a chunk: cut it at record boundaries
-        batch, used = decode_batch(view, self.header.byte_order, base_offset=self._raw + len(pending))
+        batch, used = decode_batch(view, self.header.byte_order, base_offset=self._raw + len(pending),
+                                   n_entries=self.header.entries)
         if used != len(view):
             raise StreamError(
                 f"record data ends inside a record at stream offset {self._raw + len(pending) + used:#x} "

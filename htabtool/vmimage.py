@@ -9,7 +9,11 @@ table and the guest model's state.  The three arrays are mapped with mmap
 Python objects, and an image is written only where the guest or a load
 changed it (the file is sparse until then).  The small state is JSON (no
 pickle, nothing evaluated).  While an image is open it is locked (flock):
-one writer, or any number of readers.
+one writer, or any number of readers; a second writer is refused at once
+(``IMAGE: the VM image is in use by another htabtool process``), it does not
+wait.  A lock is taken on the inode a path names; since changes replace the
+file (below), an open checks after locking that the path still names the
+inode locked, and opens again if not.
 
 On-disk layout, format version 1
 --------------------------------
@@ -54,9 +58,18 @@ The sections start at multiples of 64 KiB, in this order:
   section; a save rewrites it and truncates the file after it.
 
 A reader refuses an image whose magic, version, header checksum, sizes or
-JSON do not hold, with a one-line :class:`~htabtool.errors.VMImageError`.
-A crash in the middle of a save can leave the arrays and the state out of
-step: the image is a simulator's scratch file, not a database.
+JSON do not hold, and anything that is not a regular file (a FIFO, a
+device), with a one-line :class:`~htabtool.errors.VMImageError`.
+
+Changes all or nothing: :func:`transaction` (``vm run``, ``vm stop``,
+``vm cont``) locks the image, copies it beside itself (holes kept, an
+unpredictable name, mode 0600, never through a symlink), changes the copy,
+saves and fsyncs it and renames it over the image, so that a process killed
+at any point leaves the image as it was before or as it is after, never in
+between (a leftover copy is named ``.IMAGE.<random>.tmp``).  The copy needs
+the image's space again while it lasts.  An image changed in place
+(:func:`open_vm`) has no such guarantee: a crash in the middle can leave the
+arrays and the state out of step.
 """
 
 from __future__ import annotations
@@ -67,6 +80,8 @@ import fcntl
 import json
 import os
 import re
+import secrets
+import stat as stat_module
 import struct
 import tempfile
 import zlib
@@ -133,20 +148,24 @@ class VMImage:
     table) and ``guest`` (:class:`Guest`).  Changes are in the file as they
     happen; :meth:`close` (or leaving the ``with`` block) saves the rest."""
 
-    def __init__(self, path: str, fd: int, header: dict, state: dict, writable: bool):
+    def __init__(self, path: str, fd: int, header: dict, state: dict, writable: bool, file: str | None = None):
         self.path = path
         self._fd = fd
         self.header = header
         self.writable = writable
         npte = header["entries"]
-        mode = "r+" if writable else "r"
-        try:
-            table = np.memmap(path, dtype=">u8", mode=mode, offset=header["table_offset"], shape=(npte, 2))
-            rev = np.memmap(path, dtype="<u8", mode=mode, offset=header["rev_offset"], shape=(npte,))
-            gmap = np.memmap(path, dtype="<u8", mode=mode, offset=header["gmap_offset"], shape=(npte,))
+        file = path if file is None else file
+        try:  # the file locked on fd, whatever the name names by now
+            table = _map(file, fd, writable, ">u8", header["table_offset"], (npte, 2))
+            rev = _map(file, fd, writable, "<u8", header["rev_offset"], (npte,))
+            gmap = _map(file, fd, writable, "<u8", header["gmap_offset"], (npte,))
         except (OSError, ValueError) as exc:
             raise VMImageError(f"{path}: cannot map the image: {exc}") from None
         flags = header["flags"]
+        self._maps = (table, rev, gmap)  # flushed on save
+        # plain ndarray views of the maps: numpy's memmap subclass costs a
+        # Python call on every slice, and the engine slices per read
+        table, rev, gmap = (m.view(np.ndarray) for m in self._maps)
         self.hpt = SimulatedHPT(
             header["order"],
             ram_size=header["ram"],
@@ -171,22 +190,20 @@ class VMImage:
     @classmethod
     def open(cls, path: str | os.PathLike, writable: bool = True) -> "VMImage":
         path = os.fspath(path)
+        fd = _open_locked(path, writable)
         try:
-            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        except FileNotFoundError:
-            raise VMImageError(f"{path}: no such VM image") from None
-        except IsADirectoryError:
-            raise VMImageError(f"{path}: is a directory, not a VM image") from None
-        except PermissionError:
-            raise VMImageError(f"{path}: permission denied") from None
-        try:
-            _lock(fd, path, writable)
-            header = _read_header(fd, path)
-            state = _read_state(fd, path, header)
-            return cls(path, fd, header, state, writable)
+            return cls._from_fd(path, fd, writable)
         except BaseException:
             os.close(fd)
             raise
+
+    @classmethod
+    def _from_fd(cls, path: str, fd: int, writable: bool, file: str | None = None) -> "VMImage":
+        """The image open (and locked) on ``fd``: ``file`` is its name in the
+        file system (default ``path``), ``path`` its name in messages."""
+        header = _read_header(fd, path)
+        state = _read_state(fd, path, header)
+        return cls(path, fd, header, state, writable, file)
 
     @classmethod
     def create(
@@ -249,11 +266,13 @@ class VMImage:
             vm = cls.__new__(cls)
             vm.path, vm._fd, vm.header, vm.writable = tmp, fd, header, True
             try:
-                table = np.memmap(tmp, dtype=">u8", mode="r+", offset=lay["table"], shape=(npte, 2))
-                rev = np.memmap(tmp, dtype="<u8", mode="r+", offset=lay["rev"], shape=(npte,))
-                gmap = np.memmap(tmp, dtype="<u8", mode="r+", offset=lay["gmap"], shape=(npte,))
+                table = _map(tmp, fd, True, ">u8", lay["table"], (npte, 2))
+                rev = _map(tmp, fd, True, "<u8", lay["rev"], (npte,))
+                gmap = _map(tmp, fd, True, "<u8", lay["gmap"], (npte,))
             except (OSError, ValueError) as exc:
                 raise VMImageError(f"{path}: cannot map a table of {npte} entries: {exc}") from None
+            vm._maps = (table, rev, gmap)
+            table, rev, gmap = (m.view(np.ndarray) for m in vm._maps)
             hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=table, rev=rev)
             vm.hpt = hpt
             vm.guest = Guest.boot(hpt, profile, seed, gmap=gmap)
@@ -262,7 +281,13 @@ class VMImage:
             vm.save()
             os.fsync(fd)
             if force:
-                os.replace(tmp, path)
+                # not under a process that has the old image open: its work would be lost
+                held = _lock_existing(path)
+                try:
+                    os.replace(tmp, path)
+                finally:
+                    if held is not None:
+                        os.close(held)
             else:
                 try:
                     os.link(tmp, path)
@@ -286,9 +311,8 @@ class VMImage:
         """Write the state and the header; flush the mapped arrays."""
         if not self.writable:
             raise VMImageError(f"{self.path}: opened read-only")
-        for arr in (self.hpt.hpt, self.hpt.rev, self.guest.gmap):
-            if isinstance(arr, np.memmap):
-                arr.flush()
+        for arr in self._maps:
+            arr.flush()
         state = dict(self.state)
         state.update(
             {
@@ -382,13 +406,107 @@ def table_counts(hpt: SimulatedHPT, chunk: int = 1 << 22) -> dict:
 # -- the header and the state ---------------------------------------------------
 
 
+_OPEN_ATTEMPTS = 16
+
+
+def _open_locked(path: str, writable: bool) -> int:
+    """Open the image ``path`` names and lock it; returns the fd.
+
+    A lock belongs to an inode, not to a name, and a change renames a new
+    file over the image (:func:`transaction`, ``load --vm``).  A process
+    that opened the old inode before such a rename and locks it after the
+    writer let go would work on an unlinked file and its work would be
+    lost.  So once the lock is held, the path must still name the inode
+    locked; if it does not, the open starts again on what it names now.
+
+    Not a regular file (a FIFO, a device, a directory): refused, without
+    blocking (O_NONBLOCK: opening a FIFO would wait for a writer).  Locked by
+    another process: refused at once (LOCK_NB); an operator's script wants
+    an answer, not a wait of unknown length."""
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_OPEN_ATTEMPTS):
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise VMImageError(f"{path}: no such VM image") from None
+        except IsADirectoryError:
+            raise VMImageError(f"{path}: is a directory, not a VM image") from None
+        except PermissionError:
+            raise VMImageError(f"{path}: permission denied") from None
+        except OSError as exc:
+            raise VMImageError(f"{path}: cannot open the VM image: {exc.strerror or exc}") from None
+        try:
+            st = os.fstat(fd)
+            if stat_module.S_ISDIR(st.st_mode):
+                raise VMImageError(f"{path}: is a directory, not a VM image")
+            if not stat_module.S_ISREG(st.st_mode):
+                raise VMImageError(f"{path}: not a regular file (a FIFO, a socket or a device), not a VM image")
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            _lock(fd, path, writable)
+            if _names(path, st):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # replaced while we locked it: open what the path names now
+    raise VMImageError(f"{path}: the VM image keeps being replaced by other processes; try again")
+
+
+def _names(path: str, st: os.stat_result) -> bool:
+    """Does ``path`` still name the file of ``st``?"""
+    try:
+        return _same_file(os.stat(path), st)
+    except OSError:
+        return False
+
+
 def _lock(fd: int, path: str, exclusive: bool) -> None:
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise VMImageError(f"{path}: the VM image is in use by another process") from None
+            raise VMImageError(
+                f"{path}: the VM image is in use by another htabtool process; try again when it has finished"
+            ) from None
         raise
+
+
+def _lock_existing(path: str) -> int | None:
+    """Lock the regular file ``path`` names (before replacing it): its fd,
+    None if there is none; VMImageError if another process holds it."""
+    for _ in range(_OPEN_ATTEMPTS):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat_module.S_ISREG(st.st_mode):
+                os.close(fd)
+                return None
+            _lock(fd, path, True)
+            if _names(path, st):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise VMImageError(f"{path}: the VM image keeps being replaced by other processes; try again")
+
+
+def _map(name: str, fd: int, writable: bool, dtype: str, offset: int, shape: tuple) -> np.memmap:
+    """A numpy memmap of the file open (and locked) on ``fd``, through a new
+    open of ``name`` checked to be that same file.  (Not through a duplicate
+    of ``fd``: mmap keeps the descriptor it is given, and with it the
+    lock, for as long as the array lives.)"""
+    with open(name, "r+b" if writable else "rb", buffering=0) as f:
+        if not _same_file(os.fstat(f.fileno()), os.fstat(fd)):
+            raise OSError(errno.ESTALE, "the image was replaced while it was being opened", name)
+        return np.memmap(f, dtype=dtype, mode="r+" if writable else "r", offset=offset, shape=shape)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _write_header(fd: int, h: dict) -> None:
@@ -539,6 +657,104 @@ def open_vm(path, writable: bool = True) -> Iterator[VMImage]:
         vm.close()
 
 
+@contextlib.contextmanager
+def transaction(path, check=None) -> Iterator[VMImage]:
+    """``with transaction(path) as vm:`` -- change an image all or nothing.
+
+    The image is opened and locked (one writer); ``check(vm)``, if given,
+    may refuse on the image itself before anything is copied.  Then a copy
+    is made beside the file the path resolves to (a symlink keeps pointing
+    at the image), opened and locked, and handed out; when the block ends
+    without an exception the copy is saved, fsynced and renamed over the
+    image, and the directory fsynced.  On an exception (or a kill) the copy
+    is dropped, and the image is as it was."""
+    path = os.fspath(path)
+    original = VMImage.open(path)
+    try:
+        if check is not None:
+            check(original)
+        real = os.path.realpath(path)
+        directory, base = os.path.split(real)
+        fd, tmp = _open_copy(directory, base)
+        copy = None
+        try:
+            try:
+                _copy_sparse(original._fd, fd)
+                os.fsync(fd)
+            except OSError as exc:
+                raise VMImageError(
+                    f"{path}: cannot make the working copy of the image ({exc.strerror or exc}); "
+                    f"the image is left as it was"
+                ) from None
+            _lock(fd, path, True)
+            copy = VMImage._from_fd(path, fd, True, file=tmp)
+            yield copy
+            copy.save()
+            os.fsync(fd)
+            os.replace(tmp, real)
+            tmp = None
+            _fsync_dir(directory)
+        finally:
+            if copy is not None:
+                copy._drop()
+            os.close(fd)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+    finally:
+        original.close(save=False)
+
+
+def _open_copy(directory: str, base: str) -> tuple[int, str]:
+    """A new file for a working copy: an unpredictable name beside the
+    image, O_EXCL and O_NOFOLLOW (never through a symlink), mode 0600."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_OPEN_ATTEMPTS):
+        name = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(name, flags, 0o600), name
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise VMImageError(f"{os.path.join(directory, base)}: cannot make a working copy beside it: "
+                               f"{exc.strerror or exc}") from None
+    raise VMImageError(f"{directory}: could not make a uniquely named working copy")
+
+
+def _copy_sparse(src: int, dst: int, block: int = 1 << 20) -> None:
+    """Copy the file on fd ``src`` to fd ``dst``, holes kept: the data
+    extents (SEEK_DATA / SEEK_HOLE, where the file system tells them), and
+    in them only the blocks that are not all zero."""
+    size = os.fstat(src).st_size
+    zero = bytes(block)
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(src, pos, os.SEEK_DATA)
+            end = min(size, os.lseek(src, start, os.SEEK_HOLE))
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            start, end = pos, size  # no extent information: read it all
+        except AttributeError:
+            start, end = pos, size
+        at = start
+        while at < end:
+            data = os.pread(src, min(block, end - at), at)
+            if not data:
+                break
+            if data != zero[: len(data)]:
+                view, to = memoryview(data), at
+                while view:
+                    n = os.pwrite(dst, view, to)
+                    view, to = view[n:], to + n
+            at += len(data)
+        if end <= pos:  # no progress (the file changed under us): stop
+            break
+        pos = end
+    os.ftruncate(dst, size)
+
+
 def create_image(path, *, ram=None, order=None, profile="idle", seed=0, backing_page_shift=DEFAULT_BACKING_PAGE_SHIFT, vrma=False, force=False) -> dict:
     vm = VMImage.create(
         path, ram=ram, order=order, profile=profile, seed=seed, backing_page_shift=backing_page_shift, vrma=vrma, force=force
@@ -551,9 +767,11 @@ def create_image(path, *, ram=None, order=None, profile="idle", seed=0, backing_
 
 def run_image(path, *, ops: int | None = None, seconds: float | None = None) -> dict:
     """Churn the guest of an image: ``ops`` events or ``seconds`` of guest time."""
-    with open_vm(path) as vm:
+    def running(vm):
         if not vm.hpt.vcpus_running:
             raise VMImageError(f"{vm.path}: the VM is stopped (htabtool vm cont {vm.path} first)")
+
+    with transaction(path, check=running) as vm:
         before = vm.hpt.count_valid()
         stats = vm.guest.run(ops=ops, seconds=seconds).as_dict()
         stats["valid_before"] = before
@@ -569,7 +787,7 @@ def image_info(path) -> dict:
 
 def set_running(path, running: bool) -> dict:
     """``vm stop`` / ``vm cont``: the vCPUs' running state, persisted."""
-    with open_vm(path) as vm:
+    with transaction(path) as vm:
         if running:
             vm.hpt.cont()
         else:
@@ -580,6 +798,7 @@ def set_running(path, running: bool) -> dict:
 __all__ = [
     "VMImage",
     "open_vm",
+    "transaction",
     "create_image",
     "run_image",
     "image_info",

@@ -361,3 +361,45 @@ def test_split_passes_where_indexes_go_back():
     assert [(n, len(b)) for n, b in pieces] == [(1, 48), (2, 24), (3, 32)]
     assert b"".join(b for _, b in pieces) == stream
     assert (p, end) == (3, 5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tables(), st.sampled_from(["little", "big"]), st.data())
+def test_the_vectorised_scan_finds_what_the_walk_finds(tab, order, data):
+    table, _ = tab
+    stream = encode_pass(StaticTable(table), order) + encode_pass(StaticTable(table, bolted_only=True), order)
+    cut = data.draw(st.integers(0, len(stream)))
+    noise = data.draw(st.binary(max_size=40))
+    for buf in (stream[:cut], stream[:cut] + noise):
+        scanned, used_s = decode_batch(buf, order, n_entries=len(table)) if _sound(buf, order, len(table)) else (None, None)
+        walked, used_w = decode_batch(buf, order)
+        if scanned is not None:
+            assert used_s == used_w
+            assert scanned.index.tolist() == walked.index.tolist()
+            assert np.array_equal(scanned.entries, walked.entries)
+
+
+def _sound(buf, order, n):
+    try:
+        decode_batch(buf, order, n_entries=n)
+        return True
+    except StreamError:
+        return False
+
+
+def test_scan_and_walk_agree_on_a_large_table():
+    from htabtool.records import _scan, header_dtype
+
+    rng = np.random.default_rng(5)
+    n = 1 << 16
+    t = new_table(n)
+    live = rng.random(n) < 0.5
+    t[live, 0] = (rng.integers(0, 1 << 50, int(live.sum()), dtype=np.uint64) << np.uint64(7)) | np.uint64(1)
+    t[live, 1] = rng.integers(0, 1 << 20, int(live.sum()), dtype=np.uint64)  # small r: many false candidates
+    stream = encode_pass(StaticTable(t), "little")
+    for cut in (len(stream), len(stream) - 3, len(stream) // 2 + 5):
+        words = np.frombuffer(stream[: cut // 8 * 8], dtype=header_dtype("little"))
+        got = _scan(words, len(words), n)
+        walked, used = decode_batch(stream[:cut], "little")
+        if got is not None:
+            assert got[0].tolist() == (walked.offset // 8).tolist() and got[1] * 8 == used

@@ -1022,7 +1022,7 @@ class HtabFd:
         e = self.hpt
         if e.mmu_ready and e.vcpus_running:
             raise _oserror(errno.EBUSY, "the VM's vCPUs are running")
-        batch, used = records.decode_batch(memoryview(data).cast("B"), self.byte_order)
+        batch, used = records.decode_batch(memoryview(data).cast("B"), self.byte_order, scan_bound=self.hpt.npte)
         if not len(batch):
             return used
         err = _apply_records(e, batch)

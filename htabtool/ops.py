@@ -91,10 +91,21 @@ class Stat:
 def stat(snap: SnapshotInput, window: int = DEFAULT_WINDOW) -> Stat:
     """Statistics of the final table and of the records that built it."""
     rs = RecordStats()
-    for number, batch in batches(snap):
-        rs.add(batch, number)
     ts = TableStats.empty()
-    for _, part in final_state(snap, window):
+    trailer = snap.trailer() if hasattr(snap, "trailer") else None
+    if trailer is not None and len({p.pass_number for p in trailer.passes}) <= 1:
+        # one pass: the records and the table in the same single read
+        def counted():
+            for number, batch in batches(snap):
+                rs.add(batch, number)
+                yield batch
+
+        windows = final_windows(counted(), Overrides().finish(), snap.entries, window)
+    else:
+        for number, batch in batches(snap):
+            rs.add(batch, number)
+        windows = final_state(snap, window)
+    for _, part in windows:
         ts.add(part)
     return Stat(ts, rs)
 
@@ -251,7 +262,7 @@ class RecordChecker:
             self.problems.append(Problem(where, what))
 
     def add(self, number: int, data: bytes) -> None:
-        dec = self._decoders.setdefault(number, RecordDecoder(self.byte_order))
+        dec = self._decoders.setdefault(number, RecordDecoder(self.byte_order, scan_bound=self.entries))
         dec.receive_data(data)
         try:
             batch = dec.next_batch()
@@ -420,10 +431,10 @@ def write_records(fd, pieces: Iterable[tuple[int, bytes]], buffer_size: int) -> 
     """Write whole records through an htab write fd in ``buffer_size``
     writes, as one would into the kernel: a write consumes the whole records
     at its start, so what it leaves is written again; a record longer than
-    the buffer is written whole.  Returns (records, bytes, writes)."""
-    from htabtool.records import HEADER_SIZE, HPTE_SIZE, RecordHeader, decode_batch
+    the buffer is written whole.  Returns (bytes, writes)."""
+    from htabtool.records import HEADER_SIZE, HPTE_SIZE, RecordHeader
 
-    records = total = writes = 0
+    total = writes = 0
     for _, data in pieces:
         view = memoryview(data)
         pos = 0
@@ -438,9 +449,8 @@ def write_records(fd, pieces: Iterable[tuple[int, bytes]], buffer_size: int) -> 
                 if n == 0:
                     raise StreamError(f"a record at stream offset {total + pos:#x} was not consumed")
             pos += n
-        records += len(decode_batch(data, fd.byte_order)[0])
         total += len(view)
-    return records, total, writes
+    return total, writes
 
 
 def load_vm(snap, image: str, *, create: bool = False, stop: bool = False, verify: bool = False,
@@ -487,7 +497,8 @@ def _load_vm(snap, image, created, stop, verify, buffer_size) -> dict:
                 vm.hpt.stop()
             with vm.hpt.htab_fd(KVM_GET_HTAB_WRITE, byte_order=snap.byte_order) as fd:
                 try:
-                    records, nbytes, writes = write_records(fd, snap.pieces(), buffer_size)
+                    nbytes, writes = write_records(fd, snap.pieces(), buffer_size)
+                    records = snap.trailer().records
                 except OSError as exc:
                     raise VMImageError(f"{image}: the htab fd refused a write ({exc.strerror or exc}); "
                                        f"the image is left as it was") from None

@@ -336,20 +336,24 @@ def decode_batch(
     base_offset: int = 0,
     first_record: int = 0,
     n_entries: int | None = None,
+    scan_bound: int | None = None,
 ) -> tuple[RecordBatch, int]:
     """The complete records at the start of ``buf`` and how many bytes they take.
 
     A trailing partial record is left (not an error here: feed more bytes);
     the caller decides whether the stream may end there.  ``base_offset`` is
     the stream offset of ``buf[0]``, for messages; with ``n_entries`` the
-    records are also checked against the table (RecordBatch.check)."""
+    records are also checked against the table (RecordBatch.check).
+    ``scan_bound`` (the table size, without the checks) lets the records be
+    found without a loop per record (:func:`_scan`); ``n_entries`` does too."""
     p = _prefix(byte_order)
     mv = memoryview(buf).cast("B")
     n_words = len(mv) // 8
     if n_words == 0:
         return RecordBatch.empty(first_record), 0
     all_headers = np.frombuffer(mv, dtype=header_dtype(byte_order), count=n_words)
-    scanned = _scan(all_headers, n_words, n_entries) if n_entries is not None else None
+    bound = scan_bound if scan_bound is not None else n_entries
+    scanned = _scan(all_headers, n_words, bound) if bound is not None else None
     if scanned is not None:
         pos, end_word = scanned
     else:
@@ -386,10 +390,11 @@ class RecordDecoder:
     With ``n_entries`` every record is checked against the table as the
     kernel's write side would (RecordError names the record and offset)."""
 
-    def __init__(self, byte_order: str, n_entries: int | None = None):
+    def __init__(self, byte_order: str, n_entries: int | None = None, *, scan_bound: int | None = None):
         check_byte_order(byte_order)
         self.byte_order = byte_order
         self.n_entries = n_entries
+        self.scan_bound = scan_bound
         self._buf = bytearray()
         self._offset = 0  # stream offset of _buf[0]
         self._records = 0  # records handed out so far
@@ -423,6 +428,7 @@ class RecordDecoder:
             base_offset=self._offset,
             first_record=self._records,
             n_entries=self.n_entries,
+            scan_bound=self.scan_bound,
         )
         if used:
             del self._buf[:used]

@@ -1009,6 +1009,27 @@ class HtabFd:
         self.last_read = res
         return res.data
 
+    def reads(self, size: int):
+        """``read(size)`` again and again until a read reaches the end of the
+        table (or returns nothing), yielding each read's bytes: exactly what
+        that many read() calls return, with the table planned once for the
+        whole burst.  Nothing else may change the table until it ends."""
+        self._check(want_read=True)
+        size = int(size)
+        if size < 0:
+            raise _oserror(errno.EINVAL, "negative size")
+        self._source._window = None
+        try:
+            for res in records.encode_reads(self._source, self.index, self.first_pass, size, self.byte_order):
+                self._source.consume(res, self.index, self.first_pass)
+                if res.wrapped:
+                    self.first_pass = False
+                self.index = res.next_index
+                self.last_read = res
+                yield res.data
+        finally:
+            self._source._window = None
+
     # -- write ---------------------------------------------------------------
 
     def write(self, data) -> int:

@@ -694,21 +694,107 @@ def _layout(index, n_valid, n_invalid, entries, byte_order: str) -> bytes:
     return out.tobytes()
 
 
-def encode_read(source: TableSource, start: int, first_pass: bool, count: int, byte_order: str) -> ReadResult:
+class _Planner:
+    """The records of the table from a position on, planned a window at a
+    time (:func:`plan_records`) and kept with their entries' doublewords.
+
+    One read uses a planner once; a burst of reads (:func:`encode_reads`)
+    shares one, so that each window is planned once however many reads it
+    feeds.  That is sound because nothing changes the table between the
+    reads of a burst but the reads' own side effects, and those touch only
+    the entries the reads emitted, all before the next read's start."""
+
+    def __init__(self, source: TableSource, first_pass: bool, window: int):
+        self.source = source
+        self.first_pass = first_pass
+        self.window = window
+        self.n = source.n_entries
+        self.lo = self.resume = -1
+        z = np.zeros(0, dtype=np.int64)
+        self.idx, self.nv, self.ni = z, z, z
+        self.words = np.zeros((0, 2), dtype=np.uint64)
+        self.woff = np.zeros(1, dtype=np.int64)
+
+    def chunk(self, scan: int, limit: int):
+        """(index, n_valid, n_invalid, raw words of their valid entries,
+        resume): at most ``limit`` of the records the kernel makes from
+        ``scan`` on, as far as they are planned; they go on at ``resume``."""
+        if self.lo <= scan < self.resume:
+            got = self._from_plan(scan, limit)
+            if got is not None:
+                return got
+        self._plan(scan)
+        return self._from_plan(scan, limit)
+
+    def _from_plan(self, scan: int, limit: int):
+        idx, nv, ni, woff = self.idx, self.nv, self.ni, self.woff
+        k = int(np.searchsorted(idx, scan, side="right")) - 1
+        head = None
+        if k >= 0 and scan < idx[k] + nv[k] + ni[k]:
+            if scan == idx[k]:
+                start = k
+            elif scan < idx[k] + nv[k] and nv[k] < MAX_RUN:
+                # the rest of a valid run the previous read cut short (a run
+                # piece shorter than the cap ends where the run ends)
+                start = k + 1
+                head = (scan, int(idx[k] + nv[k] - scan), int(ni[k]), int(woff[k] + scan - idx[k]))
+            else:
+                return None
+        else:
+            start = k + 1  # scan is in a clean gap before record k + 1
+        stop = min(len(idx), start + limit)
+        resume = int(idx[stop]) if stop < len(idx) else self.resume
+        s_idx, s_nv, s_ni = idx[start:stop], nv[start:stop], ni[start:stop]
+        w0 = int(woff[start])
+        if head is not None:
+            s_idx = np.concatenate(([head[0]], s_idx))
+            s_nv = np.concatenate(([head[1]], s_nv))
+            s_ni = np.concatenate(([head[2]], s_ni))
+            w0 = head[3]
+        return s_idx, s_nv, s_ni, self.words[w0 : int(woff[stop])], resume
+
+    def _plan(self, scan: int) -> None:
+        n = self.n
+        while True:
+            lo, hi = scan, min(n, scan + self.window)
+            idx, nv, ni = plan_records(self.source.kinds(lo, hi, self.first_pass), lo)
+            if hi < n:
+                trusted = int(np.searchsorted(idx + nv + ni, hi, side="left"))  # records ending before hi
+                resume = int(idx[trusted]) if trusted < len(idx) else hi
+            else:
+                trusted, resume = len(idx), n
+            if trusted or resume > lo:
+                break
+            self.window *= 2  # one record is longer than the window
+        idx, nv, ni = idx[:trusted], nv[:trusted], ni[:trusted]
+        if nv.sum():
+            w = np.asarray(self.source.words(lo, hi), dtype=ENTRY_DTYPE).view(np.uint64)
+            self.words = w[_expand_ranges(idx - lo, nv)]
+        else:
+            self.words = np.zeros((0, 2), dtype=np.uint64)
+        self.idx, self.nv, self.ni = idx, nv, ni
+        self.woff = np.concatenate(([0], np.cumsum(nv)))
+        self.lo, self.resume = lo, resume
+
+
+def encode_read(
+    source: TableSource, start: int, first_pass: bool, count: int, byte_order: str, *, planner: _Planner | None = None
+) -> ReadResult:
     """Exactly one ``read(2)`` of ``count`` bytes on the htab fd (kvm_htab_read).
 
-    Walks the table from ``start`` in windows, plans the records of each
-    window with :func:`plan_records`, and fits them to the budget with the
-    kernel's strict rules.  A record whose runs reach the window's end is
-    planned again in the next window (it may continue there)."""
+    Takes the records the kernel makes from ``start`` on (planned a window
+    at a time) and fits them to the budget with the kernel's strict rules:
+    a record starts only while a header and one entry fit strictly inside
+    what is left, a valid run is cut where the next entry would not."""
     check_byte_order(byte_order)
     n = source.n_entries
+    if planner is None:
+        planner = _Planner(source, first_pass, max(4096, min(1 << 22, count // 8)))
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     words: list[np.ndarray] = []
     nb = 0  # bytes of the read so far
     i = start  # the fd's index: one past the last record emitted
-    scan = start  # where planning resumes (clean entries in between)
-    window = max(4096, min(1 << 22, count // 8))
+    scan = start  # where the records go on (clean entries in between)
     wrapped = False
     while nb + HEADER_SIZE + HPTE_SIZE < count:
         if scan >= n:
@@ -716,16 +802,8 @@ def encode_read(source: TableSource, start: int, first_pass: bool, count: int, b
             # nothing, and wraps
             wrapped = True
             break
-        lo, hi = scan, min(n, scan + window)
-        idx, nv, ni = plan_records(source.kinds(lo, hi, first_pass), lo)
-        ends = idx + nv + ni
-        if hi < n:
-            trusted = int(np.searchsorted(ends, hi, side="left"))  # records ending before hi
-            resume = int(idx[trusted]) if trusted < len(idx) else hi
-        else:
-            trusted = len(idx)
-            resume = n
-        idx, nv, ni, ends = idx[:trusted], nv[:trusted], ni[:trusted], ends[:trusted]
+        # a record takes 8 bytes at least: more than count // 8 never fit
+        idx, nv, ni, w, resume = planner.chunk(scan, count // HEADER_SIZE + 1)
         # byte offset of each record's header, and the budget rules
         b = nb + np.concatenate(([0], np.cumsum(HEADER_SIZE + HPTE_SIZE * nv)))
         stop = b[:-1] + HEADER_SIZE + HPTE_SIZE >= count
@@ -743,20 +821,21 @@ def encode_read(source: TableSource, start: int, first_pass: bool, count: int, b
             idx = idx[:take]
             if take:
                 i = int(idx[-1] + nv[-1] + ni[-1])
-            _collect(source, parts, words, idx, nv, ni, lo, hi)
+                parts.append((idx, nv, ni))
+                words.append(w[: int(nv.sum())])
             nb = int(b[0] + HEADER_SIZE * take + HPTE_SIZE * nv.sum())
             break
-        _collect(source, parts, words, idx, nv, ni, lo, hi)
+        if len(idx):
+            parts.append((idx, nv, ni))
+            words.append(w[: int(nv.sum())])
         used, nb = int(b[-1]) - nb, int(b[-1])
         if used < (count - nb) // 2:
-            window = min(window * 2, 1 << 22)  # sparse (an incremental pass): look further at once
-        if trusted:
-            i = int(ends[-1])
+            planner.window = min(planner.window * 2, 1 << 22)  # sparse (an incremental pass): look further at once
+        if len(idx):
+            i = int(idx[-1] + nv[-1] + ni[-1])
             if i >= n:
                 wrapped = True
                 break
-        if resume == lo:
-            window *= 2  # one record is longer than the window
         scan = resume
     if wrapped:
         i = 0
@@ -770,28 +849,34 @@ def encode_read(source: TableSource, start: int, first_pass: bool, count: int, b
     return ReadResult(data, index, n_valid, n_invalid, i, wrapped, entries)
 
 
-def _collect(source, parts, words, idx, nv, ni, lo, hi) -> None:
-    if not len(idx):
-        return
-    parts.append((idx, nv, ni))
-    if nv.sum():
-        w = source.words(lo, hi)
-        words.append(np.asarray(w, dtype=ENTRY_DTYPE).view(np.uint64)[_expand_ranges(idx - lo, nv)])
+def encode_reads(
+    source: TableSource, start: int, first_pass: bool, count: int, byte_order: str, *, window: int = 1 << 18
+) -> Iterator[ReadResult]:
+    """Successive reads of ``count`` bytes, as :func:`encode_read` one after
+    another, until one reaches the end of the table or returns nothing: a
+    burst, with the table's plan shared between its reads.  The caller
+    applies each read's side effects (if any) before asking for the next;
+    nothing else may change the table during the burst."""
+    planner = _Planner(source, first_pass, max(window, count // 8))
+    i = start
+    while True:
+        res = encode_read(source, i, first_pass, count, byte_order, planner=planner)
+        yield res
+        if res.wrapped or not res.data:
+            return
+        i = res.next_index
 
 
 def iter_reads(source: TableSource, count: int, byte_order: str, start: int = 0, first_pass: bool = True) -> Iterator[ReadResult]:
     """Successive reads of ``count`` bytes until one reaches the end of the
     table (the end of the pass).  Reads that return nothing are not yielded."""
-    i = start
-    while True:
-        res = encode_read(source, i, first_pass, count, byte_order)
+    for res in encode_reads(source, start, first_pass, count, byte_order):
         if res.data:
             yield res
         if res.wrapped:
             return
         if not res.data:
             raise UsageError(f"a read of {count} bytes cannot hold one record: use more than 24")
-        i = res.next_index
 
 
 def encode_pass(source: TableSource, byte_order: str, start: int = 0, first_pass: bool = True) -> bytes:

@@ -300,15 +300,13 @@ class VMSource:
                     if self.churn:
                         self.vm.guest.run(ops=self.churn)
                 changed = 0
-                while True:
-                    data = fd.read(self.buffer_size)
+                # one burst of read(buffer_size) calls to the end of the pass
+                for data in fd.reads(self.buffer_size):
                     res = fd.last_read
                     changed += int(res.n_valid.sum() + res.n_invalid.sum())
                     yield number, data
-                    if res.wrapped:
-                        break
-                    if not data:
-                        raise UsageError(f"a read of {self.buffer_size} bytes holds no record")
+                if not fd.last_read.wrapped:
+                    raise UsageError(f"a read of {self.buffer_size} bytes holds no record")
                 self.pass_changes.append(changed)
                 if self.until_dirty is not None and number > 1 and changed <= self.until_dirty:
                     break

@@ -403,3 +403,30 @@ def test_scan_and_walk_agree_on_a_large_table():
         walked, used = decode_batch(stream[:cut], "little")
         if got is not None:
             assert got[0].tolist() == (walked.offset // 8).tolist() and got[1] * 8 == used
+
+
+@settings(max_examples=150, deadline=None)
+@given(tables(), st.integers(25, 3000), st.sampled_from(["little", "big"]), st.booleans(), st.randoms(use_true_random=False))
+def test_a_burst_of_reads_equals_reads_one_by_one(tab, count, order, bolted_only, rnd):
+    from htabtool.records import encode_reads
+
+    table, rows = tab
+    n = len(rows)
+    start = rnd.randrange(0, n)
+    changed = np.array([rnd.random() < 0.3 for _ in range(n)])
+    for first_pass in (True, False):
+        one = StaticTable(table, changed=changed.copy(), bolted_only=bolted_only)
+        burst = StaticTable(table, changed=changed.copy(), bolted_only=bolted_only)
+        singles, index = [], start
+        while True:
+            res = encode_read(one, index, first_pass, count, order)
+            one.mark_read(res)
+            singles.append(res.data)
+            if res.wrapped or not res.data:
+                break
+            index = res.next_index
+        together = []
+        for res in encode_reads(burst, start, first_pass, count, order, window=64):
+            burst.mark_read(res)
+            together.append(res.data)
+        assert together == singles

@@ -14,6 +14,18 @@ A process killed outright (SIGKILL, power loss) can leave a temporary file
 behind; its name starts with ``.<final name>.`` and ends with ``.tmp``, so
 it is easy to recognise, and it never replaces the final name.
 
+A symlink under the final name is replaced, not followed.  A destination
+that is not a file to replace is written straight through, never replaced:
+a FIFO or a character device (``/dev/null``, a terminal), and any name in
+``/dev``, ``/dev/fd`` or ``/proc`` (``/dev/stdout`` names whatever standard
+output is; a temporary file there, renamed over the name, would replace the
+system's own link).  Nothing is atomic about such a write.  A block device
+or a socket is refused.
+
+Errors of the file (a full disk: ENOSPC, a file size limit: EFBIG) are
+raised as the OSError they are, naming the final path, never the temporary
+one.
+
 Writing to standard output (``-``) is the caller's business: there is
 nothing to rename, so it cannot be atomic.
 """
@@ -22,17 +34,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import secrets
+import stat
 from typing import BinaryIO, Iterator
+
+from htabtool.errors import HtabError
 
 __all__ = ["atomic_write", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".tmp"
 _ATTEMPTS = 16
+#: directories whose names are never replaced, only written through
+_SYSTEM_DIRECTORIES = ("/dev", "/dev/fd")
 
 
-def _open_temp(directory: str, base: str, mode: int) -> tuple[int, str]:
+def _open_temp(directory: str, base: str, mode: int, final: str) -> tuple[int, str]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     flags |= getattr(os, "O_CLOEXEC", 0)
     for _ in range(_ATTEMPTS):
@@ -41,6 +59,8 @@ def _open_temp(directory: str, base: str, mode: int) -> tuple[int, str]:
             return os.open(name, flags, mode), name
         except FileExistsError:
             continue
+        except OSError as exc:  # name the file asked for, not our temporary one
+            raise OSError(exc.errno, exc.strerror, final) from None
     raise FileExistsError(
         errno.EEXIST, f"could not create a unique temporary file after {_ATTEMPTS} attempts", directory
     )
@@ -61,6 +81,63 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+class _File(io.BufferedWriter):
+    """A buffered binary file whose write errors name ``name``."""
+
+    def __init__(self, fd: int, name: str):
+        super().__init__(io.FileIO(fd, "wb"))
+        self._name = name
+
+    def write(self, data):
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise _named(exc, self._name)
+
+    def flush(self):
+        try:
+            return super().flush()
+        except OSError as exc:
+            raise _named(exc, self._name)
+
+
+def _named(exc: OSError, name: str) -> OSError:
+    if exc.filename is None:
+        exc.filename = name
+    return exc
+
+
+def _written_through(path: str) -> bool:
+    """Is ``path`` a destination to write through rather than replace?"""
+    directory = os.path.dirname(os.path.abspath(path))
+    if directory in _SYSTEM_DIRECTORIES or directory == "/proc" or directory.startswith("/proc/"):
+        return True
+    try:
+        st = os.stat(path)  # what a symlink points at, too
+    except OSError:
+        return False
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        return True
+    if stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        kind = "a block device" if stat.S_ISBLK(st.st_mode) else "a socket"
+        raise HtabError(f"{path}: is {kind}; write to a file, a FIFO or standard output (-)")
+    return False
+
+
+@contextlib.contextmanager
+def _write_through(path: str) -> Iterator[BinaryIO]:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)  # no O_CREAT: nothing is made in /dev or /proc
+    with _File(fd, path) as fileobj:
+        yield fileobj
+        fileobj.flush()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise _named(exc, path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: int = 0o600, *, fsync: bool = True) -> Iterator[BinaryIO]:
     """Yield a binary file whose contents replace ``path`` atomically.
@@ -70,6 +147,8 @@ def atomic_write(path: str | os.PathLike, mode: int = 0o600, *, fsync: bool = Tr
     old ``path`` (if any) is untouched.  ``mode`` is the permission of the
     new file (minus the umask, as for any file creation).  ``fsync=False``
     skips both fsyncs (tests, scratch files); the rename stays atomic.
+    A FIFO, a character device or a name in /dev or /proc is written
+    through instead (see the module's notes).
     """
     path = os.fspath(path)
     if isinstance(path, bytes):
@@ -77,13 +156,20 @@ def atomic_write(path: str | os.PathLike, mode: int = 0o600, *, fsync: bool = Tr
     directory, base = os.path.split(os.path.abspath(path))
     if not base:
         raise IsADirectoryError(errno.EISDIR, "not a file name", path)
-    fd, temp = _open_temp(directory, base, mode)
+    if _written_through(path):
+        with _write_through(path) as fileobj:
+            yield fileobj
+        return
+    fd, temp = _open_temp(directory, base, mode, path)
     try:
-        with os.fdopen(fd, "wb") as fileobj:
+        with _File(fd, path) as fileobj:
             yield fileobj
             fileobj.flush()
             if fsync:
-                os.fsync(fileobj.fileno())
+                try:
+                    os.fsync(fileobj.fileno())
+                except OSError as exc:
+                    raise _named(exc, path)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

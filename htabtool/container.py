@@ -584,6 +584,12 @@ def _parse_header_body(body: bytes, offset: int) -> SnapshotHeader:
         )
     except (UnicodeDecodeError, ValueError) as exc:
         raise fail(f"bad JSON metadata: {exc}") from None
+    except RecursionError:
+        raise fail("bad JSON metadata: nested too deeply") from None
+    try:
+        json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise fail("bad JSON metadata: a string is not valid Unicode (a lone surrogate)") from None
     if not isinstance(meta, dict):
         raise fail("JSON metadata is not an object")
     source = meta.get("source")
@@ -1348,7 +1354,7 @@ class SnapshotWriter:
     def _fail(self) -> None:
         self._failed = True
         self._closed = True
-        for fut in self._inflight:
+        for _, fut in self._inflight:
             fut.cancel()
         self._inflight.clear()
         self._shutdown()

@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from htabtool.errors import HtabError, StreamError, UsageError
-from htabtool.records import RecordDecoder, StaticTable, iter_batches, iter_reads
+from htabtool.errors import StreamError, UsageError
+from htabtool.records import RecordDecoder, StaticTable, iter_reads
 from htabtool.table import (
     DEFAULT_WINDOW,
     Overrides,
@@ -31,7 +31,6 @@ from htabtool.table import (
     TableStats,
     field_changes,
     final_windows,
-    native,
 )
 
 
@@ -68,12 +67,24 @@ def batches(snap: SnapshotInput, passes=None) -> Iterator[tuple[int, object]]:
 
 def final_state(snap: SnapshotInput, window: int = DEFAULT_WINDOW) -> Iterator[tuple[int, np.ndarray]]:
     """The table state all passes add up to, as (lo, slice) windows."""
+    first_number = _first_pass_number(snap)
     ov = Overrides()
-    for _, batch in batches(snap, lambda p: p > 1):
+    for _, batch in batches(snap, lambda p: p != first_number):
         ov.add(batch)
     ov.finish()
-    first = (batch for _, batch in batches(snap, lambda p: p == 1))
+    first = (batch for _, batch in batches(snap, lambda p: p == first_number))
     return final_windows(first, ov, snap.entries, window)
+
+
+def _first_pass_number(snap) -> int:
+    """The number of the snapshot's first pass: the lowest (htabtool
+    numbers from 1; the format allows any growing numbers, 0 included)."""
+    if hasattr(snap, "trailer"):
+        passes = snap.trailer().passes
+        return min((p.pass_number for p in passes), default=1)
+    for number, _ in snap.pieces():
+        return number
+    return 1
 
 
 # -- stat ------------------------------------------------------------------------
@@ -456,59 +467,80 @@ def write_records(fd, pieces: Iterable[tuple[int, bytes]], buffer_size: int) -> 
 def load_vm(snap, image: str, *, create: bool = False, stop: bool = False, verify: bool = False,
             buffer_size: int = 65536) -> dict:
     """Replay every chunk of a (checked) snapshot into a VM image through its
-    htab write fd.  The image is changed in a copy renamed over it at the
-    end, so it is either as before or as after the load."""
+    htab write fd.  All or nothing: an existing image is changed in a copy
+    renamed over it at the end (:func:`htabtool.vmimage.transaction`); a new
+    one (``create``) is made under a temporary name and linked into place
+    when the load is done, so a failed or killed load leaves no image."""
     import os
 
-    from htabtool.engine import KVM_GET_HTAB_WRITE
     from htabtool.errors import VMImageError
-    from htabtool.vmimage import VMImage, open_vm
+    from htabtool.vmimage import transaction
 
-    created = False
-    if not os.path.exists(image):
-        if not create:
-            raise VMImageError(f"{image}: no such VM image (--create makes one of the snapshot's size)")
-        VMImage.create(image, order=snap.header.order, profile="empty").close()
-        created = True
+    if os.path.lexists(image):
+        def check(vm):
+            if vm.hpt.npte != snap.entries:
+                raise VMImageError(
+                    f"{image}: its table has {vm.hpt.npte:,} entries (order {vm.header['order']}), "
+                    f"the snapshot's {snap.entries:,} (order {snap.header.order})"
+                )
+            if vm.hpt.vcpus_running and not stop:
+                raise VMImageError(
+                    f"{image}: the VM is running and the kernel refuses htab writes while vCPUs run (EBUSY); "
+                    f"stop it first (htabtool vm stop, or load --stop)"
+                )
+
+        with transaction(image, check=check) as vm:
+            return _load_into(vm, snap, image, stop, verify, buffer_size, created=False)
+    if not create:
+        raise VMImageError(f"{image}: no such VM image (--create makes one of the snapshot's size)")
+    return _create_and_load(snap, image, verify, buffer_size)
+
+
+def _create_and_load(snap, image, verify, buffer_size) -> dict:
+    import os
+    import secrets
+
+    from htabtool.atomic import _fsync_directory
+    from htabtool.errors import VMImageError
+    from htabtool.vmimage import VMImage
+
+    directory, base = os.path.split(os.path.abspath(image))
+    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+    vm = VMImage.create(tmp, order=snap.header.order, profile="empty")
     try:
-        return _load_vm(snap, image, created, stop, verify, buffer_size)
-    except BaseException:
-        if created:
-            os.unlink(image)  # nothing half-made is left
-        raise
+        report = _load_into(vm, snap, image, False, verify, buffer_size, created=True)
+        vm.close()
+        try:
+            os.link(tmp, image)
+        except FileExistsError:
+            raise VMImageError(f"{image}: appeared while the snapshot was loaded; nothing was replaced") from None
+        _fsync_directory(directory)
+        return report
+    finally:
+        vm.close(save=False)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
-def _load_vm(snap, image, created, stop, verify, buffer_size) -> dict:
+def _load_into(vm, snap, image, stop, verify, buffer_size, *, created) -> dict:
     from htabtool.engine import KVM_GET_HTAB_WRITE
     from htabtool.errors import VMImageError
-    with _held(image) as original:
-        if original.hpt.npte != snap.entries:
-            raise VMImageError(
-                f"{image}: its table has {original.hpt.npte:,} entries (order {original.header['order']}), "
-                f"the snapshot's {snap.entries:,} (order {snap.header.order})"
-            )
-        if original.hpt.vcpus_running and not stop:
-            raise VMImageError(
-                f"{image}: the VM is running and the kernel refuses htab writes while vCPUs run (EBUSY); "
-                f"stop it first (htabtool vm stop, or load --stop)"
-            )
-        with _image_copy(original) as (copy_path, vm):
-            if stop:
-                vm.hpt.stop()
-            with vm.hpt.htab_fd(KVM_GET_HTAB_WRITE, byte_order=snap.byte_order) as fd:
-                try:
-                    nbytes, writes = write_records(fd, snap.pieces(), buffer_size)
-                    records = snap.trailer().records
-                except OSError as exc:
-                    raise VMImageError(f"{image}: the htab fd refused a write ({exc.strerror or exc}); "
-                                       f"the image is left as it was") from None
-            report = {"target": "vm", "image": image, "records": records, "bytes": nbytes, "writes": writes,
-                      "buffer_size": buffer_size, "created": created, "stopped": stop, "verified": None}
-            if verify:
-                differences = _compare_vm(vm, snap)
-                report["verified"] = differences == 0
-                report["differences"] = differences
-        return report
+
+    if stop:
+        vm.hpt.stop()
+    with vm.hpt.htab_fd(KVM_GET_HTAB_WRITE, byte_order=snap.byte_order) as fd:
+        try:
+            nbytes, writes = write_records(fd, snap.pieces(), buffer_size)
+        except OSError as exc:
+            raise VMImageError(f"{image}: the htab fd refused a write ({exc.strerror or exc}); "
+                               f"the image is left as it was") from None
+    report = {"target": "vm", "image": image, "records": snap.trailer().records, "bytes": nbytes, "writes": writes,
+              "buffer_size": buffer_size, "created": created, "stopped": stop, "verified": None}
+    if verify:
+        differences = _compare_vm(vm, snap)
+        report["verified"] = differences == 0
+        report["differences"] = differences
+    return report
 
 
 def _compare_vm(vm, snap) -> int:
@@ -531,87 +563,6 @@ def _compare_vm(vm, snap) -> int:
         differ.add(lo, want, got)
     r = differ.result
     return r.added + r.removed + r.changed + r.rc_only
-
-
-class _held:
-    """An image held open for writing (its lock: one writer at a time) and
-    closed without saving: a load changes its copy, not it."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __enter__(self):
-        from htabtool.vmimage import VMImage
-
-        self.vm = VMImage.open(self.path)
-        return self.vm
-
-    def __exit__(self, *exc):
-        self.vm.close(save=False)
-        return False
-
-
-class _image_copy:
-    """A working copy of an open image beside it, renamed over it on success
-    (holes kept: an image is sparse until written)."""
-
-    def __init__(self, original):
-        self.original = original
-
-    def __enter__(self):
-        import os
-        import secrets
-
-        from htabtool.vmimage import VMImage
-
-        src = self.original.path
-        directory, base = os.path.split(os.path.abspath(src))
-        self.tmp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
-        _sparse_copy(src, self.tmp)
-        self.vm = VMImage.open(self.tmp)
-        return self.tmp, self.vm
-
-    def __exit__(self, exc_type, exc, tb):
-        import os
-
-        try:
-            if exc_type is None:
-                self.vm.close()  # saves and fsyncs
-                os.replace(self.tmp, self.original.path)
-                from htabtool.atomic import _fsync_directory
-
-                _fsync_directory(os.path.dirname(os.path.abspath(self.original.path)))
-            else:
-                self.vm.close(save=False)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-        return False
-
-
-def _sparse_copy(src: str, dst: str, block: int = 1 << 20) -> None:
-    import os
-
-    zero = bytes(block)
-    fd_in = os.open(src, os.O_RDONLY)
-    try:
-        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            size = os.fstat(fd_in).st_size
-            pos = 0
-            while pos < size:
-                data = os.pread(fd_in, block, pos)
-                if not data:
-                    break
-                if data != zero[: len(data)]:
-                    os.pwrite(fd_out, data, pos)
-                pos += len(data)
-            os.ftruncate(fd_out, size)
-            os.fsync(fd_out)
-        finally:
-            os.close(fd_out)
-    finally:
-        os.close(fd_in)
 
 
 # -- whole reports, for the commands ------------------------------------------------

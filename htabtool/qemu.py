@@ -136,6 +136,7 @@ RAM_REFUSED_FLAGS = {
 }
 
 RAM_SECTION = "ram"
+MAX_RAM_BLOCKS = 4096  # a pseries guest has a handful; the list is re-read as it arrives
 RAM_VERSION = 4
 HTAB_SECTION = "spapr/htab"
 HTAB_VERSION = 1
@@ -824,6 +825,14 @@ class MigrationWalker:
                     )
                 if length & self._mask:
                     raise self._ram_error(f"RAM block {name!r} length {length:#x} is not a whole number of pages", entry)
+                if not length:
+                    # QEMU announces only blocks with memory; an empty one would let a
+                    # hostile list grow without end (and be re-read as it arrives)
+                    raise self._ram_error(f"RAM block {name!r} of length 0: QEMU announces only blocks with memory", entry)
+                if name in blocks:
+                    raise self._ram_error(f"RAM block {name!r} is announced twice", entry)
+                if len(blocks) >= MAX_RAM_BLOCKS:
+                    raise self._ram_error(f"more than {MAX_RAM_BLOCKS} RAM blocks", entry)
                 blocks[name] = length
                 left -= length
         except _Short:

@@ -346,7 +346,7 @@ def decode_batch(
     records are also checked against the table (RecordBatch.check).
     ``scan_bound`` (the table size, without the checks) lets the records be
     found without a loop per record (:func:`_scan`); ``n_entries`` does too."""
-    p = _prefix(byte_order)
+    check_byte_order(byte_order)
     mv = memoryview(buf).cast("B")
     n_words = len(mv) // 8
     if n_words == 0:

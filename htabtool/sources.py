@@ -281,10 +281,24 @@ class VMSource:
     @classmethod
     @contextlib.contextmanager
     def open(cls, path: str, **kw):
-        from htabtool.vmimage import open_vm
+        """A source over the image at ``path``, locked for the dump.  With
+        more than one pass the guest runs between them: the image is changed
+        all or nothing (a copy renamed over it).  One pass changes only the
+        modified marks and harvested R/C bits that any read of the kernel's
+        fd changes; they are written back in place and the image's state
+        is not rewritten."""
+        from htabtool.vmimage import VMImage, transaction
 
-        with open_vm(path) as vm:
+        if kw.get("passes", 1) > 1 or kw.get("until_dirty") is not None:
+            with transaction(path) as vm:
+                yield cls(vm, **kw)
+            return
+        vm = VMImage.open(path)
+        try:
             yield cls(vm, **kw)
+            vm.flush()
+        finally:
+            vm.close(save=False)
 
     def pieces(self) -> Iterator[tuple[int, bytes]]:
         from htabtool.engine import KVM_GET_HTAB_BOLTED_ONLY

@@ -67,7 +67,10 @@ unpredictable name, mode 0600, never through a symlink), changes the copy,
 saves and fsyncs it and renames it over the image, so that a process killed
 at any point leaves the image as it was before or as it is after, never in
 between (a leftover copy is named ``.IMAGE.<random>.tmp``).  The copy needs
-the image's space again while it lasts.  An image changed in place
+the image's space again while it lasts: a change (and ``vm create``) is
+refused when the file system has less free space than the image's full
+size, since a write through mmap into a sparse file on a full file system
+is SIGBUS, not an error.  An image changed in place
 (:func:`open_vm`) has no such guarantee: a crash in the middle can leave the
 arrays and the state out of step.
 """
@@ -251,6 +254,20 @@ class VMImage:
             "lpcr": 0,
             "generation": 0,
         }
+        _check_space(directory, lay["state"] + SECTION_ALIGN, path)
+        # --force: not under a process that has the old image open (its work
+        # would be lost); its lock is held until the new image replaces it
+        held = _lock_existing(path) if force else None
+        try:
+            return cls._create(path, directory, header, lay, npte, ram, order, profile, seed, backing_page_shift,
+                               vrma, force)
+        finally:
+            if held is not None:
+                os.close(held)
+
+    @classmethod
+    def _create(cls, path, directory, header, lay, npte, ram, order, profile, seed, backing_page_shift, vrma,
+                force) -> "VMImage":
         try:
             fd, tmp = tempfile.mkstemp(prefix=".htabvm-", dir=directory)
         except OSError as exc:
@@ -281,13 +298,7 @@ class VMImage:
             vm.save()
             os.fsync(fd)
             if force:
-                # not under a process that has the old image open: its work would be lost
-                held = _lock_existing(path)
-                try:
-                    os.replace(tmp, path)
-                finally:
-                    if held is not None:
-                        os.close(held)
+                os.replace(tmp, path)
             else:
                 try:
                     os.link(tmp, path)
@@ -350,6 +361,12 @@ class VMImage:
             self._drop()
             os.close(self._fd)
             self._fd = None
+
+    def flush(self) -> None:
+        """Write the mapped arrays back (the table, the reverse map, the
+        guest map), leaving the header and the state as they are."""
+        for arr in getattr(self, "_maps", ()):
+            arr.flush()
 
     def _drop(self) -> None:
         """Let go of the mapped arrays."""
@@ -675,6 +692,7 @@ def transaction(path, check=None) -> Iterator[VMImage]:
             check(original)
         real = os.path.realpath(path)
         directory, base = os.path.split(real)
+        _check_space(directory, os.fstat(original._fd).st_size, path)
         fd, tmp = _open_copy(directory, base)
         copy = None
         try:
@@ -703,6 +721,25 @@ def transaction(path, check=None) -> Iterator[VMImage]:
                     os.unlink(tmp)
     finally:
         original.close(save=False)
+
+
+def _check_space(directory: str, size: int, path: str) -> None:
+    """Refuse to make an image that can grow to ``size`` bytes where there
+    is less free space than that.  The arrays are written through mmap into
+    a sparse file: on a full file system a write (on tmpfs even a read) of
+    a hole is SIGBUS, which kills the process without a word.  This check
+    is made before the work starts; a file system that fills up while it
+    runs can still end it so (the image is as it was, a copy is left)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < size:
+        raise VMImageError(
+            f"{path}: not enough free space: the image can grow to {size:,} bytes, "
+            f"its file system has {free:,} free"
+        )
 
 
 def _open_copy(directory: str, base: str) -> tuple[int, str]:

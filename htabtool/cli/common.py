@@ -80,8 +80,18 @@ def table_lines(rows: list[tuple[str, object]]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def printable(value: object) -> str:
+    """Text safe for a terminal: control characters (from a file's metadata,
+    say) shown as escapes, never sent."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def show(rows: list[tuple[str, object]], title: str | None = None) -> None:
     """Key/value rows: a rich table on a terminal, aligned text otherwise."""
+    rows = [(k, printable(v)) for k, v in rows]
     if plain():
         if title:
             click.echo(title)
@@ -92,8 +102,10 @@ def show(rows: list[tuple[str, object]], title: str | None = None) -> None:
     t = Table(title=title, show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
+    from rich.markup import escape
+
     for k, v in rows:
-        t.add_row(k, str(v))
+        t.add_row(k, escape(v))
     console().print(t)
 
 

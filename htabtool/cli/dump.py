@@ -47,7 +47,7 @@ def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, orde
       htabtool dump --vm guest.img -o - | htabtool stat -
     """
     from htabtool import ops
-    from htabtool.sources import open_input, open_output, order_for
+    from htabtool.sources import open_output
 
     chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section)) if v]
     if len(chosen) != 1:

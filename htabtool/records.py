@@ -704,10 +704,11 @@ class _Planner:
     reads of a burst but the reads' own side effects, and those touch only
     the entries the reads emitted, all before the next read's start."""
 
-    def __init__(self, source: TableSource, first_pass: bool, window: int):
+    def __init__(self, source: TableSource, first_pass: bool, window: int, count: int):
         self.source = source
         self.first_pass = first_pass
         self.window = window
+        self.sparse = count // 2  # a window that yields fewer bytes makes the next one larger
         self.n = source.n_entries
         self.lo = self.resume = -1
         z = np.zeros(0, dtype=np.int64)
@@ -775,6 +776,8 @@ class _Planner:
         self.idx, self.nv, self.ni = idx, nv, ni
         self.woff = np.concatenate(([0], np.cumsum(nv)))
         self.lo, self.resume = lo, resume
+        if HEADER_SIZE * len(idx) + HPTE_SIZE * int(self.woff[-1]) < self.sparse:
+            self.window = min(self.window * 2, 1 << 22)  # sparse (an incremental pass): look further at once
 
 
 def encode_read(
@@ -789,7 +792,7 @@ def encode_read(
     check_byte_order(byte_order)
     n = source.n_entries
     if planner is None:
-        planner = _Planner(source, first_pass, max(4096, min(1 << 22, count // 8)))
+        planner = _Planner(source, first_pass, max(4096, min(1 << 22, count // 8)), count)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     words: list[np.ndarray] = []
     nb = 0  # bytes of the read so far
@@ -828,9 +831,7 @@ def encode_read(
         if len(idx):
             parts.append((idx, nv, ni))
             words.append(w[: int(nv.sum())])
-        used, nb = int(b[-1]) - nb, int(b[-1])
-        if used < (count - nb) // 2:
-            planner.window = min(planner.window * 2, 1 << 22)  # sparse (an incremental pass): look further at once
+        nb = int(b[-1])
         if len(idx):
             i = int(idx[-1] + nv[-1] + ni[-1])
             if i >= n:
@@ -850,14 +851,14 @@ def encode_read(
 
 
 def encode_reads(
-    source: TableSource, start: int, first_pass: bool, count: int, byte_order: str, *, window: int = 1 << 18
+    source: TableSource, start: int, first_pass: bool, count: int, byte_order: str, *, window: int = 1 << 16
 ) -> Iterator[ReadResult]:
     """Successive reads of ``count`` bytes, as :func:`encode_read` one after
     another, until one reaches the end of the table or returns nothing: a
     burst, with the table's plan shared between its reads.  The caller
     applies each read's side effects (if any) before asking for the next;
     nothing else may change the table during the burst."""
-    planner = _Planner(source, first_pass, max(window, count // 8))
+    planner = _Planner(source, first_pass, max(window, count // 8), count)
     i = start
     while True:
         res = encode_read(source, i, first_pass, count, byte_order, planner=planner)

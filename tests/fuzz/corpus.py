@@ -321,3 +321,16 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "section": b"\x01" + qemu_section(),
         },
     }
+
+
+def fuzz_main(module: str, one_input, argv=None) -> None:
+    """A harness's entry point: instrument ``module`` and fuzz ``one_input``."""
+    import importlib
+    import sys
+
+    import atheris
+
+    with atheris.instrument_imports(include=["htabtool"]):
+        importlib.import_module(module)
+    atheris.Setup(list(sys.argv if argv is None else argv), one_input)
+    atheris.Fuzz()

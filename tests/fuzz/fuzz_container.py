@@ -20,7 +20,6 @@ with the same trailer, and its chunk contents add up to the trailer's totals.
 from __future__ import annotations
 
 import io
-import sys
 
 PIECES = (1, 7, 4096, None)
 
@@ -96,12 +95,9 @@ def one_input(data: bytes) -> None:
 
 
 def main(argv=None) -> None:
-    import atheris
+    from corpus import fuzz_main
 
-    with atheris.instrument_imports(include=["htabtool"]):
-        import htabtool.container  # noqa: F401
-    atheris.Setup(list(sys.argv if argv is None else argv), one_input)
-    atheris.Fuzz()
+    fuzz_main("htabtool.container", one_input, argv)
 
 
 if __name__ == "__main__":

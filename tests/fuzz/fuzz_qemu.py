@@ -18,7 +18,6 @@ whole records inside the table the htab START announced.
 from __future__ import annotations
 
 import io
-import sys
 
 
 def one_input(data: bytes) -> None:
@@ -59,12 +58,9 @@ def one_input(data: bytes) -> None:
 
 
 def main(argv=None) -> None:
-    import atheris
+    from corpus import fuzz_main
 
-    with atheris.instrument_imports(include=["htabtool"]):
-        import htabtool.qemu  # noqa: F401
-    atheris.Setup(list(sys.argv if argv is None else argv), one_input)
-    atheris.Fuzz()
+    fuzz_main("htabtool.qemu", one_input, argv)
 
 
 if __name__ == "__main__":

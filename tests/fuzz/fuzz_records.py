@@ -15,7 +15,6 @@ checked: the records handed out are exactly the bytes consumed, re-encoded.
 
 from __future__ import annotations
 
-import sys
 
 TABLE_SIZES = (None, 16, 1 << 14, 1 << 20)
 PIECES = (1, 3, 8, 13, 64, 509, 4096, None)
@@ -76,12 +75,9 @@ def one_input(data: bytes) -> None:
 
 
 def main(argv=None) -> None:
-    import atheris
+    from corpus import fuzz_main
 
-    with atheris.instrument_imports(include=["htabtool"]):
-        import htabtool.records  # noqa: F401
-    atheris.Setup(list(sys.argv if argv is None else argv), one_input)
-    atheris.Fuzz()
+    fuzz_main("htabtool.records", one_input, argv)
 
 
 if __name__ == "__main__":

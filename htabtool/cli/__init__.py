@@ -31,7 +31,7 @@ COMMANDS = {
 }
 
 EXIT_OK = 0
-EXIT_DIFFERENT = 1
+EXIT_DIFFERENT = 1  # diff: the tables differ; verify: problems found
 EXIT_TROUBLE = 2
 
 
@@ -110,11 +110,6 @@ def _module_exists(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
-
-
-def plain_output() -> bool:
-    """True when output must be plain: NO_COLOR set, TERM=dumb, or not a terminal."""
-    return bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -45,7 +45,9 @@ def diff(ctx, a, b, ignore_rc, strict, limit, delta, level, as_json):
         emit_json({"schema": "htabtool-diff/1", "a": names[0], "b": names[1], **result.to_dict()})
     else:
         _print(result, names)
-    ctx.exit(1 if result.different else 0)
+    from htabtool.cli import EXIT_DIFFERENT, EXIT_OK
+
+    ctx.exit(EXIT_DIFFERENT if result.different else EXIT_OK)
 
 
 def _print(result, names) -> None:

@@ -34,4 +34,6 @@ def verify(ctx, snapshot, as_json):
     else:
         for p in result.problems:
             click.echo(f"{name}: {p}")
-    ctx.exit(0 if result.sound else 1)
+    from htabtool.cli import EXIT_DIFFERENT, EXIT_OK
+
+    ctx.exit(EXIT_OK if result.sound else EXIT_DIFFERENT)

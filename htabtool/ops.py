@@ -349,10 +349,13 @@ def verify(snap) -> Verification:
 
 def records_out(snap: SnapshotInput, write: Callable[[bytes], object], byte_order: str | None = None) -> int:
     """Every chunk's records in file order (all passes), headers turned to
-    ``byte_order`` if given; returns the bytes written."""
+    ``byte_order`` if given; returns the bytes written.  The chunks are the
+    stream as it was read (the container checked them); they are decoded only
+    to turn their headers."""
+    turn = byte_order not in (None, snap.byte_order)
     total = 0
-    for number, batch in batches(snap):
-        data = batch.raw if byte_order in (None, snap.byte_order) else batch.to_bytes(byte_order)
+    pieces = ((n, b.to_bytes(byte_order)) for n, b in batches(snap)) if turn else snap.pieces()
+    for _, data in pieces:
         write(data)
         total += len(data)
     return total

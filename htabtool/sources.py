@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterator
 
 from htabtool.atomic import atomic_write
 from htabtool.errors import HtabError, UsageError
-from htabtool.records import HEADER_SIZE, HPTE_SIZE, RecordDecoder, check_byte_order, split_passes
+from htabtool.records import RecordDecoder, check_byte_order, split_passes
 
 DEFAULT_READ_SIZE = 1 << 20
 
@@ -110,6 +110,14 @@ class RawStreamSource:
         self.read_size = read_size
         self.info = StreamInfo(byte_order, order, source={"kind": "raw", "name": name})
 
+    def progress_total(self) -> int | None:
+        """The stream's size, when it is a regular file (for a progress bar)."""
+        try:
+            st = os.fstat(self.f.fileno())
+        except (AttributeError, OSError, ValueError):
+            return None
+        return st.st_size if stat_module.S_ISREG(st.st_mode) else None
+
     def pieces(self) -> Iterator[tuple[int, bytes]]:
         dec = RecordDecoder(self.info.byte_order, n_entries=self.info.entries)
         pass_number, previous_end = 1, 0
@@ -120,30 +128,17 @@ class RawStreamSource:
         dec.close()
 
 
-def convert_byte_order(data: bytes, from_order: str, to_order: str) -> bytes:
-    """Whole records with their headers turned to another byte order (the
-    entries stay big-endian, as on every host)."""
-    if from_order == to_order:
-        return data
-    from htabtool.records import decode_batch
-
-    batch, used = decode_batch(data, from_order)
-    if used != len(data):
-        raise UsageError("convert_byte_order takes whole records")
-    return batch.to_bytes(to_order)
-
-
 __all__ = [
     "DEFAULT_READ_SIZE",
     "StreamInfo",
     "RawStreamSource",
-    "convert_byte_order",
+    "VMSource",
+    "SnapshotFile",
     "open_input",
     "open_output",
+    "open_snapshot",
     "order_for",
     "read_blocks",
-    "HEADER_SIZE",
-    "HPTE_SIZE",
 ]
 
 
@@ -274,9 +269,13 @@ class VMSource:
             source={"kind": "vm", "image": os.path.basename(vm.path), "profile": guest.get("profile"),
                     "seed": guest.get("seed"), "generation": vm.header.get("generation")},
         )
-        valid = vm.hpt.count_valid()
-        self.progress_total = 16 * valid + 8 * max(1, valid // 4)
         self.pass_changes: list[int] = []  # entries reported by each pass (n_valid + n_invalid)
+
+    def progress_total(self) -> int:
+        """About the bytes of the first pass (for a progress bar; it scans
+        the table, so it is asked for only when a bar is shown)."""
+        valid = self.vm.hpt.count_valid()
+        return 16 * valid + 8 * max(1, valid // 4)
 
     @classmethod
     @contextlib.contextmanager

@@ -426,7 +426,7 @@ def table_counts(hpt: SimulatedHPT, chunk: int = 1 << 22) -> dict:
 _OPEN_ATTEMPTS = 16
 
 
-def _open_locked(path: str, writable: bool) -> int:
+def _open_locked(path: str, writable: bool, exclusive: bool | None = None) -> int:
     """Open the image ``path`` names and lock it; returns the fd.
 
     A lock belongs to an inode, not to a name, and a change renames a new
@@ -459,7 +459,7 @@ def _open_locked(path: str, writable: bool) -> int:
             if not stat_module.S_ISREG(st.st_mode):
                 raise VMImageError(f"{path}: not a regular file (a FIFO, a socket or a device), not a VM image")
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-            _lock(fd, path, writable)
+            _lock(fd, path, writable if exclusive is None else exclusive)
             if _names(path, st):
                 return fd
         except BaseException:
@@ -491,24 +491,14 @@ def _lock(fd: int, path: str, exclusive: bool) -> None:
 def _lock_existing(path: str) -> int | None:
     """Lock the regular file ``path`` names (before replacing it): its fd,
     None if there is none; VMImageError if another process holds it."""
-    for _ in range(_OPEN_ATTEMPTS):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat_module.S_ISREG(st.st_mode):
-                os.close(fd)
-                return None
-            _lock(fd, path, True)
-            if _names(path, st):
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    raise VMImageError(f"{path}: the VM image keeps being replaced by other processes; try again")
+    if not os.path.isfile(path):
+        return None
+    try:
+        return _open_locked(path, writable=False, exclusive=True)
+    except VMImageError:
+        if not os.path.isfile(path):
+            return None  # it went away meanwhile: nothing to wait for
+        raise
 
 
 def _map(name: str, fd: int, writable: bool, dtype: str, offset: int, shape: tuple) -> np.memmap:

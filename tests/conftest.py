@@ -24,3 +24,17 @@ def raw_stream(table, byte_order="little", read=65536):
 @pytest.fixture
 def table18():
     return synthetic()
+
+
+def cli_run(*args, cwd):
+    """The CLI through click's CliRunner, run in directory ``cwd``."""
+    from click.testing import CliRunner
+
+    from htabtool.cli import cli
+
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(cli, [str(a) for a in args])
+    finally:
+        os.chdir(here)

@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import cli_run
 
 from htabtool import ops, vmimage
-from htabtool.cli import cli
 from htabtool.sources import open_snapshot
 
 ROOT = Path(__file__).parent.parent
@@ -39,15 +38,6 @@ with open_vm(sys.argv[1], writable=sys.argv[2] == "write"):
     print("held", flush=True)
     sys.stdin.readline()
 """
-
-
-def cli_run(*args, cwd: Path):
-    here = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(cli, [str(a) for a in args])
-    finally:
-        os.chdir(here)
 
 
 def spawn(*args, cwd: Path) -> subprocess.Popen:

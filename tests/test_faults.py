@@ -39,10 +39,9 @@ import types
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import cli_run
 
 from htabtool import atomic, ops
-from htabtool.cli import cli
 from htabtool.sources import open_snapshot
 
 sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
@@ -130,15 +129,6 @@ def leftovers(directory: Path, keep: set[str]) -> list[Path]:
 def sound_and_equal(path: Path, reference: Path) -> bool:
     with open_snapshot(str(path)) as a, open_snapshot(str(reference)) as b:
         return ops.verify(a).sound and not ops.diff(a, b).different
-
-
-def cli_run(*args, cwd: Path):
-    here = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(cli, [str(a) for a in args])
-    finally:
-        os.chdir(here)
 
 
 def one_line(result_stderr: str, fragment: str) -> None:

@@ -51,10 +51,16 @@ def console(stderr: bool = False):
 
 
 @contextlib.contextmanager
-def progress(total: int | None, label: str):
+def progress(total, label: str):
     """A progress bar on stderr when stderr is a terminal (and NO_COLOR is
-    unset); otherwise nothing.  Yields ``advance(n)``."""
-    if plain(sys.stderr) or not total:
+    unset); otherwise nothing.  Yields ``advance(n)``.  ``total`` may be a
+    callable: it is asked only when a bar is shown."""
+    if plain(sys.stderr):
+        yield lambda n: None
+        return
+    if callable(total):
+        total = total()
+    if not total:
         yield lambda n: None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn

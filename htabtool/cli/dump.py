@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import contextlib
 
 import click
 
@@ -72,42 +72,29 @@ def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, orde
         )
 
 
+@contextlib.contextmanager
 def _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
             buffer_size, passes, churn, until_dirty, max_passes):
-    import contextlib
-
+    """The one source the options name, open for the dump."""
     from htabtool.sources import RawStreamSource, open_input, order_for
 
-    if raw_input is not None:
-        if byte_order is None:
-            raise click.UsageError("--raw needs --byte-order little|big (the byte order of the record headers)")
-        f = open_input(raw_input)
-        src = RawStreamSource(f, byte_order=byte_order, order=order_for(order, entries), name=raw_input)
-        return contextlib.closing(_Closing(src, f))
     if vm_image is not None:
         from htabtool.sources import VMSource
 
-        return VMSource.open(vm_image, byte_order=byte_order or "little", bolted_only=bolted_only,
-                             start_index=start_index, buffer_size=buffer_size, passes=passes, churn=churn,
-                             until_dirty=until_dirty, max_passes=max_passes)
+        with VMSource.open(vm_image, byte_order=byte_order or "little", bolted_only=bolted_only,
+                           start_index=start_index, buffer_size=buffer_size, passes=passes, churn=churn,
+                           until_dirty=until_dirty, max_passes=max_passes) as src:
+            yield src
+        return
+    if raw_input is not None:
+        if byte_order is None:
+            raise click.UsageError("--raw needs --byte-order little|big (the byte order of the record headers)")
+        size = order_for(order, entries)
+        with open_input(raw_input) as f:
+            yield RawStreamSource(f, byte_order=byte_order, order=size, name=raw_input)
+        return
     from htabtool.qemu import QemuSource
 
     path = qemu_input if qemu_input is not None else qemu_section
-    f = open_input(path)
-    src = QemuSource(f, byte_order=byte_order or "little", section_only=qemu_section is not None, name=path)
-    return contextlib.closing(_Closing(src, f))
-
-
-class _Closing:
-    """A source with the file it reads, closed together."""
-
-    def __init__(self, source, f):
-        self._source = source
-        self._f = f
-
-    def __getattr__(self, name):
-        return getattr(self._source, name)
-
-    def close(self):
-        if self._f is not sys.stdin.buffer:
-            self._f.close()
+    with open_input(path) as f:
+        yield QemuSource(f, byte_order=byte_order or "little", section_only=qemu_section is not None, name=path)

@@ -486,6 +486,14 @@ def _scan_records(data, byte_order: str, n_entries: int, rounds: int = 64):
     return len(index), int(index.min()), int(end.max()), int(n_valid.sum()), int(n_invalid.sum())
 
 
+def _merged(a: tuple | None, b: tuple | None) -> tuple | None:
+    """The statistics of two runs of records, one after the other (None:
+    not known)."""
+    if a is None or b is None:
+        return None
+    return a[0] + b[0], min(a[1], b[1]), max(a[2], b[2]), a[3] + b[3], a[4] + b[4]
+
+
 def _check_chunk_records(data: bytes, info: ChunkInfo, byte_order: str, n_entries: int) -> None:
     """The records of a chunk against its descriptor."""
     where = f"chunk {info.number} at offset {info.offset:#x}"
@@ -1223,7 +1231,9 @@ class SnapshotWriter:
         self._frames: list[tuple[int, int]] = []
         self._chunks: list[ChunkInfo] = []
         self._passes: list[PassInfo] = []
-        self._pending = bytearray()
+        self._pending: list[bytes] = []  # the pieces of the next chunk
+        self._pending_size = 0
+        self._pending_stats: tuple | None = None  # of the pending chunk, when every piece's is known
         self._open_pass: int | None = None
         self._pass_first_chunk = 0
         self._last_pass = -1
@@ -1242,8 +1252,13 @@ class SnapshotWriter:
             raise
 
     # -- the public calls ----------------------------------------------------------
-    def write_records(self, data, pass_number: int) -> int:
-        """Add whole records of pass ``pass_number``; returns len(data)."""
+    def write_records(self, data, pass_number: int, stats: tuple | None = None) -> int:
+        """Add whole records of pass ``pass_number``; returns len(data).
+
+        ``stats``: (records, first_index, end_index, valid, invalid) of
+        ``data``, from a caller that made the records and so knows them (the
+        engine's reads, a source that decoded them already).  A chunk made
+        only of such pieces is described from them, not scanned again."""
         self._check_open()
         if not isinstance(pass_number, int) or not 0 <= pass_number <= 0xFFFFFFFF:
             raise UsageError(f"pass number {pass_number!r} is outside 0..{0xFFFFFFFF}")
@@ -1260,7 +1275,7 @@ class SnapshotWriter:
         if not size:
             return 0
         try:
-            self._add(view)
+            self._add(data, view, stats)
         except BaseException:
             self._fail()
             raise
@@ -1364,29 +1379,31 @@ class SnapshotWriter:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _add(self, view: memoryview) -> None:
+    def _add(self, data, view: memoryview, stats: tuple | None) -> None:
         limit = self.chunk_size
-        pending = self._pending
-        if len(pending) + len(view) <= limit:
-            pending += view
+        if self._pending_size + len(view) <= limit:
+            self._pending_stats = _merged(self._pending_stats, stats) if self._pending else stats
+            self._hold(data, view)
             return
         if len(view) <= limit:  # no record needs cutting: start a new chunk with it
             self._flush()
-            self._pending += view
+            self._hold(data, view)
+            self._pending_stats = stats
             return
+        self._pending_stats = None  # cut here: the workers describe the pieces
         # a piece longer than a chunk: cut it at record boundaries
-        batch, used = decode_batch(view, self.header.byte_order, base_offset=self._raw + len(pending),
-                                   n_entries=self.header.entries)
+        at = self._raw + self._pending_size
+        batch, used = decode_batch(view, self.header.byte_order, base_offset=at, n_entries=self.header.entries)
         if used != len(view):
             raise StreamError(
-                f"record data ends inside a record at stream offset {self._raw + len(pending) + used:#x} "
+                f"record data ends inside a record at stream offset {at + used:#x} "
                 f"({len(view) - used} bytes left over): give whole records",
-                offset=self._raw + len(pending) + used,
+                offset=at + used,
             )
         bounds = np.append(batch.offset - batch.offset[0], used)
         pos = 0
         while pos < used:
-            room = limit - len(self._pending)
+            room = limit - self._pending_size
             k = int(np.searchsorted(bounds, pos + room, side="right")) - 1
             cut = int(bounds[k])
             if cut <= pos:
@@ -1394,27 +1411,37 @@ class SnapshotWriter:
                     self._flush()
                     continue
                 cut = int(bounds[np.searchsorted(bounds, pos, side="right")])  # one oversized record
-            self._pending += view[pos:cut]
+            self._hold(None, view[pos:cut])
             pos = cut
-            if len(self._pending) >= limit or pos < used:
+            if self._pending_size >= limit or pos < used:
                 self._flush()
+
+    def _hold(self, data, view: memoryview) -> None:
+        """Keep a piece for the pending chunk: bytes as they are (they cannot
+        change), anything else copied."""
+        self._pending.append(data if type(data) is bytes else bytes(view))
+        self._pending_size += len(view)
 
     def _flush(self) -> None:
         """Hand the pending chunk to a worker (or encode it here)."""
-        data = self._pending
-        if not data:
+        if not self._pending:
             return
-        self._pending = bytearray()
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        stats = self._pending_stats
+        self._pending = []
+        self._pending_size = 0
+        self._pending_stats = None
         job = (len(self._chunks) + len(self._inflight), self._open_pass, self._raw, data)
         self._raw += len(data)
         if self._pool is None:
-            self._write_chunk(job, self._encode(data, job[2]))
+            self._write_chunk(job, self._encode(data, job[2], stats))
             return
         self._drain(self.threads)
-        self._inflight.append((job, self._pool.submit(self._encode, data, job[2])))
+        self._inflight.append((job, self._pool.submit(self._encode, data, job[2], stats)))
 
-    def _encode(self, data, raw_offset: int) -> tuple:
-        """A worker's part: check and describe the records (decode_batch), compress.
+    def _encode(self, data, raw_offset: int, stats: tuple | None = None) -> tuple:
+        """A worker's part: check and describe the records (decode_batch)
+        unless their statistics are known, compress.
 
         The compression releases the GIL, so with two workers one decodes
         while the other compresses.  Record numbers are not known here (they
@@ -1425,10 +1452,11 @@ class SnapshotWriter:
             cctx = zstandard.ZstdCompressor(level=self.level, write_checksum=True, write_content_size=True)
             self._tls.cctx = cctx
         frame = cctx.compress(data)
-        try:
-            stats = _chunk_stats(data, self.header.byte_order, raw_offset, 0, self.header.entries)
-        except StreamError:
-            stats = None
+        if stats is None:
+            try:
+                stats = _chunk_stats(data, self.header.byte_order, raw_offset, 0, self.header.entries)
+            except StreamError:
+                stats = None
         return frame, zlib.crc32(frame), stats
 
     def _drain(self, keep: int) -> None:

@@ -169,6 +169,20 @@ def _nm(x: int) -> np.uint64:
     return _U(~x & M64)
 
 
+def _swapped(x: int) -> np.uint64:
+    """The constant x as it reads when a big-endian doubleword holding it is
+    read as a little-endian one."""
+    return _U(int.from_bytes((x & M64).to_bytes(8, "big"), "little"))
+
+
+_ROW = np.dtype("V16")  # one entry, as bytes
+_LE = np.dtype("<u8")
+_SW_ABSENT = _swapped(HPTE_V_ABSENT)
+_SW_HVLOCK = _swapped(HPTE_V_HVLOCK)
+_SW_RC = _swapped(_RC)
+_SW_NOT_MODIFIED = _swapped(~HPTE_GR_MODIFIED)
+
+
 # -- page sizes: kvmppc_hpte_page_shifts ------------------------------------
 
 
@@ -835,7 +849,7 @@ class SimulatedHPT:
         hi = self.npte if hi is None else hi
         out = _HptSource(self, bolted_only=False).words(lo, hi)
         out[~self.valid_mask(lo, hi)] = 0
-        return out
+        return np.ascontiguousarray(out)
 
 
 class _HptSource:
@@ -846,10 +860,6 @@ class _HptSource:
         self.e = hpt
         self.n_entries = hpt.npte
         self.bolted_only = bolted_only
-        # the kinds of the window last planned: encode_read asks for the
-        # words of a window right after its kinds, and uses only the rows of
-        # valid runs, so only those are computed (reset around each read)
-        self._window: tuple[int, int, np.ndarray] | None = None
 
     def kinds(self, lo: int, hi: int, first_pass: bool) -> np.ndarray:
         e = self.e
@@ -863,7 +873,6 @@ class _HptSource:
         kinds = np.uint8(records.KIND_INVALID) - valid.view(np.uint8)
         if not first_pass:
             kinds *= self.dirty(lo, hi, hb).view(np.uint8)  # clean -> KIND_CLEAN (0)
-        self._window = (lo, hi, kinds)
         return kinds
 
     def dirty(self, lo: int, hi: int, hb: np.ndarray | None = None) -> np.ndarray:
@@ -881,38 +890,32 @@ class _HptSource:
         pending |= gb[:, 7] & 0x40  # HPTE_GR_MODIFIED
         return pending != 0
 
-    def words(self, lo: int, hi: int) -> np.ndarray:
-        """record_hpte's (v, r) for entries lo..hi-1: v as read under the lock
-        (HPTE_V_HVLOCK set, an absent entry valid), r the guest view with R/C
-        harvested and HPTE_GR_MODIFIED clear.  Rows of invalid entries (and,
-        right after :meth:`kinds` of the same window, rows outside valid
-        runs) are left zero: no read reports them."""
+    def words(self, lo: int, hi: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """record_hpte's (v, r) for entries lo + rows (all of lo..hi-1 when
+        rows is None): v as read under the lock (HPTE_V_HVLOCK set, an absent
+        entry valid), r the guest view with R/C harvested and
+        HPTE_GR_MODIFIED clear.  (len(rows), 2) '>u8'.
+
+        Computed on the big-endian doublewords as they lie, read as
+        little-endian integers (constants byte-swapped to match): no byte
+        swapping of the table, and rows gathered 16 bytes at a time."""
         e = self.e
-        if self._window is not None and self._window[:2] == (lo, hi):
-            rows = np.flatnonzero(self._window[2] == records.KIND_VALID)
-        else:
-            rows = np.flatnonzero(e.valid_mask(lo, hi))
-        if 8 * len(rows) > hi - lo:  # dense: whole slices beat gathers
-            v = e.hpt[lo:hi, 0].astype(np.uint64)
-            hr = e.hpt[lo:hi, 1].astype(np.uint64)
-            gr = e.rev[lo:hi]
-            ones = (v & _U(HPTE_V_VALID)) * _U(M64)  # all ones where valid
-            out = np.empty((hi - lo, 2), dtype=">u8")
-            out[:, 1] = (gr | (hr & _U(_RC) & ones)) & _nm(HPTE_GR_MODIFIED)
-            absent = v & _U(HPTE_V_ABSENT)
-            out[:, 0] = (v ^ absent) | (absent >> _U(5)) | _U(HPTE_V_HVLOCK)
-            return out
-        out = np.zeros((hi - lo, 2), dtype=">u8")
-        if len(rows):
-            idx = rows + lo
-            v = e.hpt[idx, 0].astype(np.uint64)
-            hr = e.hpt[idx, 1].astype(np.uint64)
-            gr = e.rev[idx].astype(np.uint64)
-            valid = (v & _U(HPTE_V_VALID)) != 0
-            out[rows, 1] = np.where(valid, gr | (hr & _U(_RC)), gr) & _nm(HPTE_GR_MODIFIED)
-            absent = (v & _U(HPTE_V_ABSENT)) != 0
-            out[rows, 0] = np.where(absent, (v & _nm(HPTE_V_ABSENT)) | _U(HPTE_V_VALID), v) | _U(HPTE_V_HVLOCK)
-        return out
+        if rows is None:
+            rows = np.arange(hi - lo, dtype=np.int64)
+        w = e.hpt[lo:hi].view(_ROW)[:, 0][rows].view(_LE).reshape(-1, 2)
+        v, hr = w[:, 0], w[:, 1]
+        out = np.empty((len(rows), 2), dtype=_LE)
+        vo, ro = out[:, 0], out[:, 1]
+        np.bitwise_or(v, _SW_HVLOCK, out=vo)
+        np.bitwise_and(hr, _SW_RC, out=ro)  # R and C as the hardware set them ...
+        absent = np.bitwise_and(v, _SW_ABSENT)
+        if absent.any():
+            vo ^= absent
+            vo |= absent >> _U(5)  # HPTE_V_ABSENT (bit 5 of the last byte) -> HPTE_V_VALID (bit 0)
+            ro *= (v >> _U(56)) & _U(1)  # ... harvested only for entries with HPTE_V_VALID
+        ro |= e.rev[lo:hi][rows].astype(">u8").view(_LE)  # the guest view, its bytes big-endian
+        ro &= _SW_NOT_MODIFIED
+        return out.view(">u8")
 
     def consume(self, res: records.ReadResult, start: int, first_pass: bool) -> None:
         """record_hpte's side effects of a read: on every dirty entry it went
@@ -920,17 +923,27 @@ class _HptSource:
         HPTE_GR_MODIFIED cleared.  A first pass goes over every entry from
         ``start`` on, each inside one of its records; a later pass skips
         clean entries, so its records hold exactly the dirty ones."""
-        e = self.e
         if first_pass:
-            end = e.npte if res.wrapped else res.next_index
-            step = 1 << 20
-            for a in range(start, end, step):
-                b = min(end, a + step)
-                dirty = self.dirty(a, b)
-                if dirty.any():
-                    self._clear(np.flatnonzero(dirty) + a)
+            self.harvest(start, self.e.npte if res.wrapped else res.next_index)
         elif len(res.index):
             self._clear(records._expand_ranges(res.index, res.end - res.index))
+
+    def harvest(self, lo: int, hi: int, step: int = 1 << 16) -> None:
+        """The side effects of reads that went over entries lo..hi-1: every
+        dirty one harvested and cleared.  Right for a later pass too: the
+        entries it skipped are clean, and clearing a clean entry changes
+        nothing."""
+        e = self.e
+        for a in range(lo, hi, step):
+            b = min(hi, a + step)
+            rows = np.flatnonzero(self.dirty(a, b))
+            if 8 * len(rows) > b - a:  # dense: whole slices beat gathers (clean rows come out the same)
+                v = e.hpt[a:b, 0].astype(np.uint64)
+                gr = e.rev[a:b]
+                harvested = e.hpt[a:b, 1].astype(np.uint64) & _U(_RC) & ((v & _U(HPTE_V_VALID)) * _U(M64))
+                e.rev[a:b] = (gr | harvested) & _nm(HPTE_GR_MODIFIED)
+            elif len(rows):
+                self._clear(rows + a)
 
     def _clear(self, idx: np.ndarray) -> None:
         e = self.e
@@ -939,6 +952,10 @@ class _HptSource:
         hr = e.hpt[idx, 1].astype(np.uint64)
         gr = np.where((v & _U(HPTE_V_VALID)) != 0, gr | (hr & _U(_RC)), gr)
         e.rev[idx] = gr & _nm(HPTE_GR_MODIFIED)
+
+
+#: a burst of reads applies its side effects this many entries at a time
+HARVEST_BATCH = 1 << 20
 
 
 class HtabFd:
@@ -997,11 +1014,7 @@ class HtabFd:
         if size < 0:
             raise _oserror(errno.EINVAL, "negative size")
         start = self.index
-        self._source._window = None
-        try:
-            res = records.encode_read(self._source, start, self.first_pass, size, self.byte_order)
-        finally:
-            self._source._window = None
+        res = records.encode_read(self._source, start, self.first_pass, size, self.byte_order)
         self._source.consume(res, start, self.first_pass)
         if res.wrapped:
             self.first_pass = False
@@ -1018,17 +1031,24 @@ class HtabFd:
         size = int(size)
         if size < 0:
             raise _oserror(errno.EINVAL, "negative size")
-        self._source._window = None
+        source = self._source
+        done = self.index  # the reads' side effects are applied up to here
         try:
-            for res in records.encode_reads(self._source, self.index, self.first_pass, size, self.byte_order):
-                self._source.consume(res, self.index, self.first_pass)
+            for res in records.encode_reads(source, self.index, self.first_pass, size, self.byte_order):
+                # a read's side effects touch only entries before the next
+                # read's start: they are applied a million entries at a time
+                end = self.hpt.npte if res.wrapped else res.next_index
+                if res.wrapped or end - done >= HARVEST_BATCH:
+                    source.harvest(done, end)
+                    done = end
                 if res.wrapped:
                     self.first_pass = False
                 self.index = res.next_index
                 self.last_read = res
                 yield res.data
         finally:
-            self._source._window = None
+            if self.index > done:  # the burst stopped early
+                source.harvest(done, self.index)
 
     # -- write ---------------------------------------------------------------
 

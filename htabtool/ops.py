@@ -228,8 +228,8 @@ class _WindowSource:
     def kinds(self, lo, hi, first_pass):
         return self._inner.kinds(lo - self.lo, hi - self.lo, first_pass)
 
-    def words(self, lo, hi):
-        return self._inner.words(lo - self.lo, hi - self.lo)
+    def words(self, lo, hi, rows=None):
+        return self._inner.words(lo - self.lo, hi - self.lo, rows)
 
 
 # -- verify ------------------------------------------------------------------------
@@ -398,8 +398,10 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
     """Write what ``source`` yields into a snapshot on the binary file ``out``.
 
     ``source``: ``.info`` (a sources.StreamInfo) and ``.pieces()`` yielding
-    (pass number, whole records).  ``progress`` is called with the bytes of
-    records of each piece.  The summary comes from the trailer written."""
+    (pass number, whole records), or ``.stated_pieces()`` yielding (pass
+    number, whole records, their statistics or None) when the source knows
+    them.  ``progress`` is called with the bytes of records of each piece.
+    The summary comes from the trailer written."""
     from htabtool import container
 
     info = source.info
@@ -419,8 +421,10 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
         kw["chunk_size"] = chunk_size
     t0 = time.perf_counter()
     with container.SnapshotWriter(out, header, **kw) as writer:
-        for number, data in source.pieces():
-            writer.write_records(data, number)
+        stated = getattr(source, "stated_pieces", None)
+        pieces = stated() if stated is not None else ((number, data, None) for number, data in source.pieces())
+        for number, data, stats in pieces:
+            writer.write_records(data, number, stats)
             if progress is not None:
                 progress(len(data))
     trailer = writer.trailer

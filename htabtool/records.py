@@ -55,6 +55,7 @@ KIND_VALID = 1  # reported with its doublewords in a valid run
 KIND_INVALID = 2  # counted in an invalid run
 
 ENTRY_DTYPE = np.dtype(">u8")  # entries: two big-endian doublewords, always
+_ROW = np.dtype("V16")  # one entry as bytes: rows are gathered 16 bytes at a time
 _UNLIMITED = 1 << 62  # a read budget no table reaches
 
 
@@ -511,13 +512,30 @@ def split_passes(batch: RecordBatch, pass_number: int, previous_end: int) -> tup
 
     Returns ``[(pass number, records bytes), ...]`` and the pass number and
     previous end to carry into the next batch."""
+    pieces, pass_number, previous_end = split_passes_stated(batch, pass_number, previous_end)
+    return [(number, data) for number, data, _ in pieces], pass_number, previous_end
+
+
+def split_passes_stated(batch: RecordBatch, pass_number: int, previous_end: int):
+    """:func:`split_passes` with each piece's statistics: ``[(pass number,
+    records bytes, (records, first index, end index, valid, invalid)), ...]``
+    (within a pass records ascend, so the first index is the first
+    record's and the end the last one's)."""
     if not len(batch):
         return [], pass_number, previous_end
     starts = pass_starts(batch, previous_end)
     base = int(batch.offset[0])
-    cuts = [0] + [int(batch.offset[k]) - base for k in starts] + [len(batch.raw)]
-    pieces = [(pass_number + n, batch.raw[a:b]) for n, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
-    return pieces, pass_number + len(starts), int(batch.end[-1])
+    bounds = [0, *starts.tolist(), len(batch)]
+    offsets = [0] + [int(batch.offset[k]) - base for k in starts] + [len(batch.raw)]
+    valid = np.concatenate(([0], np.cumsum(batch.n_valid))).tolist()
+    invalid = np.concatenate(([0], np.cumsum(batch.n_invalid))).tolist()
+    ends = batch.end
+    pieces = []
+    for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if b > a:
+            stats = (b - a, int(batch.index[a]), int(ends[b - 1]), valid[b] - valid[a], invalid[b] - invalid[a])
+            pieces.append((pass_number + n, batch.raw[offsets[n] : offsets[n + 1]], stats))
+    return pieces, pass_number + len(starts), int(ends[-1])
 
 
 # -- the write side on a plain table ---------------------------------------
@@ -570,8 +588,9 @@ class TableSource(Protocol):
         """uint8 kind of entries lo..hi-1: KIND_VALID / KIND_INVALID on the
         first pass; on later passes KIND_CLEAN for entries not modified."""
 
-    def words(self, lo: int, hi: int) -> np.ndarray:
-        """(hi-lo, 2) '>u8': the doublewords reported for entries lo..hi-1."""
+    def words(self, lo: int, hi: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """(len(rows), 2) '>u8': the doublewords reported for entries lo + rows
+        (rows: sorted, relative to lo, all in valid runs; None: lo..hi-1)."""
 
 
 class StaticTable:
@@ -603,8 +622,11 @@ class StaticTable:
                 kinds[~self.changed[lo:hi]] = KIND_CLEAN
         return kinds
 
-    def words(self, lo: int, hi: int) -> np.ndarray:
-        return self.table[lo:hi]
+    def words(self, lo: int, hi: int, rows: np.ndarray | None = None) -> np.ndarray:
+        part = self.table[lo:hi]
+        if rows is None:
+            return part
+        return np.ascontiguousarray(part).view(_ROW)[:, 0][rows].view(ENTRY_DTYPE).reshape(-1, 2)
 
     def mark_read(self, result: "ReadResult") -> None:
         """Clear the changed marks of the entries a read reported, as the
@@ -623,10 +645,27 @@ def plan_records(kinds: np.ndarray, base: int = 0) -> tuple[np.ndarray, np.ndarr
     if n == 0:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
-    change = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1
-    starts = np.concatenate(([0], change)).astype(np.int64)
-    lengths = np.diff(np.concatenate((starts, [n])))
+    change = np.flatnonzero(kinds[1:] != kinds[:-1])
+    starts = np.empty(len(change) + 1, dtype=np.int64)
+    starts[0] = 0
+    np.add(change, 1, out=starts[1:])
+    lengths = np.diff(starts, append=n)
     run_kind = kinds[starts]
+    if len(starts) > 1 and lengths.max() <= MAX_RUN and run_kind.min() != KIND_CLEAN:
+        # the common first pass: valid and invalid runs alternate, none
+        # needs cutting, so each valid run and the invalid run after it are
+        # a record (and a leading invalid run is one alone)
+        lead = int(run_kind[0] != KIND_VALID)
+        index = starts[lead::2]
+        n_valid = lengths[lead::2]
+        n_invalid = np.zeros(len(index), dtype=np.int64)
+        after = lengths[lead + 1 :: 2]
+        n_invalid[: len(after)] = after
+        if lead:
+            index = np.concatenate((starts[:1], index))
+            n_valid = np.concatenate(([0], n_valid))
+            n_invalid = np.concatenate((lengths[:1], n_invalid))
+        return index + base, n_valid, n_invalid
     # cut every run into pieces of at most MAX_RUN entries
     pieces = (lengths + MAX_RUN - 1) // MAX_RUN
     p_run = np.repeat(np.arange(len(starts)), pieces)
@@ -653,45 +692,116 @@ def plan_records(kinds: np.ndarray, base: int = 0) -> tuple[np.ndarray, np.ndarr
     return index.astype(np.int64), n_valid.astype(np.int64), n_invalid.astype(np.int64)
 
 
-@dataclass
 class ReadResult:
-    """What one kvm_htab_read() returned and where it left the fd."""
+    """What one kvm_htab_read() returned and where it left the fd.
 
-    data: bytes
-    index: np.ndarray  # the records emitted (the last may be cut by the budget)
-    n_valid: np.ndarray
-    n_invalid: np.ndarray
-    next_index: int
-    wrapped: bool  # reached the end of the table: the next read starts a new pass at 0
-    entries: np.ndarray = field(repr=False, default=None)  # (E, 2) '>u8' entries emitted
+    ``reported`` is how many entries its records cover (the sum of n_valid
+    and n_invalid).  The records' arrays are built on first use: a burst of
+    reads (:func:`encode_reads`) hands out thousands of results whose arrays
+    nobody asks for."""
+
+    __slots__ = ("data", "next_index", "wrapped", "reported", "stats", "_parts", "_arrays")
+
+    def __init__(self, data: bytes, next_index: int, wrapped: bool, reported: int, stats: tuple | None = None, *,
+                 arrays=None, parts=()):
+        self.data = data
+        self.next_index = next_index
+        self.wrapped = wrapped  # reached the end of the table: the next read starts a new pass at 0
+        self.reported = reported
+        # (records, first index, end of the last record, valid, invalid); None when no record
+        self.stats = stats
+        self._arrays = arrays  # (index, n_valid, n_invalid, entries)
+        self._parts = parts  # or the pieces of laid-out windows they come from
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __repr__(self) -> str:
+        return (f"ReadResult({len(self.data)} bytes, next_index={self.next_index}, wrapped={self.wrapped}, "
+                f"reported={self.reported})")
+
+    @property
+    def index(self) -> np.ndarray:
+        """The first entry of each record emitted (the last may be cut by the budget)."""
+        return self._build()[0]
+
+    @property
+    def n_valid(self) -> np.ndarray:
+        return self._build()[1]
+
+    @property
+    def n_invalid(self) -> np.ndarray:
+        return self._build()[2]
+
+    @property
+    def entries(self) -> np.ndarray:
+        """(E, 2) '>u8': the entries emitted."""
+        return self._build()[3]
 
     @property
     def end(self) -> np.ndarray:
         return self.index + self.n_valid + self.n_invalid
 
+    def _build(self):
+        if self._arrays is None:
+            cols: list[list] = [[], [], [], []]
+            for part in self._parts:
+                if len(part) == 3:  # whole records a..b-1 of a window
+                    w, a, b = part
+                    cols[0].append(w.idx[a:b])
+                    cols[1].append(w.nv[a:b])
+                    cols[2].append(w.ni[a:b])
+                    cols[3].append(w.words[int(w.woff[a]) : int(w.woff[b])])
+                else:  # one record made here (a run cut by the budget, or its rest)
+                    index, nv, ni, w, wo = part
+                    cols[0].append(np.array([index], dtype=np.int64))
+                    cols[1].append(np.array([nv], dtype=np.int64))
+                    cols[2].append(np.array([ni], dtype=np.int64))
+                    cols[3].append(w.words[wo : wo + nv])
+            z = np.zeros(0, dtype=np.int64)
+            self._arrays = (
+                np.concatenate(cols[0]) if cols[0] else z,
+                np.concatenate(cols[1]) if cols[1] else z,
+                np.concatenate(cols[2]) if cols[2] else z,
+                # concatenate raw words: numpy would turn big-endian arrays into native ones
+                (np.concatenate(cols[3]) if cols[3] else np.zeros((0, 2), dtype=np.uint64)).view(ENTRY_DTYPE),
+            )
+            self._parts = ()
+        return self._arrays
 
-def _layout(index, n_valid, n_invalid, entries, byte_order: str) -> bytes:
-    """Headers and entries interleaved into stream bytes, without a loop:
-    the stream is a sequence of 8-byte words, one per header and two per
-    entry, and entries appear in the same order as their records."""
+
+def _header_words(index, n_valid, n_invalid, byte_order: str) -> np.ndarray:
+    """The headers as 8-byte words (their bytes as the stream has them)."""
+    index = np.asarray(index, dtype=np.int64)
+    if byte_order == "little":  # index, n_valid, n_invalid from the lowest byte up
+        value = index | (np.asarray(n_valid, dtype=np.int64) << 32) | (np.asarray(n_invalid, dtype=np.int64) << 48)
+        return value.astype("<u8").view(np.uint64)
+    value = (index << 32) | (np.asarray(n_valid, dtype=np.int64) << 16) | np.asarray(n_invalid, dtype=np.int64)
+    return value.astype(">u8").view(np.uint64)
+
+
+def _layout_words(index, n_valid, n_invalid, entries, byte_order: str, header_pos=None) -> np.ndarray:
+    """Headers and entries interleaved, as 8-byte words, without a loop: the
+    stream is a sequence of words, one per header and two per entry, and
+    entries appear in the same order as their records.  ``header_pos``: the
+    word position of each header, when the caller has it."""
     r = len(index)
     if r == 0:
-        return b""
-    hdr = np.empty(r, dtype=header_dtype(byte_order))
-    hdr["index"] = index
-    hdr["n_valid"] = n_valid
-    hdr["n_invalid"] = n_invalid
+        return np.zeros(0, dtype=np.uint64)
     n_words = r + 2 * len(entries)
+    if header_pos is None:
+        header_pos = np.arange(r, dtype=np.int64) + 2 * (np.cumsum(n_valid) - n_valid)
     out = np.empty(n_words, dtype=np.uint64)
-    header_pos = np.arange(r, dtype=np.int64) + 2 * (np.cumsum(n_valid) - n_valid)
-    is_header = np.zeros(n_words, dtype=bool)
-    is_header[header_pos] = True
-    out[is_header] = hdr.view(np.uint64)
-    out[~is_header] = np.ascontiguousarray(entries).view(np.uint64).reshape(-1)
-    return out.tobytes()
+    is_entry = np.ones(n_words, dtype=bool)
+    is_entry[header_pos] = False
+    out[header_pos] = _header_words(index, n_valid, n_invalid, byte_order)
+    out[is_entry] = np.ascontiguousarray(entries).view(np.uint64).reshape(-1)
+    return out
+
+
+def _layout(index, n_valid, n_invalid, entries, byte_order: str) -> bytes:
+    """The records as stream bytes (see :func:`_layout_words`)."""
+    return _layout_words(index, n_valid, n_invalid, entries, byte_order).tobytes()
 
 
 class _Planner:
@@ -769,8 +879,8 @@ class _Planner:
             self.window *= 2  # one record is longer than the window
         idx, nv, ni = idx[:trusted], nv[:trusted], ni[:trusted]
         if nv.sum():
-            w = np.asarray(self.source.words(lo, hi), dtype=ENTRY_DTYPE).view(np.uint64)
-            self.words = w[_expand_ranges(idx - lo, nv)]
+            rows = _expand_ranges(idx - lo, nv)
+            self.words = np.asarray(self.source.words(lo, hi, rows), dtype=ENTRY_DTYPE).view(np.uint64)
         else:
             self.words = np.zeros((0, 2), dtype=np.uint64)
         self.idx, self.nv, self.ni = idx, nv, ni
@@ -847,25 +957,148 @@ def encode_read(
     entries = (np.concatenate(words) if words else np.zeros((0, 2), dtype=np.uint64)).view(ENTRY_DTYPE)
     data = _layout(index, n_valid, n_invalid, entries, byte_order)
     assert len(data) == nb, (len(data), nb)
-    return ReadResult(data, index, n_valid, n_invalid, i, wrapped, entries)
+    valid, invalid = int(n_valid.sum()), int(n_invalid.sum())
+    stats = (len(index), int(index[0]), int(index[-1] + n_valid[-1] + n_invalid[-1]), valid, invalid) if len(index) else None
+    return ReadResult(data, i, wrapped, valid + invalid, stats, arrays=(index, n_valid, n_invalid, entries))
+
+
+class _Window:
+    """One planned window's records laid out as the stream one unbounded
+    read would return (headers in the fd's byte order), with the byte offset
+    of every header: the reads of a burst are slices of it."""
+
+    __slots__ = ("idx", "nv", "ni", "words", "woff", "off", "cum", "data", "resume", "n")
+
+    def __init__(self, planner: _Planner, byte_order: str):
+        self.idx, self.nv, self.ni, self.words = planner.idx, planner.nv, planner.ni, planner.words
+        self.resume = planner.resume
+        self.n = len(self.idx)
+        self.woff = planner.woff  # first entry of each record in words, and the end
+        pos = np.arange(self.n + 1, dtype=np.int64)
+        pos += 2 * self.woff  # the word position of each header, and the end
+        self.off = pos * 8
+        self.cum = np.concatenate(([0], np.cumsum(self.nv + self.ni)))  # entries covered before each record
+        words = _layout_words(self.idx, self.nv, self.ni, self.words, byte_order, pos[:-1])
+        self.data = memoryview(words).cast("B")
 
 
 def encode_reads(
     source: TableSource, start: int, first_pass: bool, count: int, byte_order: str, *, window: int = 1 << 16
 ) -> Iterator[ReadResult]:
-    """Successive reads of ``count`` bytes, as :func:`encode_read` one after
-    another, until one reaches the end of the table or returns nothing: a
-    burst, with the table's plan shared between its reads.  The caller
-    applies each read's side effects (if any) before asking for the next;
-    nothing else may change the table during the burst."""
+    """Successive reads of ``count`` bytes, exactly as :func:`encode_read`
+    one after another, until one reaches the end of the table or returns
+    nothing: a burst.  The table is planned and laid out a window at a time
+    (:class:`_Window`) and each read is cut from that layout by the kernel's
+    budget rules: whole records are a slice, and only where the budget cuts
+    a valid run is a header made anew (the cut record, n_invalid 0, and the
+    rest of the run starting the next read).  No numpy call per record or
+    per entry, only a few per read.
+
+    The caller applies each read's side effects (if any) before asking for
+    the next, or later: nothing else may change the table during the burst,
+    and a read's side effects touch only entries before the next read's
+    start."""
+    check_byte_order(byte_order)
+    pack = struct.Struct(_prefix(byte_order) + "IHH").pack
+    n = source.n_entries
     planner = _Planner(source, first_pass, max(window, count // 8), count)
-    i = start
+    w: _Window | None = None
+    k = 0  # the next whole record of w
+    head = None  # (index, n_valid, n_invalid, byte offset, word offset): the rest of a run cut by the last read
+    scan = start  # where the records go on when w is None
+    i = start  # the fd's index
+    limit = count - HEADER_SIZE - HPTE_SIZE  # a record starts while nb < limit
     while True:
-        res = encode_read(source, i, first_pass, count, byte_order, planner=planner)
-        yield res
-        if res.wrapped or not res.data:
+        pieces: list = []
+        parts: list = []
+        nb = reported = valid = records = 0
+        first = i
+        wrapped = False
+        while nb < limit:
+            if head is not None:
+                h_index, rest, h_ni, boff, wo = head
+                fit = (limit - nb + HPTE_SIZE - 1) // HPTE_SIZE  # entries the budget takes (>= 1)
+                if not records:
+                    first = h_index
+                records += 1
+                if rest > fit:
+                    pieces += (pack(h_index, fit, 0), w.data[boff : boff + HPTE_SIZE * fit])
+                    parts.append((h_index, fit, 0, w, wo))
+                    head = (h_index + fit, rest - fit, h_ni, boff + HPTE_SIZE * fit, wo + fit)
+                    nb += HEADER_SIZE + HPTE_SIZE * fit
+                    reported += fit
+                    valid += fit
+                    i = h_index + fit
+                    break
+                pieces += (pack(h_index, rest, h_ni), w.data[boff : boff + HPTE_SIZE * rest])
+                parts.append((h_index, rest, h_ni, w, wo))
+                head = None
+                k += 1
+                nb += HEADER_SIZE + HPTE_SIZE * rest
+                reported += rest + h_ni
+                valid += rest
+                i = h_index + rest + h_ni
+                if i >= n:
+                    wrapped = True
+                    break
+                continue
+            while w is None or k >= w.n:
+                nxt = scan if w is None else w.resume
+                if nxt >= n:
+                    break
+                planner._plan(nxt)
+                w, k = _Window(planner, byte_order), 0
+            if w is None or k >= w.n:
+                # nothing more to report: the kernel skips to the end, emits
+                # nothing, and wraps
+                wrapped = True
+                break
+            at_k = int(w.off[k])
+            base = at_k - nb  # where this read's byte 0 would be in w.data
+            if not records:
+                first = int(w.idx[k])
+            # the records that start within the budget: k .. j-1 (j > k)
+            j = min(w.n, int(w.off.searchsorted(base + limit, "left")))
+            last = j - 1
+            after = int(w.off[j]) - base
+            if after < count:  # the last one fits whole (its last entry is added while nb + 16 < count)
+                pieces.append(w.data[at_k : int(w.off[j])])
+                parts.append((w, k, j))
+                reported += int(w.cum[j] - w.cum[k])
+                valid += int(w.woff[j] - w.woff[k])
+                records += j - k
+                nb = after
+                i = int(w.idx[last] + w.nv[last] + w.ni[last])
+                k = j
+                if i >= n:
+                    wrapped = True
+                    break
+                continue
+            # the budget cuts the valid run of record `last`
+            at = int(w.off[last])
+            fit = (limit - (at - base) + HPTE_SIZE - 1) // HPTE_SIZE
+            index, nv, wo = int(w.idx[last]), int(w.nv[last]), int(w.woff[last])
+            pieces += (w.data[at_k:at], pack(index, fit, 0), w.data[at + HEADER_SIZE : at + HEADER_SIZE + HPTE_SIZE * fit])
+            parts += ((w, k, last), (index, fit, 0, w, wo))
+            reported += int(w.cum[last] - w.cum[k]) + fit
+            valid += wo - int(w.woff[k]) + fit
+            records += last - k + 1
+            nb = at - base + HEADER_SIZE + HPTE_SIZE * fit
+            i = index + fit
+            if nv >= MAX_RUN:
+                # a capped piece of a longer run: from i the kernel's valid
+                # run goes on into the next piece, so plan afresh from i
+                w, scan = None, i
+            else:
+                head = (i, nv - fit, int(w.ni[last]), at + HEADER_SIZE + HPTE_SIZE * fit, wo + fit)
+                k = last
+            break
+        stats = (records, first, i, valid, reported - valid) if records else None
+        if wrapped:
+            i = 0
+        yield ReadResult(b"".join(pieces), i, wrapped, reported, stats, parts=parts)
+        if wrapped or not nb:
             return
-        i = res.next_index
 
 
 def iter_reads(source: TableSource, count: int, byte_order: str, start: int = 0, first_pass: bool = True) -> Iterator[ReadResult]:

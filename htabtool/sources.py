@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterator
 
 from htabtool.atomic import atomic_write
 from htabtool.errors import HtabError, UsageError
-from htabtool.records import RecordDecoder, check_byte_order, split_passes
+from htabtool.records import RecordDecoder, check_byte_order, split_passes_stated
 
 DEFAULT_READ_SIZE = 1 << 20
 
@@ -104,7 +104,12 @@ class RawStreamSource:
     records are checked against the table as the kernel's write side would;
     a stream that ends inside a record is a TruncatedStream naming where."""
 
-    def __init__(self, f: BinaryIO, *, byte_order: str, order: int, name: str = "-", read_size: int = DEFAULT_READ_SIZE):
+    #: a little under a snapshot chunk (1 MiB), so that a block's records and
+    #: the partial record carried over from the one before fill one chunk
+    #: and are not cut (and scanned) again by the writer
+    READ_SIZE = (1 << 20) - (1 << 16)
+
+    def __init__(self, f: BinaryIO, *, byte_order: str, order: int, name: str = "-", read_size: int = READ_SIZE):
         check_byte_order(byte_order)
         self.f = f
         self.read_size = read_size
@@ -119,11 +124,18 @@ class RawStreamSource:
         return st.st_size if stat_module.S_ISREG(st.st_mode) else None
 
     def pieces(self) -> Iterator[tuple[int, bytes]]:
+        for number, data, _ in self.stated_pieces():
+            yield number, data
+
+    def stated_pieces(self) -> Iterator[tuple[int, bytes, tuple]]:
+        """(pass number, whole records, their statistics): the records are
+        decoded and checked here, so a snapshot writer need not scan them
+        again."""
         dec = RecordDecoder(self.info.byte_order, n_entries=self.info.entries)
         pass_number, previous_end = 1, 0
         for block in read_blocks(self.f, self.read_size):
             dec.receive_data(block)
-            pieces, pass_number, previous_end = split_passes(dec.next_batch(), pass_number, previous_end)
+            pieces, pass_number, previous_end = split_passes_stated(dec.next_batch(), pass_number, previous_end)
             yield from pieces
         dec.close()
 
@@ -300,6 +312,13 @@ class VMSource:
             vm.close(save=False)
 
     def pieces(self) -> Iterator[tuple[int, bytes]]:
+        for number, data, _ in self.stated_pieces():
+            yield number, data
+
+    def stated_pieces(self) -> Iterator[tuple[int, bytes, tuple | None]]:
+        """(pass number, one read's bytes, its records' statistics): the
+        reads describe their records as they make them (ReadResult.stats),
+        so a snapshot writer need not scan them again."""
         from htabtool.engine import KVM_GET_HTAB_BOLTED_ONLY
 
         hpt = self.vm.hpt
@@ -316,8 +335,8 @@ class VMSource:
                 # one burst of read(buffer_size) calls to the end of the pass
                 for data in fd.reads(self.buffer_size):
                     res = fd.last_read
-                    changed += int(res.n_valid.sum() + res.n_invalid.sum())
-                    yield number, data
+                    changed += res.reported
+                    yield number, data, res.stats
                 if not fd.last_read.wrapped:
                     raise UsageError(f"a read of {self.buffer_size} bytes holds no record")
                 self.pass_changes.append(changed)

@@ -555,3 +555,57 @@ def test_cont_maps_the_vrma_when_asked():
     e.stop()
     e.cont()  # the MMU is ready: nothing more
     assert int(np.count_nonzero(e.valid_mask())) == len(vrma)
+
+
+def _twins(seed: int):
+    """Two identical simulated tables with R/C set by 'hardware' on some entries."""
+    tables = []
+    for _ in range(2):
+        t = SimulatedHPT(18, ram_size=64 << 20)
+        _populate(t, 3000, seed)
+        rng = np.random.default_rng(seed)
+        valid = np.flatnonzero(t.valid_mask())
+        t.touch_many(rng.choice(valid, size=len(valid) // 3, replace=False), write=True)
+        tables.append(t)
+    return tables
+
+
+@pytest.mark.parametrize("size", [25, 100, 1000, 4096, 65536])
+@pytest.mark.parametrize("start", [0, 777])
+@pytest.mark.parametrize("batch", [engine.HARVEST_BATCH, 300])
+def test_a_burst_of_reads_is_reads_one_by_one_with_their_side_effects(size, start, batch, monkeypatch):
+    """HtabFd.reads (a burst cut from laid-out windows, side effects applied
+    in batches) returns what read() returns call by call, and leaves the
+    table, the guest view and the fd where read() calls leave them: on a
+    first pass, on an incremental one after changes, and when the burst is
+    abandoned half-way."""
+    monkeypatch.setattr(engine, "HARVEST_BATCH", batch)
+    one, burst = _twins(size + start)
+    fd1, fd2 = one.htab_fd(start_index=start), burst.htab_fd(start_index=start)
+    rng = np.random.default_rng(size)
+    for round_ in range(3):
+        if round_:  # the guest changes entries and hardware sets R/C between passes
+            for t in (one, burst):
+                valid = np.flatnonzero(t.valid_mask())
+                r = np.random.default_rng(round_)
+                t.bulk_protect(r.choice(valid, size=len(valid) // 10, replace=False), 0x100 | 0x2)
+                t.touch_many(r.choice(valid, size=len(valid) // 10, replace=False), write=True)
+        singles = []
+        while True:
+            singles.append(fd1.read(size))
+            if fd1.last_read.wrapped or not singles[-1]:
+                break
+        together = list(fd2.reads(size))
+        assert together == singles
+        assert (fd1.index, fd1.first_pass) == (fd2.index, fd2.first_pass)
+        assert np.array_equal(one.rev, burst.rev) and np.array_equal(one.hpt, burst.hpt)
+    # abandoned after a few reads: the side effects of those reads, no more
+    for t in (one, burst):
+        t.bulk_protect(np.flatnonzero(t.valid_mask()), 0x100 | 0x2)
+    stop = int(rng.integers(1, 4))
+    singles = [fd1.read(size) for _ in range(stop)]
+    gen = fd2.reads(size)
+    together = [next(gen) for _ in range(stop)]
+    gen.close()
+    assert together == singles and fd1.index == fd2.index
+    assert np.array_equal(one.rev, burst.rev)

@@ -421,12 +421,47 @@ def test_a_burst_of_reads_equals_reads_one_by_one(tab, count, order, bolted_only
         while True:
             res = encode_read(one, index, first_pass, count, order)
             one.mark_read(res)
-            singles.append(res.data)
+            singles.append(res)
             if res.wrapped or not res.data:
                 break
             index = res.next_index
         together = []
         for res in encode_reads(burst, start, first_pass, count, order, window=64):
             burst.mark_read(res)
-            together.append(res.data)
-        assert together == singles
+            together.append(res)
+        assert [r.data for r in together] == [r.data for r in singles]
+        for a, b in zip(together, singles):
+            assert (a.next_index, a.wrapped, a.reported, a.stats) == (b.next_index, b.wrapped, b.reported, b.stats)
+            for name in ("index", "n_valid", "n_invalid", "entries"):
+                assert np.array_equal(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("count", [40_000, 65536, 0x10000 * 16 + 40, 1 << 21])
+def test_a_burst_cuts_runs_longer_than_the_cap_as_reads_one_by_one(count):
+    """Valid and invalid runs past 0xffff entries: the kernel caps each
+    record's counts, and a read that cuts a capped piece makes the next read's
+    valid run go on into the following piece."""
+    from htabtool.records import encode_reads
+
+    n = 1 << 18
+    t = new_table(n)
+    live = np.zeros(n, dtype=bool)
+    live[10:10 + 0x10000 + 5000] = True  # one run longer than the cap
+    live[100_000:100_003] = True
+    live[140_000:140_000 + 3 * 0x10000] = True  # three capped pieces and a bit
+    t[live, 0] = (np.arange(int(live.sum()), dtype=np.uint64) << np.uint64(12)) | np.uint64(1)
+    t[live, 1] = np.arange(int(live.sum()), dtype=np.uint64)
+    singles, index = [], 0
+    src = StaticTable(t)
+    while True:
+        res = encode_read(src, index, True, count, "little")
+        singles.append(res)
+        if res.wrapped or not res.data:
+            break
+        index = res.next_index
+    together = list(encode_reads(StaticTable(t), 0, True, count, "little", window=4096))
+    assert len(together) == len(singles)
+    for a, b in zip(together, singles):
+        assert (a.data, a.next_index, a.wrapped, a.reported, a.stats) == (b.data, b.next_index, b.wrapped, b.reported, b.stats)
+        assert np.array_equal(a.n_valid, b.n_valid) and np.array_equal(a.index, b.index)
+    assert max(int(r.n_valid.max()) for r in singles if len(r.n_valid)) == min(0xFFFF, (count - 24 + 15) // 16)

@@ -36,13 +36,12 @@ import contextlib
 import errno
 import io
 import os
-import secrets
 import stat
 from typing import BinaryIO, Iterator
 
 from htabtool.errors import HtabError
 
-__all__ = ["atomic_write", "TEMP_SUFFIX"]
+__all__ = ["atomic_write", "temp_name", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".tmp"
 _ATTEMPTS = 16
@@ -50,11 +49,22 @@ _ATTEMPTS = 16
 _SYSTEM_DIRECTORIES = ("/dev", "/dev/fd")
 
 
+def temp_name(directory: str, base: str) -> str:
+    """An unpredictable hidden name beside ``base`` in ``directory`` (64
+    random bits; os.urandom, as the secrets module uses, without its import
+    cost on every command)."""
+    return os.path.join(directory, f".{base}.{_token()}{TEMP_SUFFIX}")
+
+
+def _token() -> str:
+    return os.urandom(8).hex()
+
+
 def _open_temp(directory: str, base: str, mode: int, final: str) -> tuple[int, str]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     flags |= getattr(os, "O_CLOEXEC", 0)
     for _ in range(_ATTEMPTS):
-        name = os.path.join(directory, f".{base}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        name = temp_name(directory, base)
         try:
             return os.open(name, flags, mode), name
         except FileExistsError:

@@ -505,14 +505,13 @@ def load_vm(snap, image: str, *, create: bool = False, stop: bool = False, verif
 
 def _create_and_load(snap, image, verify, buffer_size) -> dict:
     import os
-    import secrets
 
-    from htabtool.atomic import _fsync_directory
+    from htabtool.atomic import _fsync_directory, temp_name
     from htabtool.errors import VMImageError
     from htabtool.vmimage import VMImage
 
     directory, base = os.path.split(os.path.abspath(image))
-    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+    tmp = temp_name(directory, base)
     vm = VMImage.create(tmp, order=snap.header.order, profile="empty")
     try:
         report = _load_into(vm, snap, image, False, verify, buffer_size, created=True)

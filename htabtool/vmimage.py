@@ -83,7 +83,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import stat as stat_module
 import struct
 import tempfile
@@ -93,6 +92,7 @@ from typing import Iterator
 import numpy as np
 
 from htabtool import __version__
+from htabtool.atomic import temp_name
 from htabtool.engine import (
     DEFAULT_BACKING_PAGE_SHIFT,
     PPC_MAX_HPT_ORDER,
@@ -737,7 +737,7 @@ def _open_copy(directory: str, base: str) -> tuple[int, str]:
     image, O_EXCL and O_NOFOLLOW (never through a symlink), mode 0600."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(_OPEN_ATTEMPTS):
-        name = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+        name = temp_name(directory, base)
         try:
             return os.open(name, flags, 0o600), name
         except FileExistsError:

@@ -155,7 +155,7 @@ def test_a_missing_directory_or_a_directory_name_fails_cleanly(tmp_path):
 
 def test_temp_names_are_unpredictable_and_never_reuse_an_existing_file(tmp_path, monkeypatch):
     tokens = iter(["aaaa", "aaaa", "bbbb"])
-    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(tokens))
+    monkeypatch.setattr(atomic, "_token", lambda: next(tokens))
     (tmp_path / f".f.aaaa{atomic.TEMP_SUFFIX}").write_bytes(b"someone else's")
     with atomic_write(tmp_path / "f") as f:
         f.write(b"mine")

@@ -541,7 +541,7 @@ def test_the_working_copy_of_an_image_never_follows_a_planted_symlink(inputs, tm
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep me")
     names = iter(["0000000000000000", "0000000000000000", "1111111111111111"])
-    monkeypatch.setattr(vmimage.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(atomic, "_token", lambda: next(names))
     (d / ".guest.img.0000000000000000.tmp").symlink_to(victim)
     vmimage.set_running(str(d / "guest.img"), True)
     assert victim.read_bytes() == b"keep me"

@@ -163,7 +163,26 @@ def help_time(repeat: int) -> float:
     return best(HTABTOOL + ["--help"], max(repeat, 5)).seconds
 
 
-def markdown(results: list[dict], help_seconds: float, argv: list[str]) -> str:
+def startup_times(repeat: int, work: str) -> dict[str, float]:
+    """What a process costs before any work, on this machine: the
+    interpreter, the imports a dump needs, and a whole dump of an empty
+    stream (the fixed cost every dump pays)."""
+    empty = os.path.join(work, "empty.raw")
+    open(empty, "wb").close()
+    out = os.path.join(work, "empty.htab")
+    py = [sys.executable, "-c"]
+    steps = {
+        "python -c pass": py + ["pass"],
+        "python -c 'import click, zstandard'": py + ["import click, zstandard"],
+        "python -c 'import numpy'": py + ["import numpy"],
+        "python -c 'import numpy, click, zstandard'": py + ["import numpy, click, zstandard"],
+        "htabtool dump --raw (an empty stream)": HTABTOOL + ["dump", "-q", "--raw", empty, "--byte-order", "little",
+                                                            "--order", "18", "-o", out],
+    }
+    return {name: best(argv, max(repeat, 5)).seconds for name, argv in steps.items()}
+
+
+def markdown(results: list[dict], help_seconds: float, argv: list[str], startup: dict[str, float]) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -175,11 +194,22 @@ def markdown(results: list[dict], help_seconds: float, argv: list[str]) -> str:
         "",
         f"    python -m compileall -q htabtool && python -m benchmarks {' '.join(argv)}".rstrip(),
         "",
+        "with htabtool installed as users install it (`pip install .`, not editable: an editable install",
+        "adds an import hook to every start), from a directory where `python -m htabtool` finds the",
+        "installed package.",
+        "",
         "Every figure is a whole process measured from outside (best wall time of the repeats; peak RSS from",
         "wait4), except the incremental pass, which is timed in-process (1 % of the valid entries changed,",
         "64 KiB reads).  Ratios are to `zstd -1 -T1` compressing the same raw record stream in the same run.",
         "",
         f"`htabtool --help`: {help_seconds * 1000:.0f} ms.",
+        "",
+        "Start-up on this machine (whole processes, best of 5): what every command pays before any work,",
+        "and so the floor under the ratios of small tables.",
+        "",
+        "| process | ms |",
+        "| --- | ---: |",
+        *[f"| `{name}` | {seconds * 1000:.0f} |" for name, seconds in startup.items()],
         "",
     ]
     for r in results:
@@ -222,6 +252,8 @@ def main() -> None:
     results = []
     h = help_time(args.repeat)
     print(f"htabtool --help: {h * 1000:.0f} ms", flush=True)
+    startup = startup_times(args.repeat, work)
+    print("start-up: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in startup.items()), flush=True)
     for order in [int(x) for x in args.orders.split(",")]:
         for fill in [float(x) for x in args.fills.split(",")]:
             r = measure(order, fill, args.repeat, work)
@@ -232,7 +264,7 @@ def main() -> None:
             ) + f"; incremental {r['incremental_seconds'] * 1000:.1f} ms", flush=True)
     argv = [a for a in sys.argv[1:]]
     with open(args.out, "w") as f:
-        f.write(markdown(results, h, argv) + "\n")
+        f.write(markdown(results, h, argv, startup) + "\n")
     print(f"wrote {args.out}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

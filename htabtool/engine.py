@@ -1032,22 +1032,29 @@ class HtabFd:
         if size < 0:
             raise _oserror(errno.EINVAL, "negative size")
         source = self._source
-        done = self.index  # the reads' side effects are applied up to here
+        first_pass = self.first_pass  # a burst ends where a pass ends
+        done = self.index  # a first pass's side effects are applied up to here
         try:
-            for res in records.encode_reads(source, self.index, self.first_pass, size, self.byte_order):
-                # a read's side effects touch only entries before the next
-                # read's start: they are applied a million entries at a time
-                end = self.hpt.npte if res.wrapped else res.next_index
-                if res.wrapped or end - done >= HARVEST_BATCH:
-                    source.harvest(done, end)
-                    done = end
+            for res in records.encode_reads(source, self.index, first_pass, size, self.byte_order):
+                if first_pass:
+                    # a read's side effects touch only entries before the
+                    # next read's start: they are applied a million entries
+                    # at a time, every entry gone over
+                    end = self.hpt.npte if res.wrapped else res.next_index
+                    if res.wrapped or end - done >= HARVEST_BATCH:
+                        source.harvest(done, end)
+                        done = end
+                else:
+                    # a later pass: only the entries of its records (the
+                    # dirty ones), not a scan of all it skipped
+                    source.consume(res, self.index, False)
                 if res.wrapped:
                     self.first_pass = False
                 self.index = res.next_index
                 self.last_read = res
                 yield res.data
         finally:
-            if self.index > done:  # the burst stopped early
+            if first_pass and self.index > done:  # the burst stopped early
                 source.harvest(done, self.index)
 
     # -- write ---------------------------------------------------------------

@@ -1188,14 +1188,17 @@ class SnapshotWriter:
     ...     w.write_records(next_read, 2)     # pass 2 (ends pass 1)
     >>> w.trailer                              # the SnapshotTrailer written
 
-    ``write_records(data, pass_number)``: ``data`` is whole records as
-    read(2) of the htab fd returned them (bytes-like, copied); it is gathered
-    into chunks of up to ``chunk_size`` raw bytes, cut only at record
-    boundaries (a record longer than ``chunk_size`` gets a chunk of its own).
-    Pass numbers only grow; a new number ends the previous pass; an empty
-    ``data`` opens (and records) a pass with no changes.  Each full chunk is
-    compressed, checked (whole records inside the table) and described on
-    one of ``threads`` workers while the caller goes on; at most ``threads``
+    ``write_records(data, pass_number[, stats])``: ``data`` is whole records
+    as read(2) of the htab fd returned them (bytes-like; kept as it is when
+    ``bytes``, else copied); it is gathered into chunks of up to
+    ``chunk_size`` raw bytes, cut only at record boundaries (a record longer
+    than ``chunk_size`` gets a chunk of its own).  Pass numbers only grow; a
+    new number ends the previous pass; an empty ``data`` opens (and records)
+    a pass with no changes.  Each full chunk is compressed, checked (whole
+    records inside the table) and described on one of ``threads`` workers
+    while the caller goes on; a chunk made only of pieces whose ``stats``
+    were stated is described from them (their sizes and bounds checked, the
+    records not scanned again); at most ``threads``
     + 1 chunks wait (``threads=0``: all on the calling thread).  A fault in
     the records is raised by a later call (``write_records``, ``end_pass``
     or ``close``), with its stream offset and record number.
@@ -1274,12 +1277,25 @@ class SnapshotWriter:
         size = len(view)
         if not size:
             return 0
+        if stats is not None:
+            self._check_stated(stats, size)
         try:
             self._add(data, view, stats)
         except BaseException:
             self._fail()
             raise
         return size
+
+    def _check_stated(self, stats, size: int) -> None:
+        """Stated statistics must fit the data: its size, the table."""
+        try:
+            records, first, end, valid, invalid = (int(x) for x in stats)
+        except (TypeError, ValueError):
+            raise UsageError(f"stated statistics {stats!r} are not (records, first, end, valid, invalid)") from None
+        if not (records >= 1 and valid >= 0 and invalid >= 0 and HEADER_SIZE * records + 16 * valid == size
+                and 0 <= first < end <= self.header.entries and valid + invalid <= end - first):
+            raise UsageError(f"stated statistics {tuple(stats)} do not fit {size} bytes of records "
+                             f"in a table of {self.header.entries} entries")
 
     def end_pass(self) -> PassInfo | None:
         """End the open pass (if any): flush its last chunk, write its pass end."""

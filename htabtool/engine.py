@@ -900,7 +900,8 @@ class _HptSource:
         little-endian integers (constants byte-swapped to match): no byte
         swapping of the table, and rows gathered 16 bytes at a time."""
         e = self.e
-        if rows is None:
+        every = rows is None  # invalid rows too: R/C only where HPTE_V_VALID
+        if every:
             rows = np.arange(hi - lo, dtype=np.int64)
         w = e.hpt[lo:hi].view(_ROW)[:, 0][rows].view(_LE).reshape(-1, 2)
         v, hr = w[:, 0], w[:, 1]
@@ -912,6 +913,8 @@ class _HptSource:
         if absent.any():
             vo ^= absent
             vo |= absent >> _U(5)  # HPTE_V_ABSENT (bit 5 of the last byte) -> HPTE_V_VALID (bit 0)
+            every = True
+        if every:  # rows of a valid run have HPTE_V_VALID unless absent
             ro *= (v >> _U(56)) & _U(1)  # ... harvested only for entries with HPTE_V_VALID
         ro |= e.rev[lo:hi][rows].astype(">u8").view(_LE)  # the guest view, its bytes big-endian
         ro &= _SW_NOT_MODIFIED
@@ -972,6 +975,8 @@ class HtabFd:
         self.closed = False
         self._source = _HptSource(hpt, bool(flags & KVM_GET_HTAB_BOLTED_ONLY))
         self.last_read: records.ReadResult | None = None
+        self._unsettled: tuple[int, int] | None = None  # a burst's first-pass side effects not yet applied
+        self._reads = 0  # reads made, one by one or in bursts
         if not self.writable():
             hpt.hpte_mod_interest += 1
 
@@ -984,6 +989,7 @@ class HtabFd:
     def close(self) -> None:
         """kvm_htab_release: a read fd no longer asks for modification marks."""
         if not self.closed:
+            self._settle()
             self.closed = True
             if self.readable():
                 self.hpt.hpte_mod_interest -= 1
@@ -1013,8 +1019,10 @@ class HtabFd:
         size = int(size)
         if size < 0:
             raise _oserror(errno.EINVAL, "negative size")
+        self._settle()
         start = self.index
         res = records.encode_read(self._source, start, self.first_pass, size, self.byte_order)
+        self._reads += 1
         self._source.consume(res, start, self.first_pass)
         if res.wrapped:
             self.first_pass = False
@@ -1026,11 +1034,15 @@ class HtabFd:
         """``read(size)`` again and again until a read reaches the end of the
         table (or returns nothing), yielding each read's bytes: exactly what
         that many read() calls return, with the table planned once for the
-        whole burst.  Nothing else may change the table until it ends."""
+        whole burst.  Nothing may change the table until it ends (its plan
+        is made ahead); a read() or close() of the fd while it is suspended
+        first applies the side effects of the reads it made, and the burst
+        then stops (UsageError if it is resumed)."""
         self._check(want_read=True)
         size = int(size)
         if size < 0:
             raise _oserror(errno.EINVAL, "negative size")
+        self._settle()
         source = self._source
         first_pass = self.first_pass  # a burst ends where a pass ends
         done = self.index  # a first pass's side effects are applied up to here
@@ -1041,8 +1053,9 @@ class HtabFd:
                     # next read's start: they are applied a million entries
                     # at a time, every entry gone over
                     end = self.hpt.npte if res.wrapped else res.next_index
+                    self._unsettled = (done, end)
                     if res.wrapped or end - done >= HARVEST_BATCH:
-                        source.harvest(done, end)
+                        self._settle()
                         done = end
                 else:
                     # a later pass: only the entries of its records (the
@@ -1052,10 +1065,20 @@ class HtabFd:
                     self.first_pass = False
                 self.index = res.next_index
                 self.last_read = res
+                self._reads += 1
+                mine = self._reads
                 yield res.data
+                if self._reads != mine or self.closed:
+                    raise UsageError("the htab fd was read or closed while a burst of its reads was suspended")
         finally:
-            if first_pass and self.index > done:  # the burst stopped early
-                source.harvest(done, self.index)
+            self._settle()  # the exact range its reads went over, whoever settles it
+
+    def _settle(self) -> None:
+        """Apply the side effects a burst's first-pass reads deferred."""
+        if self._unsettled is not None:
+            lo, hi = self._unsettled
+            self._unsettled = None
+            self._source.harvest(lo, hi)
 
     # -- write ---------------------------------------------------------------
 

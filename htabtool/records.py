@@ -808,11 +808,12 @@ class _Planner:
     """The records of the table from a position on, planned a window at a
     time (:func:`plan_records`) and kept with their entries' doublewords.
 
-    One read uses a planner once; a burst of reads (:func:`encode_reads`)
-    shares one, so that each window is planned once however many reads it
+    A read (:func:`encode_read`) takes records from it with :meth:`chunk`;
+    a burst of reads (:func:`encode_reads`) plans each window once
+    (:meth:`_plan`) and lays it out (:class:`_Window`) for all the reads it
     feeds.  That is sound because nothing changes the table between the
     reads of a burst but the reads' own side effects, and those touch only
-    the entries the reads emitted, all before the next read's start."""
+    entries before the next read's start."""
 
     def __init__(self, source: TableSource, first_pass: bool, window: int, count: int):
         self.source = source
@@ -891,7 +892,7 @@ class _Planner:
 
 
 def encode_read(
-    source: TableSource, start: int, first_pass: bool, count: int, byte_order: str, *, planner: _Planner | None = None
+    source: TableSource, start: int, first_pass: bool, count: int, byte_order: str
 ) -> ReadResult:
     """Exactly one ``read(2)`` of ``count`` bytes on the htab fd (kvm_htab_read).
 
@@ -901,8 +902,7 @@ def encode_read(
     what is left, a valid run is cut where the next entry would not."""
     check_byte_order(byte_order)
     n = source.n_entries
-    if planner is None:
-        planner = _Planner(source, first_pass, max(4096, min(1 << 22, count // 8)), count)
+    planner = _Planner(source, first_pass, max(4096, min(1 << 22, count // 8)), count)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     words: list[np.ndarray] = []
     nb = 0  # bytes of the read so far

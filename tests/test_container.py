@@ -845,7 +845,20 @@ def test_wrong_stated_statistics_make_a_snapshot_readers_refuse():
     out = io.BytesIO()
     with SnapshotWriter(out, header(16)) as w:
         b, _ = decode_batch(data, "little")
-        stats = (len(b), int(b.index[0]), int(b.end[-1]), int(b.n_valid.sum()), int(b.n_invalid.sum()) + 1)
+        stats = (len(b), int(b.index[0]), int(b.end[-1]), int(b.n_valid.sum()), int(b.n_invalid.sum()) - 1)
         w.write_records(data, 1, stats)
     with pytest.raises(ContainerError, match="the descriptor says"):
         SnapshotReader(io.BytesIO(out.getvalue()), check_records=True).verify()
+
+
+def _one_record() -> bytes:
+    """One record: entry 0, valid (little-endian header)."""
+    return struct.pack("<IHH", 0, 1, 0) + struct.pack(">QQ", 0x4000000000001015, 0x10190)
+
+
+@pytest.mark.parametrize("stats", [(1, 0, 0, 0, 0), (2, 0, 5, 1, 0), (1, 3, 2, 1, 0), (1, 0, 1 << 20, 1, 0), "bad"])
+def test_stated_statistics_that_cannot_fit_are_refused(stats):
+    with SnapshotWriter(io.BytesIO(), header(16)) as w:
+        with pytest.raises(UsageError, match="stated statistics"):
+            w.write_records(b"\x00" * 24, 1, stats)
+        w.write_records(_one_record(), 1, (1, 0, 1, 1, 0))  # a true statement is taken

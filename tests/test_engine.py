@@ -609,3 +609,74 @@ def test_a_burst_of_reads_is_reads_one_by_one_with_their_side_effects(size, star
     gen.close()
     assert together == singles and fd1.index == fd2.index
     assert np.array_equal(one.rev, burst.rev)
+
+
+def _marked_twins(seed: int):
+    """Twin tables whose entries were entered and touched while a read fd
+    was open on each (so they carry modification marks and pending R/C),
+    with those fds, still on their first pass."""
+    out = []
+    for _ in range(2):
+        t = SimulatedHPT(18, ram_size=64 << 20)
+        fd = t.htab_fd()
+        _populate(t, 3000, seed)
+        valid = np.flatnonzero(t.valid_mask())
+        t.touch_many(np.random.default_rng(seed).choice(valid, size=len(valid) // 3, replace=False), write=True)
+        out += [t, fd]
+    return out
+
+
+@pytest.mark.parametrize("reads", [1, 3])
+def test_an_abandoned_first_pass_burst_has_the_side_effects_of_its_reads_only(reads):
+    one, fd1, burst, fd2 = _marked_twins(reads)
+    singles = [fd1.read(300) for _ in range(reads)]
+    it = fd2.reads(300)
+    assert [next(it) for _ in range(reads)] == singles
+    it.close()
+    assert int(np.count_nonzero(one.rev & np.uint64(MOD))) > 0  # entries beyond the reads keep their marks
+    assert np.array_equal(one.rev, burst.rev)
+    fd1.close()
+    fd2.close()
+
+
+def test_a_read_while_a_burst_is_suspended_sees_its_side_effects_and_ends_it():
+    """The kernel applies each read's side effects before it returns; a
+    burst defers them, so anything else done with the fd first settles them
+    (the reads made so far, no more), and the suspended burst then stops."""
+    one, fd1, burst, fd2 = _marked_twins(7)
+    a = fd1.read(200)
+    it = fd2.reads(200)
+    assert next(it) == a
+    # the rest of the pass by read(), then a later pass: nothing is reported twice
+    rest1, rest2 = [], []
+    for fd, rest in ((fd1, rest1), (fd2, rest2)):
+        while not rest or not (fd.last_read.wrapped or not rest[-1]):
+            rest.append(fd.read(1 << 16))
+    assert rest1 == rest2
+    assert fd1.read(1 << 16) == fd2.read(1 << 16) == b""
+    assert np.array_equal(one.rev, burst.rev)
+    with pytest.raises(UsageError, match="suspended"):
+        next(it)
+
+
+def test_a_burst_finished_late_does_not_clear_later_changes():
+    """A suspended burst's deferred side effects cover exactly the entries
+    its reads went over: settled late, they leave a change made since (and
+    its modification mark) alone."""
+    one, burst = _twins(8)
+    for t in (one, burst):
+        fd = t.htab_fd()
+        it = fd.reads(200)
+        next(it)
+        while True:  # on by read(): the rest of the first pass
+            fd.read(1 << 16)
+            if fd.last_read.wrapped:
+                break
+        t.h_remove(0, int(np.flatnonzero(t.valid_mask())[0]), 0)  # a change after the burst's reads
+        if t is burst:
+            it.close()  # the burst is finalised only now
+        got = fd.read(1 << 16)
+        assert got, "the change is reported by the next pass"
+        if t is one:
+            want = got
+    assert got == want and np.array_equal(one.rev, burst.rev)

@@ -443,12 +443,13 @@ def test_a_burst_cuts_runs_longer_than_the_cap_as_reads_one_by_one(count):
     valid run go on into the following piece."""
     from htabtool.records import encode_reads
 
-    n = 1 << 18
+    n = 1 << 19
     t = new_table(n)
     live = np.zeros(n, dtype=bool)
-    live[10:10 + 0x10000 + 5000] = True  # one run longer than the cap
+    live[10:10 + 0x10000 + 5000] = True  # one valid run longer than the cap
     live[100_000:100_003] = True
-    live[140_000:140_000 + 3 * 0x10000] = True  # three capped pieces and a bit
+    live[140_000:140_000 + 3 * 0x10000 + 7] = True  # three capped pieces and a bit
+    # ... and an invalid run of 187,929 entries to the end: three capped invalid pieces
     t[live, 0] = (np.arange(int(live.sum()), dtype=np.uint64) << np.uint64(12)) | np.uint64(1)
     t[live, 1] = np.arange(int(live.sum()), dtype=np.uint64)
     singles, index = [], 0
@@ -465,3 +466,4 @@ def test_a_burst_cuts_runs_longer_than_the_cap_as_reads_one_by_one(count):
         assert (a.data, a.next_index, a.wrapped, a.reported, a.stats) == (b.data, b.next_index, b.wrapped, b.reported, b.stats)
         assert np.array_equal(a.n_valid, b.n_valid) and np.array_equal(a.index, b.index)
     assert max(int(r.n_valid.max()) for r in singles if len(r.n_valid)) == min(0xFFFF, (count - 24 + 15) // 16)
+    assert max(int(r.n_invalid.max()) for r in singles if len(r.n_invalid)) == 0xFFFF

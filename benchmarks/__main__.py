@@ -192,11 +192,12 @@ def markdown(results: list[dict], help_seconds: float, argv: list[str], startup:
         "",
         "Rerun with:",
         "",
-        f"    python -m compileall -q htabtool && python -m benchmarks {' '.join(argv)}".rstrip(),
+        "    pip install . && python -m compileall -q htabtool",
+        f"    python -m benchmarks {' '.join(argv)}".rstrip(),
         "",
-        "with htabtool installed as users install it (`pip install .`, not editable: an editable install",
-        "adds an import hook to every start), from a directory where `python -m htabtool` finds the",
-        "installed package.",
+        "from the repository root, with htabtool installed as users install it (`pip install .`, not",
+        "editable: an editable install adds an import hook to every start; compileall matters where",
+        "PYTHONDONTWRITEBYTECODE is set, as here, or every command compiles its modules again).",
         "",
         "Every figure is a whole process measured from outside (best wall time of the repeats; peak RSS from",
         "wait4), except the incremental pass, which is timed in-process (1 % of the valid entries changed,",
@@ -262,7 +263,13 @@ def main() -> None:
             print(f"order {order} fill {100 * r['fill']:.1f} %: " + ", ".join(
                 f"{k} {v['seconds']:.3f}s ({v['seconds'] / z:.1f}x, {v['rss_mib']:.0f} MiB)" for k, v in r["rows"].items()
             ) + f"; incremental {r['incremental_seconds'] * 1000:.1f} ms", flush=True)
-    argv = [a for a in sys.argv[1:]]
+    argv = []  # the command line to print, without where this run wrote its results
+    skip = False
+    for a in sys.argv[1:]:
+        if skip or a.startswith(("--out", "--workdir")):
+            skip = a in ("--out", "--workdir")
+            continue
+        argv.append(a)
     with open(args.out, "w") as f:
         f.write(markdown(results, h, argv, startup) + "\n")
     print(f"wrote {args.out}")

@@ -884,10 +884,12 @@ class _HptSource:
         if hb is None:
             hb = e.hpt[lo:hi].view(np.uint8)
         gb = e.rev[lo:hi].view(np.uint8).reshape(-1, 8)
-        hw16 = hb[:, 14:16].view(">u2")[:, 0].astype(np.uint16)  # low 16 bits of the hardware r
-        g16 = gb[:, 0:2].view("<u2")[:, 0]  # low 16 bits of the guest view
-        pending = (hw16 & ~g16) & (np.uint16(_RC) * (hb[:, 7] & HPTE_V_VALID))
-        pending |= gb[:, 7] & 0x40  # HPTE_GR_MODIFIED
+        # HPTE_R_R (0x100): bit 0 of byte 14 of r, bit 0 of the guest view's byte 1;
+        # HPTE_R_C (0x80): bit 7 of byte 15, bit 7 of the guest view's byte 0
+        pending = hb[:, 14] & ~gb[:, 1] & (HPTE_R_R >> 8)
+        pending |= hb[:, 15] & ~gb[:, 0] & HPTE_R_C
+        pending *= hb[:, 7] & HPTE_V_VALID  # only valid entries have R/C to harvest
+        pending |= gb[:, 7] & (HPTE_GR_MODIFIED >> 56)
         return pending != 0
 
     def words(self, lo: int, hi: int, rows: np.ndarray | None = None) -> np.ndarray:

@@ -1293,7 +1293,8 @@ class SnapshotWriter:
         except (TypeError, ValueError):
             raise UsageError(f"stated statistics {stats!r} are not (records, first, end, valid, invalid)") from None
         if not (records >= 1 and valid >= 0 and invalid >= 0 and HEADER_SIZE * records + 16 * valid == size
-                and 0 <= first < end <= self.header.entries and valid + invalid <= end - first):
+                and 0 <= first <= end <= self.header.entries and first < self.header.entries
+                and valid + invalid <= end - first):
             raise UsageError(f"stated statistics {tuple(stats)} do not fit {size} bytes of records "
                              f"in a table of {self.header.entries} entries")
 
@@ -1637,7 +1638,10 @@ class SnapshotReader:
             for item in ahead:
                 if isinstance(item, Future):
                     item.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # never join the workers here: an abandoned generator is closed
+            # by the garbage collector on whatever thread it runs, even in a
+            # thread's start-up, which holds the lock a join needs (deadlock)
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def chunks(self) -> Iterator[Chunk]:
         for event in self.events():

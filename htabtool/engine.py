@@ -57,6 +57,7 @@ are the places where a simulation must choose):
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import sys
 from collections import Counter
@@ -162,6 +163,19 @@ DEFAULT_BACKING_PAGE_SHIFT = 24
 M64 = (1 << 64) - 1
 _RC = HPTE_R_R | HPTE_R_C
 _U = np.uint64
+
+
+def _changes_table(method):
+    """Mark a SimulatedHPT method as one that changes the table (its
+    generation is bumped)."""
+
+    @functools.wraps(method)
+    def changing(self, *args, **kwargs):
+        self.settle_reads()
+        self.generation += 1
+        return method(self, *args, **kwargs)
+
+    return changing
 
 
 def _nm(x: int) -> np.uint64:
@@ -311,6 +325,18 @@ class SimulatedHPT:
         self.lpcr = 0  # only the VRMASD field is modelled
         self.hpte_mod_interest = 0
         self.hcalls: Counter = Counter()
+        # bumped by everything that changes the table or the guest view (a
+        # burst of reads checks it when it resumes: its plan is made ahead)
+        self.generation = 0
+        # read fds holding side effects a burst deferred: settled before
+        # anything else touches the table
+        self._unsettled: set = set()
+
+    def settle_reads(self) -> None:
+        """Apply the side effects that suspended bursts of reads deferred (a
+        read's side effects happen before anything after it)."""
+        for fd in list(self._unsettled):
+            fd._settle()
 
     # -- small helpers ------------------------------------------------------
 
@@ -405,6 +431,7 @@ class SimulatedHPT:
         self.hpt[i, 1] = hw_r
         self.hpt[i, 0] = hw_v
 
+    @_changes_table
     def h_enter(self, flags: int, pte_index: int, pteh: int, ptel: int) -> tuple[int, int]:
         """H_ENTER: (return code, the index of the slot used)."""
         self.hcalls["H_ENTER"] += 1
@@ -428,6 +455,7 @@ class SimulatedHPT:
 
     # -- H_REMOVE -----------------------------------------------------------
 
+    @_changes_table
     def h_remove(self, flags: int, pte_index: int, avpn: int = 0) -> tuple[int, int, int]:
         """H_REMOVE: (return code, the entry's v, its guest-view r)."""
         self.hcalls["H_REMOVE"] += 1
@@ -450,6 +478,7 @@ class SimulatedHPT:
             v = (v & ~HPTE_V_ABSENT) | HPTE_V_VALID
         return H_SUCCESS, v, r
 
+    @_changes_table
     def h_bulk_remove(self, args) -> tuple[int, list[int]]:
         """H_BULK_REMOVE over up to four (translation specifier, AVPN) pairs:
         (return code, the eight argument words as the hypervisor leaves them)."""
@@ -492,6 +521,7 @@ class SimulatedHPT:
 
     # -- H_PROTECT, H_READ, H_CLEAR_REF, H_CLEAR_MOD -----------------------
 
+    @_changes_table
     def h_protect(self, flags: int, pte_index: int, avpn: int = 0) -> int:
         """H_PROTECT: set PP0, PP, N and the key from ``flags``."""
         self.hcalls["H_PROTECT"] += 1
@@ -535,6 +565,7 @@ class SimulatedHPT:
             out += [v, r]
         return H_SUCCESS, out
 
+    @_changes_table
     def h_clear_ref(self, flags: int, pte_index: int) -> tuple[int, int]:
         """H_CLEAR_REF: (return code, the guest view r before clearing)."""
         self.hcalls["H_CLEAR_REF"] += 1
@@ -554,6 +585,7 @@ class SimulatedHPT:
                 self.hpt[pte_index, 1] = r & ~HPTE_R_R
         return H_SUCCESS, gr
 
+    @_changes_table
     def h_clear_mod(self, flags: int, pte_index: int) -> tuple[int, int]:
         """H_CLEAR_MOD: (return code, the guest view r before clearing)."""
         self.hcalls["H_CLEAR_MOD"] += 1
@@ -575,6 +607,7 @@ class SimulatedHPT:
 
     # -- the hardware --------------------------------------------------------
 
+    @_changes_table
     def touch(self, pte_index: int, write: bool = False) -> bool:
         """The guest accesses the page of entry ``pte_index``: the hardware
         sets R (and C for a store) in the entry, if it is valid.  An absent
@@ -585,6 +618,7 @@ class SimulatedHPT:
         self.hpt[pte_index, 1] = r | HPTE_R_R | (HPTE_R_C if write else 0)
         return True
 
+    @_changes_table
     def touch_many(self, slots, write=False) -> int:
         """:meth:`touch` for many entries (``write``: a bool or a bool array)."""
         slots = np.asarray(slots, dtype=np.int64)
@@ -606,6 +640,7 @@ class SimulatedHPT:
 
     # -- the bulk forms -------------------------------------------------------
 
+    @_changes_table
     def bulk_enter(self, group, pteh, ptel, *, secondary: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Many H_ENTERs without H_EXACT, as a Linux guest inserts entries:
         entry k goes to the first free slot of primary group ``group[k]``,
@@ -685,6 +720,7 @@ class SimulatedHPT:
             mask[first] = False
             remaining = remaining[mask]
 
+    @_changes_table
     def bulk_remove(self, slots, flags: int = 0, avpn=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Many H_REMOVE(flags, slot, avpn) in order: (return codes, v, r)."""
         slots = np.asarray(slots, dtype=np.int64)
@@ -717,6 +753,7 @@ class SimulatedHPT:
             out_v[pos] = np.where(absent, (v & _nm(HPTE_V_ABSENT)) | _U(HPTE_V_VALID), v)
         return rc, out_v, out_r
 
+    @_changes_table
     def bulk_protect(self, slots, flags, avpn=None) -> np.ndarray:
         """Many H_PROTECT(flags, slot, avpn) in order: the return codes.
         ``flags`` is one value or one per slot."""
@@ -776,6 +813,7 @@ class SimulatedHPT:
             self.mmu_ready = True
         self.vcpus_running = True
 
+    @_changes_table
     def _map_vrma(self) -> int:
         """kvmppc_map_vrma: one bolted VRMA entry per page of RAM, in slot 7
         of its group, at most one per group and 1T of RAM; the page size is
@@ -939,6 +977,7 @@ class _HptSource:
         entries it skipped are clean, and clearing a clean entry changes
         nothing."""
         e = self.e
+        e.generation += 1
         for a in range(lo, hi, step):
             b = min(hi, a + step)
             rows = np.flatnonzero(self.dirty(a, b))
@@ -952,6 +991,7 @@ class _HptSource:
 
     def _clear(self, idx: np.ndarray) -> None:
         e = self.e
+        e.generation += 1
         gr = e.rev[idx].astype(np.uint64)
         v = e.hpt[idx, 0].astype(np.uint64)
         hr = e.hpt[idx, 1].astype(np.uint64)
@@ -1021,7 +1061,7 @@ class HtabFd:
         size = int(size)
         if size < 0:
             raise _oserror(errno.EINVAL, "negative size")
-        self._settle()
+        self.hpt.settle_reads()
         start = self.index
         res = records.encode_read(self._source, start, self.first_pass, size, self.byte_order)
         self._reads += 1
@@ -1037,14 +1077,16 @@ class HtabFd:
         table (or returns nothing), yielding each read's bytes: exactly what
         that many read() calls return, with the table planned once for the
         whole burst.  Nothing may change the table until it ends (its plan
-        is made ahead); a read() or close() of the fd while it is suspended
+        is made ahead): a read() or close() of the fd while it is suspended
         first applies the side effects of the reads it made, and the burst
-        then stops (UsageError if it is resumed)."""
+        then stops (UsageError if it is resumed), as it does when anything
+        else changed the table meanwhile (a hypercall, hardware R/C, a write
+        fd, another fd's reads)."""
         self._check(want_read=True)
         size = int(size)
         if size < 0:
             raise _oserror(errno.EINVAL, "negative size")
-        self._settle()
+        self.hpt.settle_reads()
         source = self._source
         first_pass = self.first_pass  # a burst ends where a pass ends
         done = self.index  # a first pass's side effects are applied up to here
@@ -1056,6 +1098,7 @@ class HtabFd:
                     # at a time, every entry gone over
                     end = self.hpt.npte if res.wrapped else res.next_index
                     self._unsettled = (done, end)
+                    self.hpt._unsettled.add(self)
                     if res.wrapped or end - done >= HARVEST_BATCH:
                         self._settle()
                         done = end
@@ -1068,15 +1111,20 @@ class HtabFd:
                 self.index = res.next_index
                 self.last_read = res
                 self._reads += 1
-                mine = self._reads
+                mine, generation = self._reads, self.hpt.generation
                 yield res.data
                 if self._reads != mine or self.closed:
                     raise UsageError("the htab fd was read or closed while a burst of its reads was suspended")
+                if self.hpt.generation != generation:
+                    # the rest of the burst was planned before the change:
+                    # stop, as a read() now would see what the plan does not
+                    raise UsageError("the table changed while a burst of reads was suspended: read it again")
         finally:
             self._settle()  # the exact range its reads went over, whoever settles it
 
     def _settle(self) -> None:
         """Apply the side effects a burst's first-pass reads deferred."""
+        self.hpt._unsettled.discard(self)
         if self._unsettled is not None:
             lo, hi = self._unsettled
             self._unsettled = None
@@ -1095,6 +1143,7 @@ class HtabFd:
         e = self.hpt
         if e.mmu_ready and e.vcpus_running:
             raise _oserror(errno.EBUSY, "the VM's vCPUs are running")
+        self.hpt.settle_reads()
         batch, used = records.decode_batch(memoryview(data).cast("B"), self.byte_order, scan_bound=self.hpt.npte)
         if not len(batch):
             return used
@@ -1108,6 +1157,7 @@ def _apply_records(e: SimulatedHPT, batch: records.RecordBatch) -> OSError | Non
     """kvm_htab_write's loop over whole records, vectorised: find where it
     would fail, apply everything before that point (pass by pass), and
     return the error (or None)."""
+    e.generation += 1
     idx, nv, ni = batch.index.copy(), batch.n_valid.copy(), batch.n_invalid.copy()
     nrec = len(idx)
     bad_rec = (idx >= e.npte) | (idx + nv + ni > e.npte)

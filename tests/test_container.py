@@ -856,9 +856,48 @@ def _one_record() -> bytes:
     return struct.pack("<IHH", 0, 1, 0) + struct.pack(">QQ", 0x4000000000001015, 0x10190)
 
 
-@pytest.mark.parametrize("stats", [(1, 0, 0, 0, 0), (2, 0, 5, 1, 0), (1, 3, 2, 1, 0), (1, 0, 1 << 20, 1, 0), "bad"])
+@pytest.mark.parametrize("stats", [(1, 0, 0, 0, 0), (2, 0, 5, 1, 0), (1, 3, 2, 1, 0), (1, 0, 1 << 20, 1, 0),
+                                   (1, 1 << 12, 1 << 12, 1, 0), "bad"])
 def test_stated_statistics_that_cannot_fit_are_refused(stats):
     with SnapshotWriter(io.BytesIO(), header(16)) as w:
         with pytest.raises(UsageError, match="stated statistics"):
             w.write_records(b"\x00" * 24, 1, stats)
         w.write_records(_one_record(), 1, (1, 0, 1, 1, 0))  # a true statement is taken
+
+
+def test_stated_pieces_of_records_without_entries_are_taken():
+    """Records with n_valid 0 and n_invalid 0 (the kernel never makes them,
+    its write side takes them) cover no entries: first index == end."""
+    data = _one_record() + struct.pack("<IHH", 3, 0, 0)
+    out = io.BytesIO()
+    with SnapshotWriter(out, header(16)) as w:
+        w.write_records(data[:24], 1, (1, 0, 1, 1, 0))
+        w.write_records(data[24:], 2, (1, 3, 3, 0, 0))
+    assert SnapshotReader(io.BytesIO(out.getvalue()), check_records=True).verify().records == 2
+
+
+def test_closing_a_reader_midway_never_joins_its_threads(tmp_path):
+    """An abandoned events() generator may be finalised by the garbage
+    collector inside a new thread's start-up, which holds threading's
+    shutdown-locks lock: a join there deadlocks (it hung the suite once).
+    Closing the generator while that lock is held must return."""
+    import subprocess
+    import sys
+    import threading
+
+    if not hasattr(threading, "_shutdown_locks_lock"):
+        pytest.skip("this Python's threading has no such lock")
+    snap = tmp_path / "s.htab"
+    snap.write_bytes(write(passes_of(18, 65536), 18, chunk_size=1 << 14))
+    script = (
+        "import threading\n"
+        "from htabtool.container import SnapshotReader\n"
+        f"f = open({str(snap)!r}, 'rb')\n"
+        "gen = SnapshotReader(f, threads=2).events()\n"
+        "for _ in range(4): next(gen)\n"
+        "with threading._shutdown_locks_lock:\n"
+        "    gen.close()\n"
+        "print('closed')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0 and done.stdout.strip() == "closed", done.stderr

@@ -680,3 +680,50 @@ def test_a_burst_finished_late_does_not_clear_later_changes():
         if t is one:
             want = got
     assert got == want and np.array_equal(one.rev, burst.rev)
+
+
+@pytest.mark.parametrize("change", ["h_protect", "h_remove", "touch", "other fd", "write fd"])
+@pytest.mark.parametrize("first_pass", [True, False])
+def test_a_change_while_a_burst_is_suspended_is_reported_as_one_by_one(change, first_pass):
+    """Whatever changes the table while a burst waits (a hypercall, hardware
+    R/C, another fd's reads, a write fd) comes after the side effects of the
+    reads the burst made, as after read() calls; the burst then stops, since
+    its plan was made before the change."""
+    one, fd1, burst, fd2 = _marked_twins(11)
+    if not first_pass:
+        for t, fd in ((one, fd1), (burst, fd2)):
+            while not fd.read(1 << 20) or not fd.last_read.wrapped:
+                pass
+            t.bulk_protect(np.flatnonzero(t.valid_mask()), 0x100 | 0x2)  # everything dirty again
+    first = fd1.read(2000)
+    it = fd2.reads(2000)
+    assert next(it) == first
+    passed = int(np.flatnonzero(one.valid_mask())[0])  # an entry both reads went over
+    ahead = int(np.flatnonzero(one.valid_mask())[-1])  # one they did not reach
+    for t in (one, burst):
+        if change == "h_protect":
+            t.h_protect(0x102, passed, 0)
+            t.h_protect(0x102, ahead, 0)
+        elif change == "h_remove":
+            t.h_remove(0, passed, 0)
+            t.h_remove(0, ahead, 0)
+        elif change == "touch":
+            t.touch(passed, write=True)
+        elif change == "other fd":
+            with t.htab_fd() as other:
+                other.read(5000)
+        else:
+            t.vcpus_running = False
+            with t.htab_fd(KVM_GET_HTAB_WRITE) as w:
+                w.write(struct.pack("<IHH", passed, 0, 1))
+    with pytest.raises(UsageError, match="changed while a burst"):
+        next(it)
+    rest1, rest2 = [], []
+    for fd, rest in ((fd1, rest1), (fd2, rest2)):
+        for _ in range(2):  # to the end of this pass, and the next one
+            while True:
+                rest.append(fd.read(1 << 16))
+                if fd.last_read.wrapped or not rest[-1]:
+                    break
+    assert rest1 == rest2
+    assert np.array_equal(one.rev, burst.rev) and np.array_equal(one.hpt, burst.hpt)

@@ -41,7 +41,16 @@ import numpy as np
 import zstandard
 
 from htabtool.errors import ContainerError, StreamError, TruncatedContainer, UnsupportedFeature, UsageError
-from htabtool.records import END_OF_STREAM, HEADER_SIZE, MAX_RUN, NEED_DATA, _scan, decode_batch, header_dtype
+from htabtool.records import (
+    END_OF_STREAM,
+    HEADER_SIZE,
+    MAX_RUN,
+    NEED_DATA,
+    _scan,
+    decode_batch,
+    header_dtype,
+    record_stats,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -455,13 +464,7 @@ def _chunk_stats(data, byte_order: str, raw_offset: int, first_record: int, n_en
             offset=raw_offset + used,
             record=first_record + len(batch),
         )
-    return (
-        len(batch),
-        int(batch.index.min()),
-        int(batch.end.max()),
-        int(batch.n_valid.sum()),
-        int(batch.n_invalid.sum()),
-    )
+    return batch.stats()
 
 
 def _scan_records(data, byte_order: str, n_entries: int, rounds: int = 64):
@@ -477,13 +480,8 @@ def _scan_records(data, byte_order: str, n_entries: int, rounds: int = 64):
     if scanned is None or scanned[1] != n:
         return None
     chain = words[scanned[0]]
-    index = chain["index"].astype(np.int64)
-    n_valid = chain["n_valid"].astype(np.int64)
-    n_invalid = chain["n_invalid"].astype(np.int64)
-    end = index + n_valid + n_invalid
-    if int(end.max()) > n_entries:
-        return None
-    return len(index), int(index.min()), int(end.max()), int(n_valid.sum()), int(n_invalid.sum())
+    stats = record_stats(*(chain[name].astype(np.int64) for name in ("index", "n_valid", "n_invalid")))
+    return stats if stats[2] <= n_entries else None
 
 
 def _merged(a: tuple | None, b: tuple | None) -> tuple | None:

@@ -1018,7 +1018,6 @@ class HtabFd:
         self._source = _HptSource(hpt, bool(flags & KVM_GET_HTAB_BOLTED_ONLY))
         self.last_read: records.ReadResult | None = None
         self._unsettled: tuple[int, int] | None = None  # a burst's first-pass side effects not yet applied
-        self._reads = 0  # reads made, one by one or in bursts
         if not self.writable():
             hpt.hpte_mod_interest += 1
 
@@ -1064,7 +1063,7 @@ class HtabFd:
         self.hpt.settle_reads()
         start = self.index
         res = records.encode_read(self._source, start, self.first_pass, size, self.byte_order)
-        self._reads += 1
+        self.hpt.generation += 1  # the fd moved on: a suspended burst of it must not go on
         self._source.consume(res, start, self.first_pass)
         if res.wrapped:
             self.first_pass = False
@@ -1110,15 +1109,12 @@ class HtabFd:
                     self.first_pass = False
                 self.index = res.next_index
                 self.last_read = res
-                self._reads += 1
-                mine, generation = self._reads, self.hpt.generation
+                generation = self.hpt.generation
                 yield res.data
-                if self._reads != mine or self.closed:
-                    raise UsageError("the htab fd was read or closed while a burst of its reads was suspended")
-                if self.hpt.generation != generation:
-                    # the rest of the burst was planned before the change:
-                    # stop, as a read() now would see what the plan does not
-                    raise UsageError("the table changed while a burst of reads was suspended: read it again")
+                if self.closed or self.hpt.generation != generation:
+                    # the rest of the burst was planned before the change (or
+                    # the fd moved on): stop, a read() now sees what the plan does not
+                    raise UsageError("the table or its fd changed while a burst of reads was suspended: read it again")
         finally:
             self._settle()  # the exact range its reads went over, whoever settles it
 

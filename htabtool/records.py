@@ -219,6 +219,10 @@ class RecordBatch:
                 self.first_record + k,
             )
 
+    def stats(self) -> tuple | None:
+        """(records, first index, end index, valid, invalid): :func:`record_stats`."""
+        return record_stats(self.index, self.n_valid, self.n_invalid)
+
     def to_bytes(self, byte_order: str) -> bytes:
         """The records back in stream form (headers in ``byte_order``)."""
         return _layout(self.index, self.n_valid, self.n_invalid, self.entries, byte_order)
@@ -253,6 +257,15 @@ class RecordBatch:
         number = self.first_record + k
         offset = int(self.offset[k])
         return RecordError(f"record {number} at offset {offset:#x}: {what}", offset=offset, record=number)
+
+
+def record_stats(index, n_valid, n_invalid) -> tuple | None:
+    """(records, first index, end index, valid, invalid) of some records, as
+    a snapshot's chunk descriptor states them (None for no record)."""
+    if not len(index):
+        return None
+    end = index + n_valid + n_invalid
+    return len(index), int(index.min()), int(end.max()), int(n_valid.sum()), int(n_invalid.sum())
 
 
 def _expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -957,9 +970,9 @@ def encode_read(
     entries = (np.concatenate(words) if words else np.zeros((0, 2), dtype=np.uint64)).view(ENTRY_DTYPE)
     data = _layout(index, n_valid, n_invalid, entries, byte_order)
     assert len(data) == nb, (len(data), nb)
-    valid, invalid = int(n_valid.sum()), int(n_invalid.sum())
-    stats = (len(index), int(index[0]), int(index[-1] + n_valid[-1] + n_invalid[-1]), valid, invalid) if len(index) else None
-    return ReadResult(data, i, wrapped, valid + invalid, stats, arrays=(index, n_valid, n_invalid, entries))
+    stats = record_stats(index, n_valid, n_invalid)
+    reported = stats[3] + stats[4] if stats else 0
+    return ReadResult(data, i, wrapped, reported, stats, arrays=(index, n_valid, n_invalid, entries))
 
 
 class _Window:

@@ -127,13 +127,7 @@ def parse_all(data: bytes, step: int | None = None, **kw) -> list:
 def stats_of(raw: bytes, byte_order: str) -> tuple:
     batch, used = decode_batch(raw, byte_order)
     assert used == len(raw)
-    return (
-        len(batch),
-        int(batch.index.min()),
-        int(batch.end.max()),
-        int(batch.n_valid.sum()),
-        int(batch.n_invalid.sum()),
-    )
+    return batch.stats()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,9 @@ COMMANDS = {
     "diff": ("htabtool.cli.diff", "diff", "Compare the final tables of two snapshots."),
     "stat": ("htabtool.cli.stat", "stat", "Show what a snapshot holds."),
     "verify": ("htabtool.cli.verify", "verify", "Check a snapshot's integrity and meaning."),
+    "show": ("htabtool.cli.show", "show", "Print a snapshot's entries, decoded and filtered."),
+    "map": ("htabtool.cli.map", "map", "Draw the table: occupancy, PTEG fill, page sizes."),
+    "migrate": ("htabtool.cli.migrate", "migrate", "Simulate a live migration of a VM's HPT, pass by pass."),
     "vm": ("htabtool.cli.vm", "vm", "Create, run and inspect simulated VMs."),
 }
 

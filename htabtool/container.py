@@ -48,6 +48,7 @@ from htabtool.records import (
     NEED_DATA,
     _scan,
     decode_batch,
+    check_indexable_order,
     header_dtype,
     record_stats,
 )
@@ -191,6 +192,7 @@ class SnapshotHeader:
             raise UsageError(f"byte order must be 'little' or 'big', not {self.byte_order!r}")
         if not isinstance(self.order, int) or not MIN_ORDER <= self.order <= MAX_ORDER:
             raise UsageError(f"table order {self.order!r} is outside {MIN_ORDER}..{MAX_ORDER}")
+        check_indexable_order(self.order)
         derived = 1 << (self.order - 4)
         if self.entries is None:
             set_(self, "entries", derived)
@@ -1244,6 +1246,7 @@ class SnapshotWriter:
         self._tls = threading.local()
         self._failed = False
         self._closed = False
+        self._optional: list[bytes] = []  # optional frames written with the trailer
         header_frame = _header_frame(self.header)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="htab-zstd") if threads else None
         try:
@@ -1296,6 +1299,17 @@ class SnapshotWriter:
             raise UsageError(f"stated statistics {tuple(stats)} do not fit {size} bytes of records "
                              f"in a table of {self.header.entries} entries")
 
+    def add_optional(self, tag: bytes, body: bytes) -> None:
+        """An optional frame (a four-letter tag starting with a lower-case
+        letter: readers that do not know it skip it) to write after the last
+        pass end, right before the trailer, in the order added."""
+        self._check_open()
+        if not (isinstance(tag, bytes) and len(tag) == 4 and tag[:1].isalpha() and tag[:1].islower()):
+            raise UsageError(f"an optional frame's tag is four bytes starting with a lower-case letter, not {tag!r}")
+        if 8 + len(body) > SMALL_FRAME_LIMIT:
+            raise UsageError(f"an optional frame's body is at most {SMALL_FRAME_LIMIT - 8} bytes, not {len(body)}")
+        self._optional.append(_frame(tag, bytes(body)))
+
     def end_pass(self) -> PassInfo | None:
         """End the open pass (if any): flush its last chunk, write its pass end."""
         self._check_open()
@@ -1330,6 +1344,8 @@ class SnapshotWriter:
         self.end_pass()
         raw, records, valid, invalid = _sums(self._chunks)
         try:
+            for frame in self._optional:
+                self._emit(frame, 0)
             at = self._offset
             body = _TRAILER.pack(
                 _TRAILER.size,
@@ -1756,7 +1772,30 @@ class SnapshotReader:
                 )
         if frames < 2 + 2 * len(trailer.chunks) + len(trailer.passes):  # more: optional frames
             raise ContainerError(f"seek table at offset {at:#x}: lists {frames} frames", offset=at)
+        self._seek_index = (starts, entries)
         return replace(trailer, file_size=size)
+
+    def read_optional(self, tag: bytes) -> list[bytes]:
+        """The bodies of the optional frames with ``tag``, in file order, on
+        a seekable file (found through the seek table, each checked); the
+        chunks are not read."""
+        if not self.seekable:
+            raise UsageError("optional frames are read from a seekable file")
+        here = self._f.tell()
+        try:
+            trailer = self._trailer_from_end()
+            starts, entries = self._seek_index
+            data = {c.offset for c in trailer.chunks}
+            bodies = []
+            for i in range(1, len(entries) - 1):  # not HEAD, not TRLR
+                at, size = int(starts[i]), entries[i][0]
+                if entries[i][1] or at in data or int(starts[i + 1]) in data:
+                    continue  # a data frame or its descriptor
+                if self._read_at(at, 12, "a frame")[8:12] == tag:
+                    bodies.append(_check_our_frame(self._read_at(at, size, _tag_name(tag)), at, tag))
+        finally:
+            self._f.seek(here)
+        return bodies
 
     def _header_from_start(self, size: int) -> SnapshotHeader:
         if self._parser.header is not None:

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 import numpy as np
 
 from htabtool.errors import StreamError, UsageError
-from htabtool.records import RecordDecoder, StaticTable, iter_reads
+from htabtool.records import RecordDecoder, StaticTable, iter_reads, pass_starts
 from htabtool.table import (
     DEFAULT_WINDOW,
     Overrides,
@@ -287,12 +287,13 @@ class RecordChecker:
             batch.check(self.entries)
         except StreamError as exc:
             self._note(f"pass {number}", str(exc))
-        before = np.concatenate(([self._ends.get(number, 0)], batch.end[:-1]))
-        for k in np.flatnonzero(batch.index < before)[:10]:
+        previous_end = self._ends.get(number, 0)
+        for k in pass_starts(batch, previous_end)[:10].tolist():
             self._note(
                 f"pass {number}",
-                f"record {batch.first_record + int(k)} at offset {int(batch.offset[k]):#x}: index "
-                f"{int(batch.index[k])} is below the end {int(before[k])} of the record before it",
+                f"record {batch.first_record + k} at offset {int(batch.offset[k]):#x}: index "
+                f"{int(batch.index[k])} is below the end {int(batch.end[k - 1]) if k else previous_end} "
+                "of the record before it",
             )
         self._ends[number] = int(batch.end[-1])
 
@@ -427,6 +428,8 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
             writer.write_records(data, number, stats)
             if progress is not None:
                 progress(len(data))
+        for tag, body in getattr(source, "snapshot_notes", list)():
+            writer.add_optional(tag, body)  # what a source keeps apart from the passes (QEMU's parts)
     trailer = writer.trailer
     return DumpSummary(
         output=output,
@@ -597,6 +600,7 @@ def stat_report(snap, window: int = DEFAULT_WINDOW) -> dict:
             }
         )
     compressed = trailer.compressed_size
+    qemu_parts = _qemu_parts(snap, trailer, per_pass)
     return {
         "schema": "htabtool-stat/1",
         "file": getattr(snap, "name", None),
@@ -620,9 +624,27 @@ def stat_report(snap, window: int = DEFAULT_WINDOW) -> dict:
         "n_invalid_distribution": recs["n_invalid_distribution"],
         "passes": len(trailer.passes),
         "per_pass": per_pass,
+        "qemu_parts": qemu_parts,
         "chunks": len(trailer.chunks),
         "raw_bytes": trailer.raw_size,
         "compressed_bytes": compressed,
         "file_bytes": trailer.file_size,
         "ratio": round(trailer.raw_size / trailer.file_size, 3) if trailer.file_size else None,
     }
+
+
+def _qemu_parts(snap, trailer, per_pass: list) -> list | None:
+    """QEMU's htab parts of a snapshot dumped from a QEMU stream, each with
+    the passes its records feed; every per-pass entry gains the parts it
+    spans.  None when the snapshot does not list them (not from QEMU)."""
+    from htabtool import qemu
+
+    read = getattr(snap, "optional_frames", None)
+    bodies = read(qemu.PARTS_TAG) if read is not None else []
+    if not bodies:
+        return None
+    parts = qemu.parts_from_frames(bodies)
+    out = [{**p.to_dict(), "passes": p.passes(trailer.passes)} for p in parts]
+    for entry in per_pass:
+        entry["qemu_parts"] = [p["part"] for p in out if entry["pass"] in p["passes"]]
+    return out

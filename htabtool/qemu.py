@@ -61,9 +61,11 @@ from htabtool.errors import QemuStreamError, TruncatedStream, UsageError
 from htabtool.records import (
     END_OF_STREAM,
     HEADER_SIZE,
+    MAX_INDEX_ORDER,
     NEED_DATA,
     RecordBatch,
     check_byte_order,
+    check_indexable_order,
     decode_batch,
     split_passes,
 )
@@ -81,6 +83,7 @@ __all__ = [
     "RamSkipped",
     "DeviceState",
     "VmEof",
+    "Command",
     "NEED_DATA",
     "END_OF_STREAM",
     "iter_events",
@@ -107,6 +110,61 @@ QEMU_VM_VMDESCRIPTION = 0x06
 QEMU_VM_CONFIGURATION = 0x07
 QEMU_VM_COMMAND = 0x08
 QEMU_VM_SECTION_FOOTER = 0x7E
+
+#: QEMU_VM_COMMAND's commands (enum qemu_vm_cmd and mig_cmd_args in
+#: migration/savevm.c; the same numbers from QEMU 7.2 to today's master,
+#: SWITCHOVER_START added in 10.0).  loadvm_process_command reads be16 cmd,
+#: be16 len, refuses a command it does not know and a length other than
+#: the table's (where the table fixes one), then acts on it.
+MIG_CMD_INVALID = 0
+MIG_CMD_OPEN_RETURN_PATH = 1
+MIG_CMD_PING = 2
+MIG_CMD_POSTCOPY_ADVISE = 3
+MIG_CMD_POSTCOPY_LISTEN = 4
+MIG_CMD_POSTCOPY_RUN = 5
+MIG_CMD_POSTCOPY_RAM_DISCARD = 6
+MIG_CMD_PACKAGED = 7
+MIG_CMD_ENABLE_COLO = 8
+MIG_CMD_POSTCOPY_RESUME = 9
+MIG_CMD_RECV_BITMAP = 10
+MIG_CMD_SWITCHOVER_START = 11
+
+MIG_CMD_NAMES = {
+    MIG_CMD_OPEN_RETURN_PATH: "OPEN_RETURN_PATH",
+    MIG_CMD_PING: "PING",
+    MIG_CMD_POSTCOPY_ADVISE: "POSTCOPY_ADVISE",
+    MIG_CMD_POSTCOPY_LISTEN: "POSTCOPY_LISTEN",
+    MIG_CMD_POSTCOPY_RUN: "POSTCOPY_RUN",
+    MIG_CMD_POSTCOPY_RAM_DISCARD: "POSTCOPY_RAM_DISCARD",
+    MIG_CMD_PACKAGED: "PACKAGED",
+    MIG_CMD_ENABLE_COLO: "ENABLE_COLO",
+    MIG_CMD_POSTCOPY_RESUME: "POSTCOPY_RESUME",
+    MIG_CMD_RECV_BITMAP: "RECV_BITMAP",
+    MIG_CMD_SWITCHOVER_START: "SWITCHOVER_START",
+}
+
+#: commands walked past, with the payload length mig_cmd_args fixes.
+#: SWITCHOVER_START (no payload): qemu_savevm_maybe_send_switchover_start
+#: sends it right before the END sections of a precopy migration
+#: (migration_completion_precopy) and of savevm (qemu_savevm_state) when
+#: the machine type is 10.0 or later (send-switchover-start, off in
+#: hw_compat_9_2); its loader, loadvm_postcopy_handle_switchover_start, only
+#: calls the handlers' switchover_start (VFIO's), and reads nothing more.
+MIG_CMD_WALKED = {MIG_CMD_SWITCHOVER_START: 0}
+
+#: why every other command cannot be walked (the words go into the message)
+MIG_CMD_REFUSED = {
+    MIG_CMD_OPEN_RETURN_PATH: "the stream needs a return path to its source",
+    MIG_CMD_PING: "a ping for the source on a return path",
+    MIG_CMD_POSTCOPY_ADVISE: "postcopy: RAM pages may come after the device state",
+    MIG_CMD_POSTCOPY_LISTEN: "postcopy: the rest of the stream is loaded by a listening thread",
+    MIG_CMD_POSTCOPY_RUN: "postcopy: the guest starts before its RAM has arrived",
+    MIG_CMD_POSTCOPY_RAM_DISCARD: "postcopy: a list of RAM pages to discard",
+    MIG_CMD_PACKAGED: "a packaged stream: the device state wrapped in a blob of its own",
+    MIG_CMD_ENABLE_COLO: "COLO: the stream goes on with checkpoints",
+    MIG_CMD_POSTCOPY_RESUME: "postcopy recovery",
+    MIG_CMD_RECV_BITMAP: "postcopy recovery: a request for the received bitmap",
+}
 
 SECTION_KINDS = {
     QEMU_VM_SECTION_START: "START",
@@ -226,6 +284,14 @@ class HtabStart:
                 f"{HTAB_SHIFT_MIN}..{HTAB_SHIFT_MAX} (the architected HPT sizes)",
                 self.offset,
             )
+        if self.shift > MAX_INDEX_ORDER:
+            # QEMU writes each record's index as a be32 (htab_save_first_pass:
+            # qemu_put_be32(f, chunkstart)): past 2**32 entries it cannot say
+            raise _error(
+                f"htab_shift {self.shift} at offset {self.offset:#x}: a table of {self.entries:,} entries, more "
+                f"than the records' 32-bit index addresses (htab_shift {MAX_INDEX_ORDER} at most)",
+                self.offset,
+            )
 
     @property
     def entries(self) -> int:
@@ -281,6 +347,17 @@ class VmEof:
     """QEMU_VM_EOF before any device state: the walk ends here."""
 
     offset: int
+
+
+@dataclass(frozen=True)
+class Command:
+    """A QEMU_VM_COMMAND walked past (only one carrying no state:
+    SWITCHOVER_START); ``offset``: its type byte, ``size``: its bytes."""
+
+    command: int
+    name: str
+    offset: int
+    size: int
 
 
 # -- the walker ----------------------------------------------------------------
@@ -514,12 +591,7 @@ class MigrationWalker:
             elif kind in (QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END):
                 section_id = c.be32()
             elif kind == QEMU_VM_COMMAND:
-                command = int.from_bytes(c.take(2), "big")
-                raise _error(
-                    f"QEMU_VM_COMMAND (command {command}) at offset {at:#x}: streams with "
-                    "commands (postcopy, return path, COLO) cannot be walked",
-                    at,
-                )
+                return self._command(c, at)
             elif kind == QEMU_VM_EOF:
                 self._check_iterative_ended(at, "QEMU_VM_EOF")
                 self._events.append(VmEof(at))
@@ -533,7 +605,17 @@ class MigrationWalker:
         self._seen_section = True
         kind_name = SECTION_KINDS[kind]
         if kind == QEMU_VM_SECTION_FULL:
-            self._check_iterative_ended(at, f"the device-state section {name!r}")
+            # the first FULL after the END of every iterative section is the
+            # device state of the completion phase; one before is an
+            # early-setup device's (vmsd early_setup: qemu_savevm_state_setup
+            # saves it among the STARTs), whose payload has no length
+            early = "an early-setup device's state (qemu_savevm_state_setup), which has no length to walk past"
+            if not self.sections:
+                raise _error(
+                    f"the device-state section {name!r} at offset {at:#x} comes before any iterative section: {early}",
+                    at,
+                )
+            self._check_iterative_ended(at, f"the device-state section {name!r}", why=early)
             self._events.append(DeviceState(section_id, name, instance_id, version_id, at))
             self._pos = c.pos
             self._state = DONE
@@ -582,12 +664,42 @@ class MigrationWalker:
             self._what = f"the {kind_name} section of {HTAB_SECTION!r} at offset {at:#x}"
         return True
 
-    def _check_iterative_ended(self, at: int, what: str) -> None:
+    def _command(self, c: _Cursor, at: int) -> bool:
+        """QEMU_VM_COMMAND: be16 command, be16 length, then its payload
+        (loadvm_process_command).  Only a command that carries no state and
+        leaves the sections after it as they are is walked past; every
+        other is refused by name, with its offset."""
+        command, length = int.from_bytes(c.take(2), "big"), int.from_bytes(c.take(2), "big")
+        name = MIG_CMD_NAMES.get(command)
+        if name is None:
+            raise _error(
+                f"QEMU_VM_COMMAND with unknown command {command} (length {length}) at offset {at:#x}: "
+                "QEMU's loadvm_process_command refuses it",
+                at,
+            )
+        if command not in MIG_CMD_WALKED:
+            raise _error(
+                f"QEMU_VM_COMMAND {name} (command {command}) at offset {at:#x}: {MIG_CMD_REFUSED[command]}: "
+                "such a stream cannot be walked",
+                at,
+            )
+        if length != MIG_CMD_WALKED[command]:
+            raise _error(
+                f"QEMU_VM_COMMAND {name} (command {command}) at offset {at:#x} has length {length}, "
+                f"expected {MIG_CMD_WALKED[command]} (QEMU's loader refuses it)",
+                at,
+            )
+        c.take(length)
+        self._events.append(Command(command, name, at, c.pos - self._pos))
+        self._pos = c.pos
+        return True
+
+    def _check_iterative_ended(self, at: int, what: str, why: str = "") -> None:
         for sec in self.sections.values():
             if not sec.ended:
                 raise _error(
                     f"{what} at offset {at:#x} comes before the END of iterative section "
-                    f"{sec.name!r} (id {sec.section_id}, START at {sec.offset:#x})",
+                    f"{sec.name!r} (id {sec.section_id}, START at {sec.offset:#x})" + (f": {why}" if why else ""),
                     at,
                 )
 
@@ -979,13 +1091,21 @@ class QemuSource:
 
     ``info`` is known once the htab START is read (the constructor reads
     up to it); ``pieces()`` yields ``(pass_number, records)`` with headers
-    in ``byte_order``.  QEMU's htab parts become passes 1, 2, ...: a part
-    without records is no pass, and a part whose records wrap round the
-    end of the table (QEMU resumes a later pass where the previous part
-    stopped) is cut at the wrap, so that each pass ascends as the kernel's
-    do.  Records are checked as the kernel's write side would
-    (RecordError names the stream offset).  ``info.source`` gains the
-    counts (parts, records, RAM bytes skipped) when ``pieces()`` ends."""
+    in ``byte_order``.  Passes are sweeps of the table, as the kernel's fd
+    means them, not QEMU's parts: QEMU's first pass spans as many parts as
+    its time and bandwidth limits make (htab_save_first_pass stops after
+    MAX_ITERATION_NS), a later pass resumes where the part before stopped,
+    and the END continues the pass under way and then makes one later
+    pass (htab_save_complete).  So the records of all parts are one
+    sequence and a new pass starts where it wraps round
+    (:func:`htabtool.records.pass_starts`, the rule every source follows).
+    QEMU's parts are kept apart: :attr:`parts` lists them
+    (:class:`QemuPart`: kind, stream offset, records, where their records
+    lie in the snapshot's record stream) once ``pieces()`` has ended, and
+    :meth:`snapshot_notes` hands them to the snapshot writer.  Records are
+    checked as the kernel's write side would (RecordError names the stream
+    offset).  ``info.source`` gains the counts (parts, passes, records, RAM
+    bytes skipped) when ``pieces()`` ends."""
 
     def __init__(
         self,
@@ -1001,6 +1121,7 @@ class QemuSource:
         self.read_size = read_size
         self.walker = MigrationWalker(section_only=section_only)
         self._backlog: deque = deque()
+        self.parts: list[QemuPart] = []
         self._ram = {"sections": 0, "bytes": 0, "pages": 0, "zero_pages": 0}
         start = None
         for event in self._walk():
@@ -1056,31 +1177,35 @@ class QemuSource:
     def pieces(self) -> Iterator[tuple[int, bytes]]:
         order = self.info.byte_order
         n_entries = self.info.entries
-        pass_number, previous_end = 0, 0
-        new_part = True
-        parts = records = entries = 0
-        record_number = 0
+        pass_number, previous_end = 1, 0
+        records = entries = raw = 0
+        part_start = part_raw = None
+        self.parts = []
         for event in self._walk():
-            if isinstance(event, HtabRecords):
+            if isinstance(event, SectionBegin) and event.name == HTAB_SECTION and event.kind != "START":
+                part_start = event.offset
+            elif isinstance(event, HtabRecords):
                 batch, used = decode_batch(
-                    event.data, "big", base_offset=event.offset, first_record=record_number, n_entries=n_entries
+                    event.data, "big", base_offset=event.offset, first_record=records, n_entries=n_entries
                 )
                 assert used == len(event.data)
-                record_number += len(batch)
+                if part_raw is None:
+                    part_raw = raw
                 records += len(batch)
                 entries += len(batch.entries)
+                raw += used
                 if order != "big":
                     batch.raw = batch.to_bytes(order)
-                if new_part:
-                    pass_number, previous_end, new_part = pass_number + 1, 0, False
                 pieces, pass_number, previous_end = split_passes(batch, pass_number, previous_end)
                 yield from pieces
             elif isinstance(event, HtabPartEnd):
-                parts += 1
-                new_part = True
+                start = part_start if part_start is not None else event.offset - 4 - (raw - part_raw if part_raw is not None else 0)
+                first = raw if part_raw is None else part_raw
+                self.parts.append(QemuPart(event.part, event.kind, start, event.records, first, raw - first))
+                part_start = part_raw = None
         self.info.source.update(
-            parts=parts,
-            passes=pass_number,
+            parts=len(self.parts),
+            passes=pass_number if records else 0,
             records=records,
             valid_entries=entries,
             ram_sections=self._ram["sections"],
@@ -1089,6 +1214,89 @@ class QemuSource:
             ram_zero_pages=self._ram["zero_pages"],
             end_offset=self.walker.offset,
         )
+
+    def snapshot_notes(self) -> list[tuple[bytes, bytes]]:
+        """The optional snapshot frames that keep QEMU's parts apart from
+        the passes (``(tag, body)``, :func:`parts_frames`); after ``pieces()``."""
+        return parts_frames(self.parts)
+
+
+# -- QEMU's parts in a snapshot ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QemuPart:
+    """One htab PART/END payload of a QEMU stream, as a snapshot keeps it:
+    its number (from 1), kind (PART, END; PART for bare payloads), the
+    offset of its section header in the stream (of its be32 0 for bare
+    payloads), its records, and where its records lie in the snapshot's
+    record stream (``raw_offset``, ``raw_bytes``: the same sizes as in
+    QEMU's stream, headers turned to the snapshot's byte order)."""
+
+    part: int
+    kind: str
+    offset: int
+    records: int
+    raw_offset: int
+    raw_bytes: int
+
+    def passes(self, passes) -> list[int]:
+        """The numbers of the passes (PassInfo: raw_offset, raw_size) whose
+        records this part holds."""
+        lo, hi = self.raw_offset, self.raw_offset + self.raw_bytes
+        return [p.pass_number for p in passes if p.raw_size and p.raw_offset < hi and lo < p.raw_offset + p.raw_size]
+
+    def to_dict(self) -> dict:
+        return {"part": self.part, "kind": self.kind, "offset": self.offset, "records": self.records,
+                "raw_offset": self.raw_offset, "raw_bytes": self.raw_bytes}
+
+
+#: the optional snapshot frame (htabtool-snapshot(5)) that lists QEMU's
+#: parts: a lower-case tag, so a reader that does not know it skips it
+PARTS_TAG = b"qprt"
+#: its body: u32 count, then per part: u32 part, u32 kind (QEMU's section
+#: type: 2 PART, 3 END), u64 stream offset, u64 records, u64 raw offset,
+#: u64 raw bytes (little-endian, as the container's own frames)
+_PARTS_COUNT = struct.Struct("<I")
+_PART_ENTRY = struct.Struct("<IIQQQQ")
+_KIND_CODES = {"PART": QEMU_VM_SECTION_PART, "END": QEMU_VM_SECTION_END}
+#: parts per frame: the body stays within the container's limit on optional frames (64 KiB)
+PARTS_PER_FRAME = 1600
+
+
+def parts_frames(parts) -> list[tuple[bytes, bytes]]:
+    """(tag, body) of the frames listing ``parts`` (QemuPart), in order;
+    none without parts."""
+    frames = []
+    for k in range(0, len(parts), PARTS_PER_FRAME):
+        group = parts[k : k + PARTS_PER_FRAME]
+        body = _PARTS_COUNT.pack(len(group)) + b"".join(
+            _PART_ENTRY.pack(p.part, _KIND_CODES[p.kind], p.offset, p.records, p.raw_offset, p.raw_bytes)
+            for p in group
+        )
+        frames.append((PARTS_TAG, body))
+    return frames
+
+
+def parts_from_frames(bodies: Iterable[bytes]) -> list[QemuPart]:
+    """The parts the frames' bodies list (ContainerError-free: a body that
+    does not parse is a QemuStreamError naming it)."""
+    kinds = {code: kind for kind, code in _KIND_CODES.items()}
+    parts = []
+    for body in bodies:
+        if len(body) < _PARTS_COUNT.size:
+            raise _error(f"a {PARTS_TAG.decode()} frame of {len(body)} bytes lists no parts")
+        (count,) = _PARTS_COUNT.unpack_from(body)
+        if len(body) != _PARTS_COUNT.size + count * _PART_ENTRY.size:
+            raise _error(f"a {PARTS_TAG.decode()} frame of {len(body)} bytes for {count} parts")
+        for k in range(count):
+            number, code, offset, recs, raw_offset, raw_bytes = _PART_ENTRY.unpack_from(
+                body, _PARTS_COUNT.size + k * _PART_ENTRY.size
+            )
+            if code not in kinds:
+                raise _error(f"a {PARTS_TAG.decode()} frame names part {number} of kind {code}")
+            parts.append(QemuPart(number, kinds[code], offset, recs, raw_offset, raw_bytes))
+    return parts
 
 
 # -- writing: section payloads and spliced streams ---------------------------------
@@ -1113,7 +1321,8 @@ class SpliceStats:
     htab: SectionStats
     input_bytes: int = 0
     output_bytes: int = 0
-    dropped_parts: int = 0  # htab PART sections left out
+    dropped_parts: int = 0  # QEMU's htab PART sections left out
+    added_parts: int = 0  # htab PART sections written for the snapshot's passes but the last
     replaced_end_offset: int = 0  # where the htab END section stands
     device_state_offset: int = 0
 
@@ -1123,7 +1332,7 @@ def _check_shift(shift: int) -> int:
         raise UsageError("htab_shift -1 means no HPT: there is nothing to write")
     if not HTAB_SHIFT_MIN <= shift <= HTAB_SHIFT_MAX:
         raise UsageError(f"htab_shift {shift} is outside {HTAB_SHIFT_MIN}..{HTAB_SHIFT_MAX} (the architected HPT sizes)")
-    return shift
+    return check_indexable_order(shift, "htab_shift")
 
 
 def _qemu_records(data: bytes, byte_order: str, n_entries: int, pass_number: int, stats: SectionStats) -> bytes:
@@ -1191,23 +1400,40 @@ def splice(
     out: BinaryIO,
     *,
     byte_order: str = "big",
+    passes: int | None = None,
     read_size: int = DEFAULT_READ_SIZE,
 ) -> SpliceStats:
     """Copy the migration stream ``mig_in`` to ``out`` with its htab
-    replaced by ``pieces``.
+    replaced by ``pieces``: one htab part per pass of the snapshot.
 
-    Every byte is copied as it is except the htab's PART and END sections:
-    each PART section (header, payload, footer) is left out, and the END
-    section keeps its header and footer but carries one payload with every
-    record of every pass of ``pieces``, in order (QEMU's htab_load applies
-    them in order onto the zeroed table its START allocated, as passes
-    apply: the result is the snapshot's final table).  The htab START must
-    give ``shift`` (QEMU would size the table from it).  RAM pages pass
-    through in blocks of ``read_size`` and are never held."""
+    Every byte is copied as it is except the htab's PART and END sections.
+    QEMU's PART sections (header, payload, footer) are left out; the
+    snapshot's passes but the last become PART sections of their own right
+    after the htab START section (where the iterative phase begins: before
+    any RAM part and before any QEMU_VM_COMMAND, which stay where QEMU put
+    them), and the last pass is the payload of QEMU's END section, which
+    keeps its header and footer and its place.  QEMU's htab_load applies
+    the records of every part in order onto the zeroed table its START
+    allocated, as passes apply: the result is the snapshot's final table.
+    One part per pass, not QEMU's own part sizes: QEMU cuts its parts by
+    time and bandwidth (MAX_ITERATION_NS, the rate limit), which mean
+    nothing to the loader, while a part per pass keeps the snapshot's
+    sweeps apart in the new stream, and a one-pass snapshot of a stream
+    whose htab was one END gives that stream back byte for byte.
+
+    ``passes``: how many passes ``pieces`` holds records of (a snapshot's
+    trailer knows it); without it ``pieces`` is gathered in memory first to
+    count them.  The htab START must give ``shift`` (QEMU would size the
+    table from it).  RAM pages pass through in blocks of ``read_size`` and
+    are never held."""
     check_byte_order(byte_order)
     _check_shift(shift)
+    if passes is None:
+        pieces = list(pieces)
+        passes = len({number for number, _ in pieces})
     stats = SpliceStats(SectionStats(shift))
     n_entries = 1 << (shift - 4)
+    groups = groupby(pieces, key=lambda piece: piece[0])
     walker = MigrationWalker()
     pending = bytearray()  # input bytes from pending_base on, not yet decided
     pending_base = 0
@@ -1227,6 +1453,13 @@ def splice(
                 emit(pending[:n])
             del pending[:n]
             pending_base = upto
+
+    def next_pass():
+        group = next(groups, None)
+        if group is None:
+            return ()
+        number, chunks = group
+        return (_qemu_records(data, byte_order, n_entries, number, stats.htab) for _, data in chunks)
 
     while True:
         event = walker.next_event()
@@ -1253,12 +1486,21 @@ def splice(
             else:
                 stats.replaced_end_offset = event.offset
                 emit(pending[: event.payload_offset - pending_base])
-                chunks = (
-                    _qemu_records(data, byte_order, n_entries, number, stats.htab) for number, data in pieces
-                )
-                _write_part(_Writer(emit), chunks, stats.htab)
-        elif isinstance(event, SectionEnd) and event.name == HTAB_SECTION and event.kind in ("PART", "END"):
-            if event.kind == "END" and event.footer_offset is not None:
+                _write_part(_Writer(emit), next_pass(), stats.htab)
+                if next(groups, None) is not None:
+                    raise UsageError(f"the pieces hold records of more than the {passes} passes announced")
+        elif isinstance(event, SectionEnd) and event.name == HTAB_SECTION:
+            if event.kind == "START":
+                flush(event.end)
+                # the snapshot's passes but the last, each a PART section of its own
+                head = bytes([QEMU_VM_SECTION_PART]) + _BE32.pack(event.section_id)
+                foot = bytes([QEMU_VM_SECTION_FOOTER]) + _BE32.pack(event.section_id) if walker.footers else b""
+                for _ in range(passes - 1):
+                    emit(head)
+                    _write_part(_Writer(emit), next_pass(), stats.htab)
+                    emit(foot)
+                    stats.added_parts += 1
+            elif event.kind == "END" and event.footer_offset is not None:
                 flush(event.footer_offset)
                 dropping = False
                 flush(event.end)

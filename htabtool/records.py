@@ -47,6 +47,14 @@ from htabtool.hpte import HPTE, HPTE_SIZE, HPTE_V_BOLTED, HPTE_V_VALID
 
 HEADER_SIZE = 8
 MAX_RUN = 0xFFFF
+#: struct kvm_get_htab_header's index is a __u32: it addresses 2**32
+#: entries, tables of order 36 (64 GiB) at most.  The kernel allows orders
+#: up to 46 (PPC_MAX_HPT_ORDER) and its ``hdr.index = i`` would truncate
+#: an index past 2**32 - 1 (QEMU's be32 chunk start too): such a stream
+#: cannot say where its records belong, so htabtool refuses those orders
+#: (:func:`check_indexable_order`) and never encodes such an index.
+MAX_INDEX = 0xFFFFFFFF
+MAX_INDEX_ORDER = 36
 BYTE_ORDERS = ("little", "big")
 
 #: The kinds of entries an encoder walks over (one uint8 per entry).
@@ -57,6 +65,17 @@ KIND_INVALID = 2  # counted in an invalid run
 ENTRY_DTYPE = np.dtype(">u8")  # entries: two big-endian doublewords, always
 _ROW = np.dtype("V16")  # one entry as bytes: rows are gathered 16 bytes at a time
 _UNLIMITED = 1 << 62  # a read budget no table reaches
+
+
+def check_indexable_order(order: int, what: str = "table order") -> int:
+    """``order`` if the record header's 32-bit index can address every entry
+    of a table of ``2**(order-4)`` entries; UsageError otherwise."""
+    if order > MAX_INDEX_ORDER:
+        raise UsageError(
+            f"{what} {order} ({1 << (order - 4):,} entries) is above {MAX_INDEX_ORDER}: the record header's "
+            f"32-bit index addresses {1 << (MAX_INDEX_ORDER - 4):,} entries at most (the kernel would truncate it)"
+        )
+    return order
 
 
 def check_byte_order(byte_order: str) -> str:
@@ -87,7 +106,7 @@ class RecordHeader:
     n_invalid: int
 
     def __post_init__(self):
-        if not 0 <= self.index <= 0xFFFFFFFF:
+        if not 0 <= self.index <= MAX_INDEX:
             raise StreamError(f"record index {self.index} does not fit in 32 bits")
         for name in ("n_valid", "n_invalid"):
             value = getattr(self, name)
@@ -507,13 +526,20 @@ def iter_batches(chunks, byte_order: str, n_entries: int | None = None) -> Itera
 
 
 def pass_starts(batch: RecordBatch, previous_end: int) -> np.ndarray:
-    """Positions in ``batch`` of records that begin a new pass.
+    """Positions in ``batch`` of records that begin a new pass: the one rule
+    by which passes are found wherever records arrive without their pass
+    marked (raw streams, QEMU's parts, a snapshot's first pass checked,
+    verify, the write side's runs).
 
-    Within a pass the kernel emits records in ascending, disjoint order and
-    every pass after the first starts again at index 0, so a record whose
-    index is below the end of the record before it begins a new pass.  (Two
-    passes whose records happen to ascend across the boundary read as one;
-    applied in order they give the same table.)"""
+    A pass is what the kernel's fd means by one: a sweep of the table from
+    where it starts to its end.  Within a pass the kernel emits records in
+    ascending, disjoint order and every pass after the first starts again
+    at index 0, so a record whose index is below the end of the record
+    before it (``previous_end`` for the first of the batch) begins a new
+    pass: the records wrap round.  A stream cannot show every wrap: a later
+    pass whose first record lies at or beyond where the pass before it
+    ended reads as that pass's continuation (applied in order they give the
+    same table)."""
     if not len(batch):
         return np.zeros(0, dtype=np.int64)
     before = np.concatenate(([previous_end], batch.end[:-1]))
@@ -569,10 +595,8 @@ def apply_batch(table: np.ndarray, batch: RecordBatch) -> None:
     batch.check(n)
     if not len(batch):
         return
-    ends = batch.end
-    # split where a record does not start at or after the previous one's end
-    breaks = np.flatnonzero(batch.index[1:] < ends[:-1]) + 1
-    bounds = np.concatenate(([0], breaks, [len(batch)]))
+    # split where the records wrap round (a new pass): each run ascends
+    bounds = np.concatenate(([0], pass_starts(batch, 0), [len(batch)]))
     entry_bounds = np.concatenate(([0], np.cumsum(batch.n_valid)))
     for a, b in zip(bounds[:-1], bounds[1:]):
         idx = batch.index[a:b]
@@ -784,8 +808,15 @@ class ReadResult:
 
 
 def _header_words(index, n_valid, n_invalid, byte_order: str) -> np.ndarray:
-    """The headers as 8-byte words (their bytes as the stream has them)."""
+    """The headers as 8-byte words (their bytes as the stream has them).
+    An index that a __u32 cannot hold is refused, never let into n_valid."""
     index = np.asarray(index, dtype=np.int64)
+    if len(index) and int(index.max()) > MAX_INDEX:
+        k = int(np.argmax(index > MAX_INDEX))
+        raise StreamError(
+            f"record index {int(index[k])} does not fit the header's 32-bit index: "
+            f"tables of order {MAX_INDEX_ORDER} ({1 << (MAX_INDEX_ORDER - 4):,} entries) at most"
+        )
     if byte_order == "little":  # index, n_valid, n_invalid from the lowest byte up
         value = index | (np.asarray(n_valid, dtype=np.int64) << 32) | (np.asarray(n_invalid, dtype=np.int64) << 48)
         return value.astype("<u8").view(np.uint64)

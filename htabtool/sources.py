@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterator
 
 from htabtool.atomic import atomic_write
 from htabtool.errors import HtabError, UsageError
-from htabtool.records import RecordDecoder, check_byte_order, split_passes_stated
+from htabtool.records import RecordDecoder, check_byte_order, check_indexable_order, split_passes_stated
 
 DEFAULT_READ_SIZE = 1 << 20
 
@@ -49,7 +49,7 @@ def order_for(order: int | None, entries: int | None) -> int:
         order = entries.bit_length() - 1 + 4
     if not 7 <= order <= 46:
         raise UsageError(f"--order must be between 7 and 46 (the kernel allows 18 to 46), not {order}")
-    return order
+    return check_indexable_order(order, "--order")
 
 
 # -- files at the edge ---------------------------------------------------------
@@ -211,6 +211,10 @@ class SnapshotFile:
         if self._trailer is None:
             self._trailer = self.reader(threads=0).read_trailer()
         return self._trailer
+
+    def optional_frames(self, tag: bytes) -> list[bytes]:
+        """The bodies of the snapshot's optional frames with ``tag``."""
+        return self.reader(threads=0).read_optional(tag)
 
     def pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
         if passes is not None:

@@ -331,7 +331,7 @@ def final_windows(first_pass, overrides: Overrides, n_entries: int, window: int 
     finished).  Memory: one window plus the overrides, whatever the table's
     size."""
     from htabtool.errors import StreamError
-    from htabtool.records import new_table
+    from htabtool.records import new_table, pass_starts
 
     window = max(8, min(window, n_entries))
     lo = 0
@@ -340,13 +340,13 @@ def final_windows(first_pass, overrides: Overrides, n_entries: int, window: int 
     for batch in first_pass:
         if not len(batch):
             continue
-        before = np.concatenate(([previous_end], batch.end[:-1]))
-        back = batch.index < before
-        if back.any():
-            k = int(np.argmax(back))
+        back = pass_starts(batch, previous_end)
+        if len(back):
+            k = int(back[0])
+            below = int(batch.end[k - 1]) if k else previous_end
             raise StreamError(
                 f"record {batch.first_record + k} at offset {int(batch.offset[k]):#x}: index "
-                f"{int(batch.index[k])} goes back within the first pass (below {int(before[k])})",
+                f"{int(batch.index[k])} goes back within the first pass (below {below})",
                 offset=int(batch.offset[k]),
                 record=batch.first_record + k,
             )

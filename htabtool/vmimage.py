@@ -648,6 +648,9 @@ def _sizes(ram: int | None, order: int | None) -> tuple[int, int]:
         order = ram_order(ram)
     if ram is None:
         ram = 1 << (order + 7)
+    from htabtool.records import check_indexable_order
+
+    check_indexable_order(order)
     return int(ram), int(order)
 
 

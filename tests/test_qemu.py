@@ -5,6 +5,7 @@ built field by field here (every refusal path with its message)."""
 import io
 import pathlib
 import struct
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -282,6 +283,25 @@ def ram_item_stream(item: bytes) -> bytes:
     return stream(ram_part=part(RAM_ID) + page(0) + item + EOS + footer(RAM_ID))
 
 
+def command(number, payload=b""):
+    """QEMU_VM_COMMAND: be16 command, be16 length, payload."""
+    return b"\x08" + be16(number) + be16(len(payload)) + payload
+
+
+#: every command but SWITCHOVER_START, with the payload mig_cmd_args gives it
+REFUSED_COMMANDS = [
+    (1, "OPEN_RETURN_PATH", b"", "the stream needs a return path to its source"),
+    (2, "PING", be32(7), "a ping for the source on a return path"),
+    (3, "POSTCOPY_ADVISE", be64(4096) + be64(4096), "postcopy: RAM pages may come after the device state"),
+    (4, "POSTCOPY_LISTEN", b"", "postcopy: the rest of the stream is loaded by a listening thread"),
+    (5, "POSTCOPY_RUN", b"", "postcopy: the guest starts before its RAM has arrived"),
+    (6, "POSTCOPY_RAM_DISCARD", b"\x00" + idstr(BLOCK), "postcopy: a list of RAM pages to discard"),
+    (7, "PACKAGED", be32(100), "a packaged stream: the device state wrapped in a blob of its own"),
+    (8, "ENABLE_COLO", b"", "COLO: the stream goes on with checkpoints"),
+    (9, "POSTCOPY_RESUME", b"", "postcopy recovery"),
+    (10, "RECV_BITMAP", idstr(BLOCK), "postcopy recovery: a request for the received bitmap"),
+]
+
 RAM_ITEM_AT = at("ram_part") + 5 + len(page(0))
 HTAB_SHIFT_AT = at("htab_start") + len(start(HTAB_ID, b"spapr/htab", 1))
 
@@ -294,7 +314,16 @@ REFUSALS = [
     ("unknown subsection", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/x") + be32(1))), "unknown configuration subsection 'configuration/x' at offset 0x18", 0x18),
     ("page bits", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/target-page-bits") + be32(1) + be32(16))), "target page bits 16 in the configuration at offset 0x18", 0x18),
     ("capability", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/capabilities") + be32(1) + be32(1) + idstr(b"mapped-ram"))), "migration capability 'mapped-ram' in the configuration at offset 0x8 changes the stream layout", 8),
-    ("command", stream(ram_start=b"\x08" + be16(3) + be16(0) + STREAM["ram_start"]), "QEMU_VM_COMMAND (command 3) at offset 0x18", 0x18),
+    *[
+        (f"command {name}", stream(ram_end=command(number, payload) + STREAM["ram_end"]),
+         f"QEMU_VM_COMMAND {name} (command {number}) at offset {at('ram_end'):#x}: {why}: such a stream cannot be walked", at("ram_end"))
+        for number, name, payload, why in REFUSED_COMMANDS
+    ],
+    ("unknown command", stream(ram_end=command(12) + STREAM["ram_end"]), f"QEMU_VM_COMMAND with unknown command 12 (length 0) at offset {at('ram_end'):#x}", at("ram_end")),
+    ("invalid command", stream(ram_end=command(0) + STREAM["ram_end"]), "QEMU_VM_COMMAND with unknown command 0 (length 0)", at("ram_end")),
+    ("switchover length", stream(ram_end=command(11, b"\x00") + STREAM["ram_end"]), f"QEMU_VM_COMMAND SWITCHOVER_START (command 11) at offset {at('ram_end'):#x} has length 1, expected 0", at("ram_end")),
+    ("early-setup device", stream(ram_start=TAIL), "the device-state section 'timer' at offset 0x18 comes before any iterative section: an early-setup device's state", 0x18),
+    ("early-setup among starts", stream(htab_start=TAIL), f"the device-state section 'timer' at offset {at('htab_start'):#x} comes before the END of iterative section 'ram' (id 2, START at 0x18): an early-setup device's state", at("htab_start")),
     ("section type", stream(ram_start=b"\x09"), "unknown section type 0x09 at offset 0x18", 0x18),
     ("vmdesc", stream(ram_start=b"\x06" + be32(2) + b"{}"), "unknown section type 0x06 at offset 0x18", 0x18),
     ("unknown iterative", stream(ram_start=start(3, b"block", 1)), "unknown iterative section 'block' (id 3, START) at offset 0x18: only 'ram' and 'spapr/htab' can be walked", 0x18),
@@ -416,12 +445,47 @@ def test_source_on_the_synthetic_stream(byte_order):
     assert table[16000, 1] == entry(4)[1]
 
 
-def test_source_cuts_a_part_that_wraps_into_two_passes():
+def test_passes_are_sweeps_not_parts():
+    # PART 1 (8, 100) and the END's 12000 ascend: one sweep over two parts;
+    # the END's 10 wraps round: the second sweep
     data = stream(htab_end=part(HTAB_ID, 3) + htab_part(record(12000, [entry(5)]), record(10, [entry(6)])) + footer(HTAB_ID))
     src = QemuSource(io.BytesIO(data), byte_order="big", read_size=7)
-    numbers = [p for p, _ in src.pieces()]
-    assert sorted(set(numbers)) == [1, 2, 3] and numbers == sorted(numbers)  # a pass may come in several pieces
-    assert src.info.source["passes"] == 3 and src.info.source["parts"] == 2
+    pieces = list(src.pieces())
+    numbers = [p for p, _ in pieces]
+    assert sorted(set(numbers)) == [1, 2] and numbers == sorted(numbers)  # a pass may come in several pieces
+    first = decode_batch(b"".join(d for p, d in pieces if p == 1), "big")[0]
+    assert list(first.index) == [8, 100, 12000]
+    assert src.info.source["passes"] == 2 and src.info.source["parts"] == 2
+    # the parts, apart: where each lies in the snapshot's record stream, and the passes it feeds
+    p1, p2 = src.parts
+    assert (p1.part, p1.kind, p1.offset, p1.records) == (1, "PART", at("htab_part"), 2)
+    assert (p2.part, p2.kind, p2.offset, p2.records) == (2, "END", at("htab_end"), 2)
+    assert (p1.raw_offset, p1.raw_bytes) == (0, len(b"".join(PART1)))
+    assert (p2.raw_offset, p2.raw_bytes) == (p1.raw_bytes, 48)
+    passes = [SimpleNamespace(pass_number=1, raw_offset=0, raw_size=p1.raw_bytes + 24),
+              SimpleNamespace(pass_number=2, raw_offset=p1.raw_bytes + 24, raw_size=24)]
+    assert p1.passes(passes) == [1] and p2.passes(passes) == [1, 2]
+    assert qemu.parts_from_frames(body for _, body in src.snapshot_notes()) == src.parts
+
+
+def test_a_later_pass_that_starts_beyond_the_last_record_reads_as_its_continuation():
+    # what a stream cannot show: a second sweep whose first record (200)
+    # lies beyond the end of the first sweep's last record (101)
+    data = stream(htab_end=part(HTAB_ID, 3) + htab_part(record(200, [entry(5)])) + footer(HTAB_ID))
+    src = QemuSource(io.BytesIO(data))
+    assert {p for p, _ in src.pieces()} == {1} and src.info.source["passes"] == 1
+
+
+def test_parts_frames_split_and_refuse_bad_bodies():
+    parts = [qemu.QemuPart(k + 1, "PART", 100 * k, 1, 24 * k, 24) for k in range(qemu.PARTS_PER_FRAME + 3)]
+    frames = qemu.parts_frames(parts)
+    assert [len(body) for _, body in frames] == [4 + 40 * qemu.PARTS_PER_FRAME, 4 + 40 * 3]
+    assert all(tag == b"qprt" and 8 + len(body) <= 64 << 10 for tag, body in frames)
+    assert qemu.parts_from_frames(b for _, b in frames) == parts
+    with pytest.raises(QemuStreamError, match="a qprt frame of 44 bytes for 2 parts"):
+        qemu.parts_from_frames([frames[1][1][:4].replace(b"\x03", b"\x02") + frames[1][1][4:44]])
+    with pytest.raises(QemuStreamError, match="names part 1 of kind 9"):
+        qemu.parts_from_frames([struct.pack("<IIIQQQQ", 1, 1, 9, 0, 0, 0, 0)])
 
 
 def test_source_skips_empty_parts():
@@ -429,6 +493,7 @@ def test_source_skips_empty_parts():
     src = QemuSource(io.BytesIO(data))
     assert [p for p, _ in src.pieces()] == [1]
     assert src.info.source["parts"] == 2
+    assert [(p.records, p.raw_bytes, p.raw_offset) for p in src.parts] == [(0, 0, 0), (3, 56, 0)]
 
 
 def test_source_refuses_a_stream_without_htab():
@@ -540,17 +605,53 @@ def dumped(data: bytes, byte_order="big"):
 
 
 def test_splice_replaces_the_htab_and_copies_the_rest():
-    new_records = (record(1, [entry(7)]), record(3000, [entry(8), entry(9)], 4))
+    # one part per pass: the passes but the last as PARTs right after the
+    # htab START, the last in QEMU's END, which keeps its place
+    new_records = (record(1, [entry(7)]), record(3000, [entry(8), entry(9)], 4), record(2, [entry(1)]))
     out = io.BytesIO()
-    stats = splice(io.BytesIO(stream()), SHIFT, [(1, new_records[0]), (2, new_records[1])], out, read_size=10)
+    pieces = [(1, new_records[0]), (1, new_records[1]), (2, new_records[2])]
+    stats = splice(io.BytesIO(stream()), SHIFT, pieces, out, read_size=10, passes=2)
     expected = stream(
+        htab_start=STREAM["htab_start"] + part(HTAB_ID) + htab_part(*new_records[:2]) + footer(HTAB_ID),
         htab_part=None,
-        htab_end=part(HTAB_ID, 3) + htab_part(*new_records) + footer(HTAB_ID),
+        htab_end=part(HTAB_ID, 3) + htab_part(new_records[2]) + footer(HTAB_ID),
     )
     assert out.getvalue() == expected
-    assert stats.dropped_parts == 1 and stats.htab.records == 2 and stats.htab.parts == 1
+    assert stats.dropped_parts == 1 and stats.added_parts == 1 and stats.htab.records == 3 and stats.htab.parts == 2
+    # without the count the pieces are counted first: the same stream
+    again = io.BytesIO()
+    splice(io.BytesIO(stream()), SHIFT, iter(pieces), again)
+    assert again.getvalue() == expected
+    # the new stream's parts are the snapshot's passes
+    src = QemuSource(io.BytesIO(expected), byte_order="big")
+    assert [p for p, _ in src.pieces()] == [1, 2] and [p.passes([]) for p in src.parts] == [[], []]
+    assert [(p.kind, p.records) for p in src.parts] == [("PART", 2), ("END", 1)]
     assert stats.output_bytes == len(expected) and stats.input_bytes == len(stream())
     assert stats.replaced_end_offset == at("htab_end") and stats.device_state_offset == at("device")
+    with pytest.raises(UsageError, match="records of more than the 1 passes announced"):
+        splice(io.BytesIO(stream()), SHIFT, pieces, io.BytesIO(), passes=1)
+
+
+def test_splice_keeps_the_switchover_command_where_qemu_put_it():
+    """QEMU 10's SWITCHOVER_START stands before the END sections; the
+    snapshot's earlier passes go before it (after the htab START), its last
+    into the END after it."""
+    switch = command(11)
+    src_stream = stream(ram_end=switch + STREAM["ram_end"])
+    events = walk(src_stream)
+    assert qemu.Command(11, "SWITCHOVER_START", at("ram_end"), 5) in events
+    shift, pieces = dumped(src_stream)
+    assert [p for p, _ in pieces] == [1, 2]
+    out = io.BytesIO()
+    splice(io.BytesIO(src_stream), shift, pieces, out)
+    data = out.getvalue()
+    cmd_at = data.index(switch + STREAM["ram_end"])
+    new = walk(data)
+    htab_parts = [e for e in new if isinstance(e, qemu.SectionBegin) and e.name == "spapr/htab" and e.kind != "START"]
+    assert [e.kind for e in htab_parts] == ["PART", "END"]
+    assert htab_parts[0].offset < cmd_at < htab_parts[1].offset
+    assert [e for e in new if isinstance(e, qemu.Command)] == [qemu.Command(11, "SWITCHOVER_START", cmd_at, 5)]
+    assert np.array_equal(final_table(dumped(data)[1], shift, "big"), final_table(pieces, shift, "big"))
 
 
 @pytest.mark.parametrize("read_size", [1, 9, 4096, 1 << 20])
@@ -560,8 +661,8 @@ def test_splice_with_its_own_records_is_the_same_final_table(read_size):
     splice(io.BytesIO(stream()), shift, pieces, out, read_size=read_size)
     shift2, pieces2 = dumped(out.getvalue())
     assert np.array_equal(final_table(pieces2, shift2, "big"), final_table(pieces, shift, "big"))
-    moved = at("device") - len(STREAM["htab_part"]) + len(b"".join(PART1))
-    assert walk(out.getvalue())[-1] == qemu.DeviceState(0, "timer", 0, 2, moved)
+    assert pieces2 == pieces  # the same sweeps, one part each, as the stream had them
+    assert walk(out.getvalue())[-1] == qemu.DeviceState(0, "timer", 0, 2, at("device"))
 
 
 def test_splice_keeps_everything_after_the_device_state_verbatim():
@@ -576,9 +677,10 @@ def test_splice_without_footers():
     for k in ("ram_start", "htab_start", "ram_part", "htab_part", "ram_end", "htab_end"):
         no_footers[k] = no_footers[k][:-5]
     out = io.BytesIO()
-    splice(io.BytesIO(b"".join(no_footers.values())), SHIFT, [(1, PART1[0])], out)
+    splice(io.BytesIO(b"".join(no_footers.values())), SHIFT, [(1, PART1[0]), (2, PART1[1])], out)
+    no_footers["htab_start"] += part(HTAB_ID) + htab_part(PART1[0])
     no_footers["htab_part"] = b""
-    no_footers["htab_end"] = part(HTAB_ID, 3) + htab_part(PART1[0])
+    no_footers["htab_end"] = part(HTAB_ID, 3) + htab_part(PART1[1])
     assert out.getvalue() == b"".join(no_footers.values())
 
 
@@ -606,10 +708,12 @@ def test_fixture_two_parts():
     assert isinstance(events[-1], qemu.DeviceState) and events[-1].name == "timer"
     src = QemuSource(open(TWO_PARTS, "rb"), name="two-parts")
     pieces = list(src.pieces())
-    # QEMU's END continues the first pass, then its later pass wraps to index 240400
-    assert [p for p, _ in pieces] == [1, 2, 3]
-    last, _ = decode_batch(pieces[-1][1], "little")
+    # QEMU's END continues the first pass, then its later pass wraps to index 240400:
+    # two sweeps over two parts
+    assert sorted({p for p, _ in pieces}) == [1, 2]
+    last, _ = decode_batch(b"".join(d for p, d in pieces if p == 2), "little")
     assert list(last.index) == [240400]
+    assert [(p.kind, p.records, p.offset) for p in src.parts] == [("PART", 11, 21409), ("END", 1501, 26254)]
     assert src.info.entries == 1 << 21 and src.info.source["records"] == 1512
 
 
@@ -635,10 +739,15 @@ def test_fixture_two_parts_splice_keeps_the_final_table():
     shift, pieces = dumped(data)
     out = io.BytesIO()
     stats = splice(io.BytesIO(data), shift, pieces, out)
-    assert stats.dropped_parts == 1 and len(out.getvalue()) == len(data) - 22
+    # QEMU's PART (11 records) and END (1,501) become a PART for the first
+    # sweep (1,511) and an END for the second (1): the same bytes
+    assert stats.dropped_parts == 1 and stats.added_parts == 1 and len(out.getvalue()) == len(data)
     shift2, pieces2 = dumped(out.getvalue())
-    assert [p for p, _ in pieces2] == [1, 2]  # one part now; the wrap still cuts a pass
+    assert sorted({p for p, _ in pieces2}) == [1, 2]
     assert np.array_equal(final_table(pieces2, shift2, "big"), final_table(pieces, shift, "big"))
+    again = QemuSource(io.BytesIO(out.getvalue()))
+    list(again.pieces())
+    assert [(p.kind, p.records) for p in again.parts] == [("PART", 1511), ("END", 1)]
 
 
 def test_fixture_table_diffs_against_a_simulated_one_of_the_same_size():

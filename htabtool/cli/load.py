@@ -73,9 +73,10 @@ def load(snapshot, vm_image, create, stop, verify_after, buffer_size, raw_out, b
                           "records": stats.records, "bytes": stats.nbytes}
             else:
                 with open_input(qemu_splice) as mig, open_output(output) as out:
-                    stats = qemu.splice(mig, snap.header.order, pieces, out, byte_order=snap.byte_order)
+                    stats = qemu.splice(mig, snap.header.order, pieces, out, byte_order=snap.byte_order,
+                                        passes=sum(1 for p in snap.trailer().passes if p.chunks))
                 report = {"target": "qemu-splice", "input": qemu_splice, "output": output,
-                          "records": stats.htab.records, "dropped_parts": stats.dropped_parts,
+                          "records": stats.htab.records, "parts": stats.htab.parts, "dropped_parts": stats.dropped_parts,
                           "bytes": stats.output_bytes}
         report = {"schema": "htabtool-load/1", "snapshot": snap.name, **report}
     to_stderr = "-" in (raw_out, qemu_section, output)

@@ -50,12 +50,14 @@ def stat(snapshot, as_json):
             ("records", f"{report['records']:,}, mean n_valid {report['mean_n_valid']}, mean n_invalid {report['mean_n_invalid']}"),
             ("n_valid", _mix(report["n_valid_distribution"])),
             ("n_invalid", _mix(report["n_invalid_distribution"])),
-            ("passes", report["passes"]),
+            ("passes", f"{report['passes']} (sweeps of the table)"),
             *[
                 (f"  pass {p['pass']}", f"{p['records']:,} records, {p['valid']:,} valid + {p['invalid']:,} invalid entries, "
-                 f"{human_bytes(p['raw_bytes'])} raw, {human_bytes(p['compressed_bytes'])} compressed")
+                 f"{human_bytes(p['raw_bytes'])} raw, {human_bytes(p['compressed_bytes'])} compressed"
+                 + (f", QEMU parts {_numbers(p['qemu_parts'])}" if p.get("qemu_parts") else ""))
                 for p in report["per_pass"]
             ],
+            *_part_lines(report["qemu_parts"]),
             ("size", f"{human_bytes(report['raw_bytes'])} of records in {report['chunks']} chunks, "
                      f"file {human_bytes(report['file_bytes'])} (ratio {report['ratio']})"),
         ]
@@ -64,3 +66,28 @@ def stat(snapshot, as_json):
 
 def _mix(d: dict) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in d.items() if v) or "none"
+
+
+def _numbers(numbers: list) -> str:
+    """1-4, 6: consecutive numbers as ranges."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _part_lines(parts: list | None) -> list:
+    """QEMU's htab parts, apart from the passes: how many, then each."""
+    if parts is None:
+        return []
+    kinds = {k: sum(p["kind"] == k for p in parts) for k in ("PART", "END")}
+    empty = sum(not p["records"] for p in parts)
+    lines = [("QEMU parts", f"{len(parts)} ({kinds['PART']} PART, {kinds['END']} END)"
+              + (f", {empty} without records" if empty else ""))]
+    for p in parts:
+        lines.append((f"  part {p['part']}", f"{p['kind']} at offset {p['offset']:#x}, {p['records']:,} records"
+                      + (f", pass {_numbers(p['passes'])}" if p["passes"] else "")))
+    return lines

@@ -409,7 +409,17 @@ CASES = [
               "runs past the table of 16384 entries"),
     qemu_case("qemu-without-htab", mig(htab_start=None, htab_part=None, htab_end=None),
               "no 'spapr/htab' section before the device-state section 'timer'"),
-    qemu_case("qemu-command-section", mig(ram_end=b"\x08\x00\x02"), "streams with commands"),
+    qemu_case("qemu-command-section", mig(ram_end=b"\x08\x00\x02"),
+              "QEMU_VM_COMMAND PING (command 2) at offset 0x2104: a ping for the source on a return path"),
+    qemu_case("qemu-postcopy-command", mig(ram_end=b"\x08\x00\x03\x00\x10" + bytes(16)),
+              "QEMU_VM_COMMAND POSTCOPY_ADVISE (command 3) at offset 0x2104: postcopy"),
+    qemu_case("qemu-unknown-command", mig(ram_end=b"\x08\x00\x0c\x00\x00"),
+              "QEMU_VM_COMMAND with unknown command 12 (length 0) at offset 0x2104"),
+    qemu_case("qemu-early-setup-device-state", mig(ram_start=C.section_start(3, b"virtio-mem-device-early", 1, kind=4)),
+              "the device-state section 'virtio-mem-device-early' at offset 0x18 comes before any iterative section"),
+    qemu_case("qemu-htab-shift-above-the-32-bit-index", mig(htab_start=C.section_start(C.HTAB_ID, b"spapr/htab", 1)
+                                                            + C.be32(37) + C.footer(C.HTAB_ID)),
+              "htab_shift 37 at offset 0x6c: a table of 8,589,934,592 entries, more than the records' 32-bit index"),
     qemu_case("qemu-footer-names-another-section", mig(htab_part=C.section_part(C.HTAB_ID) + C.htab_payload()
                                                        + C.footer(99)), "names section id 99"),
     qemu_case("qemu-configuration-declares-huge-length", mig(config=b"\x07" + C.be32(0xFFFFFFFF) + b"pseries"),

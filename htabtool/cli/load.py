@@ -98,5 +98,5 @@ def _summary(r: dict) -> str:
         return f"{r['snapshot']} -> {r['output']}: {human_bytes(r['bytes'])} of records"
     if r["target"] == "qemu-section":
         return f"{r['snapshot']} -> {r['output']}: {r['parts']} part(s), {r['records']:,} records"
-    return (f"{r['snapshot']} -> {r['output']}: {r['records']:,} records in the htab END, "
-            f"{r['dropped_parts']} htab PART(s) left out")
+    return (f"{r['snapshot']} -> {r['output']}: {r['records']:,} records in {r['parts']} htab part(s), one per pass; "
+            f"QEMU's {r['dropped_parts']} htab PART(s) left out")

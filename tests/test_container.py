@@ -895,3 +895,57 @@ def test_closing_a_reader_midway_never_joins_its_threads(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
     assert done.returncode == 0 and done.stdout.strip() == "closed", done.stderr
+
+
+# -- optional frames (qprt: QEMU's parts) ------------------------------------------------
+
+
+def _with_optional(frames, records=b""):
+    out = io.BytesIO()
+    with SnapshotWriter(out, C.SnapshotHeader(byte_order="little", order=18), threads=0) as w:
+        if records:
+            w.write_records(records, 1)
+        for tag, body in frames:
+            w.add_optional(tag, body)
+    return out.getvalue()
+
+
+def test_optional_frames_are_written_before_the_trailer_and_read_from_the_end():
+    table = np.zeros((1 << 14, 2), dtype=">u8")
+    table[::97, 0] = 0x4000000000001015
+    records = b"".join(r.data for r in iter_reads(StaticTable(table), 4096, "little"))
+    data = _with_optional([(b"qprt", b"one"), (b"xtra", b"skip me"), (b"qprt", b"two")], records)
+    reader = SnapshotReader(io.BytesIO(data))
+    assert reader.read_optional(b"qprt") == [b"one", b"two"]
+    assert reader.read_optional(b"none") == []
+    # the streaming reader checks them and skips them; the records are untouched
+    trailer = SnapshotReader(io.BytesIO(data)).verify()
+    assert trailer.raw_size == len(records)
+    assert b"".join(c.data for c in SnapshotReader(io.BytesIO(data)).chunks()) == records
+    # right before the trailer, in the order added: "two" (19 bytes) last
+    assert data[trailer.offset - 19 + 8 : trailer.offset] == b"qprttwo" + data[trailer.offset - 4 : trailer.offset]
+    assert data.index(b"qprtone") < data.index(b"xtraskip me") < data.index(b"qprttwo") < trailer.offset
+    if ZSTD:
+        got = subprocess.run([ZSTD, "-dc"], input=data, capture_output=True).stdout
+        assert got == records
+
+
+def test_optional_frame_damage_is_found():
+    data = bytearray(_with_optional([(b"qprt", b"parts here")]))
+    at = data.index(b"parts here")
+    data[at] ^= 1
+    with pytest.raises(ContainerError, match="'qprt' frame at offset .*checksum mismatch"):
+        SnapshotReader(io.BytesIO(bytes(data))).read_optional(b"qprt")
+    with pytest.raises(ContainerError, match="checksum mismatch"):
+        SnapshotReader(io.BytesIO(bytes(data))).verify()
+
+
+def test_optional_frame_tags_and_sizes_are_checked():
+    w = SnapshotWriter(io.BytesIO(), C.SnapshotHeader(byte_order="little", order=18), threads=0)
+    for tag in (b"QPRT", b"qpr", b"1prt", "qprt"):
+        with pytest.raises(UsageError, match="tag is four bytes starting with a lower-case letter"):
+            w.add_optional(tag, b"")
+    with pytest.raises(UsageError, match="body is at most 65528 bytes"):
+        w.add_optional(b"qprt", bytes(65529))
+    w.add_optional(b"qprt", bytes(65528))
+    w.close()

@@ -3,6 +3,7 @@ the splice: on fixtures derived from real captures and on synthetic streams
 built field by field here (every refusal path with its message)."""
 
 import io
+import json
 import pathlib
 import struct
 from types import SimpleNamespace
@@ -17,10 +18,13 @@ from htabtool.qemu import END_OF_STREAM, NEED_DATA, MigrationWalker, QemuSource,
 from htabtool.records import StaticTable, apply_batch, decode_batch, encode_pass, new_table
 from htabtool.table import diff_tables
 
+from conftest import cli_run
+
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "qemu"
 TWO_PARTS = FIXTURES / "pseries-4g-two-parts.mig"
 ONE_PART = FIXTURES / "pseries-4g-one-part.mig"
 ONE_PART_SECTION = FIXTURES / "pseries-4g-one-part.htab-section"
+QEMU10 = FIXTURES / "pseries-10.0-4g-nine-parts.mig"
 
 # -- a synthetic stream, field by field ----------------------------------------
 
@@ -599,6 +603,14 @@ def test_round_trip_through_section_payloads(entries, byte_order, cut):
 # -- splicing ------------------------------------------------------------------------------
 
 
+def by_pass(pieces) -> dict:
+    """{pass number: its records}, however the pieces were cut."""
+    out: dict = {}
+    for number, data in pieces:
+        out[number] = out.get(number, b"") + data
+    return out
+
+
 def dumped(data: bytes, byte_order="big"):
     src = QemuSource(io.BytesIO(data), byte_order=byte_order)
     return src.info.order, list(src.pieces())
@@ -784,3 +796,68 @@ def test_ram_grid_fast_path_agrees_with_the_item_loop(kinds, cut, data):
     err = refused(stream(ram_part=part(RAM_ID) + page(0) + b"".join(items) + EOS + footer(RAM_ID)), cut=cut)
     offset = RAM_ITEM_AT + sum(len(i) for i in items[:bad])
     assert f"past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {offset:#x}" in str(err)
+
+
+# -- QEMU 10.0 (fixtures/qemu/README.md): SWITCHOVER_START, nine parts, four sweeps ------
+
+
+def test_fixture_qemu10_walks_past_switchover_start():
+    events = list(qemu.iter_events(open(QEMU10, "rb"), read_size=1000))
+    assert events[1].machine == "pseries-10.0" and events[1].subsections == ()
+    commands = [e for e in events if isinstance(e, qemu.Command)]
+    assert commands == [qemu.Command(11, "SWITCHOVER_START", 37682, 5)]
+    ends = [e for e in events if isinstance(e, qemu.SectionBegin) and e.kind == "END"]
+    assert ends[0].offset == 37682 + 5  # right before the END sections
+    assert [e.name for e in ends] == ["ram", "spapr/htab"]
+    assert isinstance(events[-1], qemu.DeviceState) and events[-1].offset == 42364
+    assert walk(QEMU10.read_bytes(), cut=333) == walk(QEMU10.read_bytes())
+
+
+def test_fixture_qemu10_passes_are_sweeps_and_parts_apart():
+    src = QemuSource(open(QEMU10, "rb"))
+    pieces = list(src.pieces())
+    assert sorted({p for p, _ in pieces}) == [1, 2, 3, 4]
+    assert [(p.kind, p.records) for p in src.parts] == [
+        ("PART", 11), ("PART", 120), ("PART", 120), ("PART", 120), ("PART", 120), ("PART", 106),
+        ("PART", 66), ("PART", 43), ("END", 4),
+    ]  # fmt: skip
+    first = decode_batch(b"".join(d for p, d in pieces if p == 1), "little")[0]
+    assert len(first) == 597 and np.all(first.index[1:] >= first.end[:-1])  # one sweep over parts 1-6
+    assert src.info.source["parts"] == 9 and src.info.source["passes"] == 4
+
+
+def test_fixture_qemu10_splice_keeps_the_command_and_the_table():
+    data = QEMU10.read_bytes()
+    shift, pieces = dumped(data, "little")
+    out = io.BytesIO()
+    stats = splice(io.BytesIO(data), shift, pieces, out, byte_order="little", read_size=500)
+    assert stats.dropped_parts == 8 and stats.added_parts == 3 and stats.htab.parts == 4
+    new = out.getvalue()
+    events = walk(new)
+    command = [e for e in events if isinstance(e, qemu.Command)]
+    assert len(command) == 1 and new[command[0].offset : command[0].offset + 5] == b"\x08\x00\x0b\x00\x00"
+    ends = [e for e in events if isinstance(e, qemu.SectionBegin) and e.kind == "END"]
+    assert ends[0].offset == command[0].offset + 5
+    htab = [e for e in events if isinstance(e, qemu.SectionBegin) and e.name == "spapr/htab" and e.kind != "START"]
+    assert [e.kind for e in htab] == ["PART", "PART", "PART", "END"] and htab[2].offset < command[0].offset
+    again = dumped(new, "little")[1]
+    assert by_pass(again) == by_pass(pieces)  # the same sweeps, one part each
+    assert np.array_equal(final_table(again, shift), final_table(pieces, shift))
+
+
+def test_fixture_qemu10_stat_shows_the_parts(tmp_path):
+    snap = tmp_path / "q10.htab"
+    assert cli_run("dump", "--qemu", QEMU10, "-o", snap, cwd=tmp_path).exit_code == 0
+    report = json.loads(cli_run("stat", "--json", snap, cwd=tmp_path).stdout)
+    assert report["passes"] == 4 and len(report["qemu_parts"]) == 9
+    assert [p["qemu_parts"] for p in report["per_pass"]] == [[1, 2, 3, 4, 5, 6], [7], [8], [9]]
+    assert report["qemu_parts"][8] == {"part": 9, "kind": "END", "offset": 42246, "records": 4,
+                                       "raw_offset": report["raw_bytes"] - 96, "raw_bytes": 96, "passes": [4]}
+    text = cli_run("stat", snap, cwd=tmp_path).stdout
+    assert "QEMU parts      9 (8 PART, 1 END)" in text and "QEMU parts 1-6" in text
+    # a snapshot from elsewhere lists no parts
+    raw = tmp_path / "r.bin"
+    raw.write_bytes(encode_pass(StaticTable(new_table(1 << 14)), "little"))
+    other = tmp_path / "r.htab"
+    assert cli_run("dump", "--raw", raw, "--byte-order", "little", "--order", 18, "-o", other, cwd=tmp_path).exit_code == 0
+    assert json.loads(cli_run("stat", "--json", other, cwd=tmp_path).stdout)["qemu_parts"] is None

@@ -1,13 +1,15 @@
 """The record codec against hand-checked bytes and against the kernel model."""
 
+import io
 import struct
+import zlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from htabtool import records
-from htabtool.errors import RecordError, StreamError, TruncatedStream, UsageError
+from htabtool.errors import QemuStreamError, RecordError, StreamError, TruncatedStream, UsageError
 from htabtool.records import (
     END_OF_STREAM,
     NEED_DATA,
@@ -467,3 +469,54 @@ def test_a_burst_cuts_runs_longer_than_the_cap_as_reads_one_by_one(count):
         assert np.array_equal(a.n_valid, b.n_valid) and np.array_equal(a.index, b.index)
     assert max(int(r.n_valid.max()) for r in singles if len(r.n_valid)) == min(0xFFFF, (count - 24 + 15) // 16)
     assert max(int(r.n_invalid.max()) for r in singles if len(r.n_invalid)) == 0xFFFF
+
+
+# -- the header's 32-bit index ---------------------------------------------------------
+
+
+def test_an_index_past_32_bits_is_refused_never_ored_into_n_valid():
+    # a table of order 37 has 2**33 entries: index 2**32 + 5 cannot be written
+    index = np.array([7, (1 << 32) + 5], dtype=np.int64)
+    n_valid = np.array([0, 0], dtype=np.int64)
+    for byte_order in ("little", "big"):
+        with pytest.raises(StreamError, match=r"record index 4294967301 does not fit the header's 32-bit index"):
+            records._layout(index, n_valid, n_valid, np.zeros((0, 2), dtype=">u8"), byte_order)
+    # the largest index still is one: it round-trips exactly
+    top = np.array([0xFFFFFFFF], dtype=np.int64)
+    data = records._layout(top, np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros((0, 2), dtype=">u8"), "little")
+    assert struct.unpack("<IHH", data) == (0xFFFFFFFF, 0, 1)
+
+
+@pytest.mark.parametrize("order", [37, 40, 46])
+def test_orders_the_index_cannot_address_are_refused_everywhere(order, tmp_path):
+    from htabtool import container, qemu, sources, vmimage
+
+    assert records.check_indexable_order(36) == 36
+    with pytest.raises(UsageError, match=rf"table order {order} \([0-9,]+ entries\) is above 36: the record header's 32-bit index"):
+        records.check_indexable_order(order)
+    with pytest.raises(UsageError, match="32-bit index"):
+        container.SnapshotHeader(byte_order="little", order=order)
+    with pytest.raises(UsageError, match=rf"--order {order} .* 32-bit index"):
+        sources.order_for(order, None)
+    with pytest.raises(UsageError, match="32-bit index"):
+        vmimage._sizes(None, order)
+    with pytest.raises(UsageError, match=rf"htab_shift {order} .* 32-bit index"):
+        qemu.write_section([], order, io.BytesIO())
+    with pytest.raises(QemuStreamError, match=rf"htab_shift {order} at offset 0x0: a table of [0-9,]+ entries, more than"):
+        qemu.HtabStart(order, 0)
+
+
+def test_a_snapshot_header_of_order_37_is_refused_on_reading():
+    from htabtool import container
+    from htabtool.errors import ContainerError
+
+    good = container._header_frame(container.SnapshotHeader(byte_order="little", order=36, chunk_limit=1 << 20))
+    body = bytearray(good[12:-4])
+    body[21] = 37  # order
+    struct.pack_into("<Q", body, 24, 1 << 33)  # entries
+    head = good[:12] + bytes(body)
+    frame = head + struct.pack("<I", zlib.crc32(head))
+    parser = container.ContainerParser()
+    parser.receive_data(frame)
+    with pytest.raises(ContainerError, match="32-bit index"):
+        parser.next_event()

@@ -861,3 +861,56 @@ def test_fixture_qemu10_stat_shows_the_parts(tmp_path):
     other = tmp_path / "r.htab"
     assert cli_run("dump", "--raw", raw, "--byte-order", "little", "--order", 18, "-o", other, cwd=tmp_path).exit_code == 0
     assert json.loads(cli_run("stat", "--json", other, cwd=tmp_path).stdout)["qemu_parts"] is None
+
+
+# -- each QEMU version's framing, synthetic ------------------------------------------------
+
+
+def _no_footers(pieces: dict) -> dict:
+    out = dict(pieces)
+    for k in ("ram_start", "htab_start", "ram_part", "htab_part", "ram_end", "htab_end"):
+        out[k] = out[k][:-5]
+    return out
+
+
+UUID = b"\x05" + idstr(b"configuration/uuid") + be32(1) + bytes(range(16))
+FRAMINGS = {
+    # QEMU 7.2 .. 9.2 machine types: configuration, footers, no command
+    "pseries-7.2": dict(STREAM),
+    "pseries-8.2 with a uuid": dict(STREAM, config=configuration(b"pseries-8.2", UUID)),
+    "pseries-9.2": dict(STREAM, config=configuration(b"pseries-9.2")),
+    # 10.0 and later: SWITCHOVER_START right before the END sections
+    "pseries-10.0": dict(STREAM, config=configuration(b"pseries-10.0"), ram_end=command(11) + STREAM["ram_end"]),
+    "pseries-10.1": dict(STREAM, config=configuration(b"pseries-10.1"), ram_end=command(11) + STREAM["ram_end"]),
+    # a 10.x source with an older machine type (hw_compat_9_2: no command)
+    "pseries-9.2 on QEMU 10": dict(STREAM, config=configuration(b"pseries-9.2")),
+    # machine types without footers or configuration (QEMU 2.3 and older)
+    "no footers": _no_footers(dict(STREAM, config=b"")),
+}
+
+
+@pytest.mark.parametrize("name", list(FRAMINGS))
+def test_each_qemu_versions_framing_is_walked_dumped_and_spliced(name):
+    data = b"".join(FRAMINGS[name].values())
+    events = walk(data)
+    conf = [e for e in events if isinstance(e, qemu.Configuration)]
+    assert [c.machine for c in conf] == ([] if name == "no footers" else [name.split()[0]])
+    commands = [e.name for e in events if isinstance(e, qemu.Command)]
+    assert commands == (["SWITCHOVER_START"] if name.startswith("pseries-10") else [])
+    assert walk(data, cut=3) == events
+    # the same htab, the same sweeps, whatever the framing
+    shift, pieces = dumped(data)
+    assert by_pass(pieces) == by_pass(dumped(stream())[1])
+    out = io.BytesIO()
+    splice(io.BytesIO(data), shift, pieces, out)
+    new = out.getvalue()
+    assert [e.name for e in walk(new) if isinstance(e, qemu.Command)] == commands
+    assert by_pass(dumped(new)[1]) == by_pass(pieces)
+    if name.startswith("pseries-10"):
+        # still right before the END sections; the earlier pass went before it
+        new_events = walk(new)
+        cmd = next(e for e in new_events if isinstance(e, qemu.Command))
+        begins = [e for e in new_events if isinstance(e, qemu.SectionBegin)]
+        assert next(e for e in begins if e.offset > cmd.offset).offset == cmd.offset + cmd.size
+        assert all(e.kind == "END" for e in begins if e.offset > cmd.offset)
+        assert any(e.kind == "PART" and e.name == "spapr/htab" and e.offset < cmd.offset for e in begins)

@@ -540,10 +540,15 @@ def pass_starts(batch: RecordBatch, previous_end: int) -> np.ndarray:
     pass whose first record lies at or beyond where the pass before it
     ended reads as that pass's continuation (applied in order they give the
     same table)."""
-    if not len(batch):
+    return wrap_starts(batch.index, batch.end, previous_end)
+
+
+def wrap_starts(index: np.ndarray, end: np.ndarray, previous_end: int = 0) -> np.ndarray:
+    """:func:`pass_starts` on plain arrays (records' first indexes and ends)."""
+    if not len(index):
         return np.zeros(0, dtype=np.int64)
-    before = np.concatenate(([previous_end], batch.end[:-1]))
-    return np.flatnonzero(batch.index < before)
+    before = np.concatenate(([previous_end], end[:-1]))
+    return np.flatnonzero(index < before)
 
 
 def split_passes(batch: RecordBatch, pass_number: int, previous_end: int) -> tuple[list[tuple[int, bytes]], int, int]:

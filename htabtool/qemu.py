@@ -26,12 +26,19 @@ against QEMU's migration/savevm.c, migration/ram.c and hw/ppc/spapr.c):
   decides; current ones send them) each section ends with 0x7e and its be32
   section id; the walker learns from the first section whether they are
   there and then requires them on every section (or on none).
-  QEMU_VM_COMMAND (0x08), QEMU_VM_EOF (0x00).
+  QEMU_VM_EOF (0x00).  QEMU_VM_COMMAND (0x08): be16 command, be16 length,
+  payload (loadvm_process_command, called from qemu_loadvm_state_main's
+  loop between sections); only MIG_CMD_SWITCHOVER_START, which QEMU 10.0
+  and later send right before the END sections, is walked past, every
+  other is refused by name (:data:`MIG_CMD_REFUSED`).
 - the setup phase writes a START for each iterative section, the iterate
   phase PARTs, the completion phase an END for each, then the device
   state as FULL sections (qemu_savevm_state_setup / _iterate /
   _complete_precopy).  The loader finds a PART/END's handler by its id and
-  calls its load function; a section may have any number of PARTs.
+  calls its load function; a section may have any number of PARTs.  Since
+  QEMU 8.0 an early-setup device (vmsd early_setup: virtio-mem) is saved as
+  a FULL section among the STARTs; its payload has no length, so such a
+  stream is refused by name.
 - ``ram`` (version 4): a sequence of be64 ``address | flags`` items (flags
   in the bits below the 4 KiB target page of ppc64).  MEM_SIZE 0x04: the
   RAM block list (u8 length + idstr, be64 length, for blocks whose lengths

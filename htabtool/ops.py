@@ -626,3 +626,8 @@ def stat_report(snap, window: int = DEFAULT_WINDOW) -> dict:
         "file_bytes": trailer.file_size,
         "ratio": round(trailer.raw_size / trailer.file_size, 3) if trailer.file_size else None,
     }
+
+
+# -- migrate (htabtool.migrate: the simulation; re-exported as an operation) ------
+
+from htabtool.migrate import MigrationResult, migrate  # noqa: E402,F401

@@ -177,7 +177,7 @@ def test_not_converged_says_so_and_exits_1(tmp_path):
             "--bandwidth", "10M", "--ram-round", "10ms", "--to", tmp_path / "dst.img")
     r = cli_run(*args, cwd=tmp_path)
     assert r.exit_code == 1, r.output
-    assert "NOT converged within 1 live passes" in r.stdout
+    assert "NOT converged within 1 live pass;" in r.stdout
     assert "htabtool: not converged" in r.stderr
     r = cli_run(*args, "--json", "-f", cwd=tmp_path)
     assert r.exit_code == 1

@@ -167,7 +167,7 @@ def _show(result, err: bool) -> None:
             f"{p.dirty_after:,}",
         ))
     verdict = (f"converged after {len(result.live)} live pass{'es' if len(result.live) != 1 else ''}"
-               if result.converged else f"NOT converged within {link.max_passes} live passes")
+               if result.converged else f"NOT converged within {link.max_passes} live pass{'es' if link.max_passes != 1 else ''}")
     last = result.stopped
     tail = (f"{verdict}; stopped phase: {last.entries:,} entries, {last.record_bytes:,} bytes "
             f"({last.index_bytes:,} with an index per entry); the HPT's downtime {format_duration(result.hpt_downtime)}"

@@ -31,6 +31,7 @@ BANDWIDTHS = ("1G", "10G")
 DOWNTIME = "30ms"  # the thread's figure
 WARMUP_SECONDS = 5.0  # guest time run before migrating: a build or a database under way
 SEED = 1
+FUTURES = (1, 2, 3)  # --seed: the guest's events drawn afresh, the same guest
 timings: list[tuple[str, float]] = []
 
 
@@ -57,32 +58,44 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
+def spread(values) -> str:
+    values = sorted(values)
+    mean = sum(values) / len(values)
+    fmt = (lambda v: f"{v:,.0f}") if mean >= 10 else (lambda v: f"{v:.3g}")
+    return fmt(mean) if values[0] == values[-1] else f"{fmt(mean)} ({fmt(values[0])}-{fmt(values[-1])})"
+
+
 def verdict(r) -> str:
     return str(len(r.live)) if r.converged else f"no ({len(r.live)})"
 
 
 def main_table(directory: str, orders) -> None:
-    print(f"Downtime limit {DOWNTIME}, seed {SEED}, {WARMUP_SECONDS:g} s of guest time before the migration. "
-          "*Alone*: the HPT has the link to itself (no time between its iterations). "
-          "*Beside RAM*: RAM's round between two of the HPT's iterations lasts 30 ms (`--ram-round 30ms`). "
-          "Bytes of the stopped phase as the kernel's records / with an index per entry; "
-          "the ratios are record bytes over index bytes (below 1: the records are smaller).\n")
-    print("| guest | order | valid | link | passes alone | stopped entries alone | passes beside RAM "
-          "| stopped entries | stopped bytes (records / index) | HPT downtime (ms) | first pass: entries per record "
-          "| first-pass ratio | later-passes ratio |")
-    print("|" + "---|" * 13)
+    print(f"Downtime limit {DOWNTIME}; each image made with seed {SEED} and run for {WARMUP_SECONDS:g} s of guest "
+          "time first (a build, a database under way). *Alone*: the HPT has the link to itself (nothing between "
+          "its 5 ms iterations). *Beside RAM*: RAM's round between two of the HPT's iterations lasts 30 ms "
+          f"(`--ram-round 30ms`); mean (min-max) over the guest's futures `--seed` {', '.join(map(str, FUTURES))}. "
+          "Stopped bytes as the kernel's records / with an index per entry; the ratios are record bytes over "
+          "index bytes (below 1: the records are smaller).\n")
+    print("| guest | order | valid | link | live passes alone | stopped entries alone | live passes beside RAM "
+          "| stopped entries | stopped bytes, records | stopped bytes, index | HPT downtime (ms) "
+          "| first pass: entries per record | first-pass ratio | later-passes ratio |")
+    print("|" + "---|" * 14)
     for order in orders:
         for profile in PROFILES:
             path = image(directory, profile, order)
             for bw in BANDWIDTHS:
                 alone = migrate(path, f"{profile} order {order} {bw} alone", bandwidth=bw, downtime_limit=DOWNTIME)
-                ram = migrate(path, f"{profile} order {order} {bw} beside RAM", bandwidth=bw, downtime_limit=DOWNTIME,
-                              ram_round="30ms")
-                first, last = ram.passes[0], ram.stopped
-                print(f"| {profile} | {order} | {ram.valid_at_start:,} | {bw} | {verdict(alone)} | "
-                      f"{alone.stopped.entries:,} | {verdict(ram)} | {last.entries:,} | "
-                      f"{last.record_bytes:,} / {last.index_bytes:,} | {ms(ram.hpt_downtime)} | "
-                      f"{first.valid / first.records:.3f} | {ratio(ram.ratio(True))} | {ratio(ram.ratio(False))} |")
+                runs = [migrate(path, f"{profile} order {order} {bw} beside RAM, seed {k}", bandwidth=bw,
+                                downtime_limit=DOWNTIME, ram_round="30ms", seed=k) for k in FUTURES]
+                first = runs[0].passes[0]
+                later = [r.ratio(False) for r in runs if r.ratio(False) is not None]
+                print(f"| {profile} | {order} | {alone.valid_at_start:,} | {bw} | {verdict(alone)} | "
+                      f"{alone.stopped.entries:,} | {' '.join(verdict(r) for r in runs)} | "
+                      f"{spread([r.stopped.entries for r in runs])} | "
+                      f"{spread([r.stopped.record_bytes for r in runs])} | {spread([r.stopped.index_bytes for r in runs])} | "
+                      f"{spread([r.hpt_downtime * 1e3 for r in runs])} | "
+                      f"{first.valid / first.records:.3f} | {ratio(runs[0].ratio(True))} | "
+                      f"{spread(later) if later else '-'} |")
     print()
 
 
@@ -95,7 +108,7 @@ def rate_table(directory: str) -> None:
     print("|---|---|---|---|---|---|")
     for rate in (120, 1200, 12000):
         r = migrate(path, f"kernel-build order 24 1G {rate} events/s", bandwidth="1G", downtime_limit=DOWNTIME,
-                    ram_round="30ms", ops_per_second=rate, max_passes=30)
+                    ram_round="30ms", ops_per_second=rate, max_passes=30, seed=FUTURES[0])
         last = r.stopped
         print(f"| {rate:,} | {verdict(r)} live pass{'es' if len(r.live) != 1 else ''} | {last.entries:,} | {last.record_bytes:,} / "
               f"{last.index_bytes:,} | {ms(r.hpt_downtime)} | {ratio(r.ratio(False))} |")

@@ -421,7 +421,7 @@ class Migration:
 
 def migrate(image: str, *, bandwidth, downtime_limit=DEFAULT_DOWNTIME_LIMIT, ram_share: float = 0.0,
             max_passes: int = DEFAULT_MAX_PASSES, ops_per_second: float | None = None, ram_round=0.0,
-            snapshot: str | None = None, to: str | None = None, byte_order: str = "little",
+            seed: int | None = None, snapshot: str | None = None, to: str | None = None, byte_order: str = "little",
             level: int | None = None) -> MigrationResult:
     """Simulate a live migration of the HPT of the VM image ``image``.
 
@@ -430,7 +430,9 @@ def migrate(image: str, *, bandwidth, downtime_limit=DEFAULT_DOWNTIME_LIMIT, ram
     read.  ``snapshot``: write every pass as a pass of a snapshot file (``-``:
     standard output); ``to``: create a VM image there holding what was sent
     (loaded as ``load --vm --create`` loads), compared with the source's
-    final table (``result.destination_equal``).  Existing files are replaced
+    final table (``result.destination_equal``).  ``seed``: draw the guest's
+    events from a new generator (default: the image's own, so a rerun
+    gives the same figures).  Existing files are replaced
     (the CLI refuses them without --force)."""
     import tempfile
 
@@ -442,6 +444,8 @@ def migrate(image: str, *, bandwidth, downtime_limit=DEFAULT_DOWNTIME_LIMIT, ram
                 ram_round=parse_duration(ram_round))
     with open_vm(image, writable=False) as vm:
         hpt, guest = scratch_copy(vm)
+    if seed is not None:  # the same guest, another future: its events drawn afresh
+        guest.rng = np.random.Generator(np.random.PCG64(int(seed)))
     result = MigrationResult(
         source=image, profile=guest.profile.name, order=hpt.order, entries=hpt.npte,
         valid_at_start=hpt.count_valid(), link=link,

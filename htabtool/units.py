@@ -23,27 +23,25 @@ __all__ = ["parse_bandwidth", "parse_duration", "format_bandwidth", "format_dura
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _RATE_RE = re.compile(rf"^\s*({_NUMBER})\s*([kKmMgGtT]?)\s*(?:b|bit|bits|bps|bit/s|b/s)?\s*$")
 _DURATION_RE = re.compile(rf"^\s*({_NUMBER})\s*(ns|us|µs|ms|s)?\s*$")
-_RATE_SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_RATE_SCALE = {"": 1, None: 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _TIME_SCALE = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, None: 1.0}
 
 
-def _number(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
+def _scaled(text, pattern: re.Pattern, scale: dict, what: str, examples: str) -> float:
+    """A number times the scale of its unit (group 3 of ``pattern``)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    m = pattern.match(str(text))
+    if not m:
+        raise UsageError(f"not a {what}: {text!r} ({examples})")
+    unit = m.group(3)
+    return float(m.group(1)) * scale[unit.lower() if unit else unit]
 
 
 def parse_bandwidth(text) -> float:
     """A link rate in bits per second: ``1G`` (10**9), ``10G``, ``2.5G``,
     ``100M``, ``1e9``; decimal multiples, as network rates are written."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        m = _RATE_RE.match(str(text))
-        if not m:
-            raise UsageError(f"not a bandwidth: {text!r} (bits per second, e.g. 1G, 10G, 100M)")
-        value = _number(m.group(1)) * _RATE_SCALE[m.group(3).lower()]
+    value = _scaled(text, _RATE_RE, _RATE_SCALE, "bandwidth", "bits per second, e.g. 1G, 10G, 100M")
     if not (math.isfinite(value) and value > 0):
         raise UsageError(f"a bandwidth must be a positive number of bits per second, not {text!r}")
     return value
@@ -52,13 +50,7 @@ def parse_bandwidth(text) -> float:
 def parse_duration(text) -> float:
     """A duration in seconds: ``30ms``, ``0.3s``, ``300ms``, ``5us``, ``2``
     (seconds)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        m = _DURATION_RE.match(str(text))
-        if not m:
-            raise UsageError(f"not a duration: {text!r} (e.g. 30ms, 0.3s, 500us)")
-        value = _number(m.group(1)) * _TIME_SCALE[m.group(3)]
+    value = _scaled(text, _DURATION_RE, _TIME_SCALE, "duration", "e.g. 30ms, 0.3s, 500us")
     if not (math.isfinite(value) and value >= 0):
         raise UsageError(f"a duration must not be negative: {text!r}")
     return value

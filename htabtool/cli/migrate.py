@@ -58,6 +58,8 @@ DURATION = _Parsed("duration", _duration)
               help="Live passes at most; reached without converging: exit 1.")
 @click.option("--ops-per-second", type=click.FloatRange(0), default=None, metavar="RATE",
               help="Guest events per simulated second (default: the profile's rate).")
+@click.option("--seed", type=click.IntRange(0), default=None,
+              help="Draw the guest's events from this seed (default: the image's own generator).")
 @click.option("--snapshot", metavar="OUT.htab|-", help="Write every pass as a pass of a snapshot file.")
 @click.option("--to", "to", metavar="DST.img", help="Create a destination VM holding what was sent (as load --vm --create).")
 @click.option("-o", "--output", "plot", metavar="PLOT.png|PLOT.svg", help="Draw the passes (needs matplotlib).")
@@ -65,7 +67,7 @@ DURATION = _Parsed("duration", _duration)
 @level_option
 @json_option
 @click.pass_context
-def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_passes, ops_per_second, snapshot, to, plot,
+def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_passes, ops_per_second, seed, snapshot, to, plot,
             force, level, as_json):
     """Simulate a live migration of SRC.img's HPT as QEMU drives the
     kernel's htab fd, in simulated time: the guest runs its profile while
@@ -94,7 +96,7 @@ def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_pas
         check_format(plot)
     result = run_migration(image, bandwidth=bandwidth, downtime_limit=downtime_limit, ram_share=ram_share,
                            ram_round=ram_round, max_passes=max_passes, ops_per_second=ops_per_second,
-                           snapshot=snapshot, to=to, level=level)
+                           seed=seed, snapshot=snapshot, to=to, level=level)
     if plot is not None:
         from htabtool.migrate_plot import plot_migration
 

@@ -32,8 +32,8 @@ target/ppc/kvm.c; migration/migration.c and migration/options.c):
   Here the test is applied to the htab's own dirty data, as the thread asks
   ("passes until the remaining dirty data fits"): the bytes one read of the
   dirty entries would return now, against the HPT's share of the link
-  times the downtime limit.  It is made where a pass ends (QEMU makes it
-  between iterations), and the first pass is always live (QEMU always
+  times the downtime limit.  It is made where a pass ends, after RAM's
+  round (QEMU makes it between iterations), and the first pass is always live (QEMU always
   iterates the htab while RAM goes: RAM never fits at first).
 - The link: ``bandwidth`` bits per second; ``ram_share`` of it is RAM's
   (RAM itself is not simulated), so the HPT sends at ``(1 - ram_share) *
@@ -380,7 +380,10 @@ class Migration:
             if fd.read(size):
                 raise HtabError("the table changed while the guest was stopped")
         else:
-            self._run_guest()
+            # the test is made between iterations: the pass's iteration ends
+            # here (a later read would find little and return 0 soon), RAM
+            # takes its round, the guest runs through it
+            self._end_iteration()
         p.seconds = self.clock - p.start
         p.guest_events = self._events - events
         p.dirty_after, p.pending_bytes = self.pending(fd)

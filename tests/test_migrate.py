@@ -164,7 +164,7 @@ def test_the_library_call_returns_the_passes_and_the_destination_is_the_source(t
     assert result.passes[-1].stopped and all(not p.stopped for p in result.passes[:-1])
     d = result.to_dict()
     assert d["stopped_phase"]["entries"] == result.passes[-1].entries
-    assert d["hpt_downtime"] == pytest.approx(result.passes[-1].record_bytes * 8 / 10e9)
+    assert result.hpt_downtime == pytest.approx(result.passes[-1].record_bytes * 8 / 10e9)
     # the passes follow each other in simulated time
     for a, b in zip(result.passes, result.passes[1:]):
         assert b.start == pytest.approx(a.start + a.seconds)

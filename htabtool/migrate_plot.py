@@ -26,7 +26,8 @@ def check_format(path: str) -> str:
     return fmt
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (HtabError when it is not installed)."""
     try:
         import matplotlib
 
@@ -42,7 +43,7 @@ def plot_migration(result, path: str) -> None:
     from htabtool.atomic import atomic_write
 
     fmt = check_format(path)
-    plt = _pyplot()
+    plt = pyplot()
     passes = result.passes
     numbers = [p.number for p in passes]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), constrained_layout=True)

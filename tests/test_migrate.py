@@ -266,3 +266,16 @@ def test_plot(tmp_path, suffix):
     assert r.exit_code == 0, r.stderr
     head = out.read_bytes()[:64]
     assert head.startswith(b"\x89PNG") if suffix == "png" else b"<svg" in out.read_bytes()[:2000] or b"<?xml" in head
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    src = make_vm(tmp_path, order=19)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    out, snap = tmp_path / "passes.png", tmp_path / "mig.htab"
+    r = cli_run("migrate", src, "-o", out, "--snapshot", snap, cwd=tmp_path)
+    assert r.exit_code == 2
+    assert r.stderr == "htabtool: error: drawing a picture needs matplotlib, which is not installed (pip install matplotlib)\n"
+    assert not out.exists() and not snap.exists()  # refused before anything ran

@@ -91,9 +91,10 @@ def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_pas
     outputs = [(n, v) for n, v in (("--snapshot", snapshot), ("--to", to), ("-o", plot)) if v not in (None, "-")]
     _check_outputs(image, outputs, force)
     if plot is not None:
-        from htabtool.migrate_plot import check_format
+        from htabtool.migrate_plot import check_format, pyplot
 
         check_format(plot)
+        pyplot()  # matplotlib missing: said before anything runs or is written
     result = run_migration(image, bandwidth=bandwidth, downtime_limit=downtime_limit, ram_share=ram_share,
                            ram_round=ram_round, max_passes=max_passes, ops_per_second=ops_per_second,
                            seed=seed, snapshot=snapshot, to=to, level=level)

@@ -648,3 +648,8 @@ def _qemu_parts(snap, trailer, per_pass: list) -> list | None:
     for entry in per_pass:
         entry["qemu_parts"] = [p["part"] for p in out if entry["pass"] in p["passes"]]
     return out
+
+
+# -- migrate (htabtool.migrate: the simulation; re-exported as an operation) ------
+
+from htabtool.migrate import MigrationResult, migrate  # noqa: E402,F401

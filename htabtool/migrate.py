@@ -1,0 +1,536 @@
+"""A live migration of a simulated VM's HPT, pass by pass, in simulated time.
+
+Strategy: the source is a private copy of a VM image (the image itself is
+only read: a simulation is rerun with the same result), its guest goes on
+running its profile while QEMU's rules drive the kernel's htab fd
+(:meth:`htabtool.engine.SimulatedHPT.htab_fd`, byte for byte the kernel's
+records), and a clock counts what the link would take.  Nothing loops per
+entry: reads are the engine's bursts, the pending data is one planned pass.
+
+QEMU's rules, as they apply to the htab (QEMU 10, hw/ppc/spapr.c and
+target/ppc/kvm.c; migration/migration.c and migration/options.c):
+
+- ``htab_save_iterate`` calls ``kvmppc_save_htab(f, fd, MAX_KVM_BUF_SIZE,
+  MAX_ITERATION_NS)``: ``read()`` of 2048 bytes (``MAX_KVM_BUF_SIZE``) again
+  and again until a read returns 0 or 5 ms (``MAX_ITERATION_NS``; the name
+  in the source, where one might look for a "max iterative time") have
+  passed; each record is copied into the stream as it is (the kernel's
+  header, big-endian, then the entries).  The kernel's fd, not QEMU, makes
+  the passes: a read that reaches the end of the table returns and the next
+  starts an incremental pass at index 0 (``htab_save_first_pass`` and
+  ``htab_save_later_pass`` are QEMU's own loops for a TCG guest, whose
+  USHRT_MAX run caps the kernel's records share).  Here a pass is the
+  kernel's: from index 0 to the read that wraps.
+- ``htab_save_complete`` (the guest stopped) calls the same loop with
+  ``max_ns = -1``: reads until one returns 0.
+- ``migration_iteration_run`` completes the migration when the pending data
+  is below ``threshold_size = expected_bw_per_ms * downtime_limit``
+  (``migration_update_counters``), ``downtime-limit`` 300 ms by default
+  (``DEFAULT_MIGRATE_SET_DOWNTIME``).  QEMU's htab handlers report no pending
+  data (``savevm_htab_handlers`` has no ``state_pending_*``), so in QEMU the
+  test counts RAM alone and the htab goes on iterating as long as RAM does.
+  Here the test is applied to the htab's own dirty data, as the thread asks
+  ("passes until the remaining dirty data fits"): the bytes one read of the
+  dirty entries would return now, against the HPT's share of the link
+  times the downtime limit.  It is made where a pass ends, after RAM's
+  round (QEMU makes it between iterations), and the first pass is always live (QEMU always
+  iterates the htab while RAM goes: RAM never fits at first).
+- The link: ``bandwidth`` bits per second; ``ram_share`` of it is RAM's
+  (RAM itself is not simulated), so the HPT sends at ``(1 - ram_share) *
+  bandwidth / 8`` bytes per second, and after each 5 ms iteration of the
+  HPT, RAM's iteration takes its share of the time (the guest runs through
+  both).  ``ram_round`` makes RAM's iteration last at least that long: in
+  QEMU ``qemu_savevm_state_iterate`` does not go on to the next handler
+  before one reports the end of its stage, so the htab (registered after
+  RAM) is iterated once per RAM round; ``ram_save_iterate`` itself sends
+  for up to 50 ms (``MAX_WAIT``, migration/ram.c) a call.  Reading the
+  kernel's fd costs no time here: the link does.
+- The guest runs its profile (events at its rate, or ``ops_per_second``: a
+  Poisson count of events for every stretch of simulated time) between
+  iterations, i.e. at most every 5 ms of the HPT's link time; stopped, it
+  does nothing (the stopped phase).
+
+Per pass the result counts the kernel's format (records, their bytes) and
+the per-entry-index format the thread proposed: each changed entry as a u32
+index and its 16 bytes, an invalidated one as its index and 16 zero bytes
+(20 bytes an entry, no records).  On the first pass invalid entries are left
+out of that format (the destination starts from an empty table, as Paul
+assumed), so its entries are the valid ones; on later passes an entry of an
+``n_invalid`` run is an invalidation and counts.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from htabtool.errors import HtabError, UsageError
+from htabtool.records import HEADER_SIZE, HPTE_SIZE, encode_read
+
+#: hw/ppc/spapr.c: the time one htab_save_iterate() may read, in ns (5 ms)
+MAX_ITERATION_NS = 5_000_000
+#: hw/ppc/spapr.c: the read(2) size kvmppc_save_htab() uses on the fd
+MAX_KVM_BUF_SIZE = 2048
+#: migration/options.c: DEFAULT_MIGRATE_SET_DOWNTIME, ms
+DEFAULT_DOWNTIME_LIMIT = 0.300
+DEFAULT_MAX_PASSES = 30
+#: the per-entry-index format: a u32 index and the 16-byte entry
+INDEX_ENTRY_SIZE = 4 + HPTE_SIZE
+
+SCHEMA = "htabtool-migrate/1"
+UNBOUNDED_READ = 1 << 62  # a read budget no table reaches: the whole pass in one read
+
+
+@dataclass(frozen=True)
+class Link:
+    """The migration link and QEMU's limits, as the simulation uses them."""
+
+    bandwidth: float  # bits per second
+    downtime_limit: float = DEFAULT_DOWNTIME_LIMIT  # seconds
+    ram_share: float = 0.0  # the part of the bandwidth RAM keeps
+    max_passes: int = DEFAULT_MAX_PASSES  # live passes at most
+    ram_round: float = 0.0  # seconds RAM's own iteration takes at least, between two of the HPT's
+    buffer_size: int = MAX_KVM_BUF_SIZE
+    iteration_time: float = MAX_ITERATION_NS / 1e9
+
+    def __post_init__(self):
+        if not self.bandwidth > 0:
+            raise UsageError(f"the bandwidth must be positive, not {self.bandwidth}")
+        if not 0 <= self.ram_share < 1:
+            raise UsageError(f"--ram-share must be at least 0 and below 1, not {self.ram_share}")
+        if self.downtime_limit < 0:
+            raise UsageError("the downtime limit must not be negative")
+        if self.ram_round < 0:
+            raise UsageError("--ram-round must not be negative")
+        if self.max_passes < 1:
+            raise UsageError("--max-passes must be at least 1")
+        if self.buffer_size <= HEADER_SIZE + HPTE_SIZE:
+            raise UsageError(f"a read of {self.buffer_size} bytes cannot hold one record: use more than 24")
+
+    @property
+    def hpt_rate(self) -> float:
+        """The HPT's bytes per second on the link."""
+        return (1.0 - self.ram_share) * self.bandwidth / 8.0
+
+    @property
+    def threshold_bytes(self) -> float:
+        """QEMU's threshold_size for the HPT: its rate times the downtime limit."""
+        return self.hpt_rate * self.downtime_limit
+
+
+@dataclass
+class PassResult:
+    """One pass of the kernel's fd: live, or the stopped phase."""
+
+    number: int
+    stopped: bool
+    start: float = 0.0  # simulated seconds since the migration began
+    seconds: float = 0.0  # its duration (the HPT's link time, and RAM's iterations in between)
+    link_seconds: float = 0.0  # the HPT's own time on the link
+    reads: int = 0
+    records: int = 0
+    valid: int = 0  # entries sent with their doublewords
+    invalid: int = 0  # entries the records' n_invalid runs cover
+    record_bytes: int = 0  # the kernel's format
+    dirty_after: int = 0  # entries dirty when the pass ended (the guest ran meanwhile)
+    pending_bytes: int = 0  # bytes a read of them would return
+    guest_events: int = 0
+
+    @property
+    def invalidated(self) -> int:
+        """Entries a destination must invalidate: none on a first pass (the
+        destination's table starts empty), every n_invalid entry later."""
+        return 0 if self.number == 1 else self.invalid
+
+    @property
+    def entries(self) -> int:
+        """Entries sent: valid plus invalidated."""
+        return self.valid + self.invalidated
+
+    @property
+    def index_bytes(self) -> int:
+        return INDEX_ENTRY_SIZE * self.entries
+
+    @property
+    def ratio(self) -> float | None:
+        """Bytes in the kernel's format per byte in the per-entry-index format."""
+        return self.record_bytes / self.index_bytes if self.index_bytes else None
+
+    def to_dict(self) -> dict:
+        return {
+            "pass": self.number,
+            "stopped": self.stopped,
+            "start": round(self.start, 9),
+            "seconds": round(self.seconds, 9),
+            "link_seconds": round(self.link_seconds, 9),
+            "reads": self.reads,
+            "records": self.records,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "invalidated": self.invalidated,
+            "entries": self.entries,
+            "record_bytes": self.record_bytes,
+            "index_bytes": self.index_bytes,
+            "ratio": _round(self.ratio),
+            "entries_per_record": _round(self.valid / self.records if self.records else None),
+            "dirty_after": self.dirty_after,
+            "pending_bytes": self.pending_bytes,
+            "guest_events": self.guest_events,
+        }
+
+
+@dataclass
+class MigrationResult:
+    source: str
+    profile: str
+    order: int
+    entries: int
+    valid_at_start: int
+    link: Link
+    ops_per_second: float
+    converged: bool = False
+    passes: list[PassResult] = field(default_factory=list)
+    left_dirty: int = 0  # entries still dirty after the stopped phase (0 unless something is wrong)
+    snapshot: str | None = None
+    destination: str | None = None
+    destination_equal: bool | None = None
+
+    @property
+    def live(self) -> list[PassResult]:
+        return [p for p in self.passes if not p.stopped]
+
+    @property
+    def stopped(self) -> PassResult:
+        return self.passes[-1]
+
+    @property
+    def hpt_downtime(self) -> float:
+        """The HPT's share of the downtime: its stopped phase on the link."""
+        return self.stopped.link_seconds
+
+    @property
+    def total_seconds(self) -> float:
+        last = self.stopped
+        return last.start + last.seconds
+
+    def ratio(self, first: bool) -> float | None:
+        """Record bytes per index byte over the first pass, or over every
+        later pass (the stopped phase included)."""
+        chosen = [p for p in self.passes if (p.number == 1) == first]
+        index = sum(p.index_bytes for p in chosen)
+        return sum(p.record_bytes for p in chosen) / index if index else None
+
+    def to_dict(self) -> dict:
+        link = self.link
+        last = self.stopped
+        return {
+            "schema": SCHEMA,
+            "source": self.source,
+            "profile": self.profile,
+            "order": self.order,
+            "entries": self.entries,
+            "valid_at_start": self.valid_at_start,
+            "bandwidth": link.bandwidth,
+            "ram_share": link.ram_share,
+            "ram_round": link.ram_round,
+            "hpt_bytes_per_second": link.hpt_rate,
+            "downtime_limit": link.downtime_limit,
+            "threshold_bytes": int(link.threshold_bytes),
+            "max_passes": link.max_passes,
+            "buffer_size": link.buffer_size,
+            "iteration_seconds": link.iteration_time,
+            "ops_per_second": self.ops_per_second,
+            "converged": self.converged,
+            "live_passes": len(self.live),
+            "passes": [p.to_dict() for p in self.passes],
+            "stopped_phase": {
+                "entries": last.entries,
+                "records": last.records,
+                "record_bytes": last.record_bytes,
+                "index_bytes": last.index_bytes,
+                "hpt_downtime": round(self.hpt_downtime, 9),
+            },
+            "hpt_downtime": round(self.hpt_downtime, 9),
+            "total_seconds": round(self.total_seconds, 9),
+            "first_pass_ratio": _round(self.ratio(first=True)),
+            "later_passes_ratio": _round(self.ratio(first=False)),
+            "left_dirty": self.left_dirty,
+            "snapshot": self.snapshot,
+            "destination": None if self.destination is None else
+            {"image": self.destination, "equal": self.destination_equal},
+        }
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+# -- the source: a private copy of an image -------------------------------------
+
+
+def scratch_copy(vm):
+    """(SimulatedHPT, Guest) copied into memory from an open VM image, so
+    that the simulation changes nothing on disk."""
+    from htabtool.engine import SimulatedHPT
+    from htabtool.guest import Guest
+
+    src = vm.hpt
+    hpt = SimulatedHPT(src.order, ram_size=src.ram_size, backing_page_shift=src.backing_page_shift,
+                       map_vrma=src.map_vrma, hpt=np.array(src.hpt), rev=np.array(src.rev))
+    hpt.vcpus_running, hpt.mmu_ready = src.vcpus_running, src.mmu_ready
+    hpt.vrma_slb_v, hpt.lpcr = src.vrma_slb_v, src.lpcr
+    hpt.hcalls.update(src.hcalls)
+    return hpt, Guest(hpt, np.array(vm.guest.gmap), copy.deepcopy(vm.guest.state))
+
+
+# -- the simulation --------------------------------------------------------------
+
+
+Sink = Callable[[int, bytes, tuple | None], None]
+
+
+class Migration:
+    """The simulation over an HPT and its guest: :meth:`run` makes the live
+    passes and the stopped phase.  ``sink(pass_number, data, stats)`` gets
+    every read's bytes as sent (for a snapshot)."""
+
+    def __init__(self, hpt, guest, link: Link, *, ops_per_second: float | None = None, byte_order: str = "little",
+                 sink: Sink | None = None):
+        self.hpt = hpt
+        self.guest = guest
+        self.link = link
+        self.rate = guest.profile.rate if ops_per_second is None else float(ops_per_second)
+        if self.rate < 0:
+            raise UsageError("--ops-per-second must not be negative")
+        self.byte_order = byte_order
+        self.sink = sink
+        self.clock = 0.0  # simulated seconds
+        self._guest_clock = 0.0  # the guest has run up to here
+        self._iteration = 0.0  # the HPT's link time in the current QEMU iteration
+        self._events = 0
+
+    # -- time --------------------------------------------------------------------
+
+    def _send(self, nbytes: int) -> float:
+        t = nbytes / self.link.hpt_rate
+        self.clock += t
+        self._iteration += t
+        return t
+
+    def _end_iteration(self) -> None:
+        """htab_save_iterate returned: RAM's iteration takes its share of
+        the link, and the guest runs through both."""
+        s = self.link.ram_share
+        self.clock += max(self._iteration * s / (1.0 - s), self.link.ram_round)
+        self._iteration = 0.0
+        self._run_guest()
+
+    def _run_guest(self) -> None:
+        dt = self.clock - self._guest_clock
+        self._guest_clock = self.clock
+        if dt <= 0 or not self.rate or not self.hpt.vcpus_running or not self.guest.profile.weights:
+            return
+        ops = int(self.guest.rng.poisson(self.rate * dt))
+        if ops:
+            self.guest.run(ops=ops)
+            self._events += ops
+
+    # -- passes ------------------------------------------------------------------
+
+    def _read_pass(self, fd, number: int, stopped: bool) -> PassResult:
+        """Read the fd from where it is (index 0) to the read that wraps."""
+        p = PassResult(number, stopped, start=self.clock)
+        events = self._events
+        size = self.link.buffer_size
+        while True:
+            burst = fd.reads(size)
+            wrapped = empty = False
+            try:
+                for data in burst:
+                    res = fd.last_read
+                    p.reads += 1
+                    if res.stats is not None:
+                        p.records += res.stats[0]
+                        p.valid += res.stats[3]
+                        p.invalid += res.stats[4]
+                    p.record_bytes += len(data)
+                    p.link_seconds += self._send(len(data))
+                    if self.sink is not None:
+                        self.sink(number, data, res.stats)
+                    wrapped, empty = res.wrapped, not data
+                    if wrapped or (not stopped and self._iteration >= self.link.iteration_time):
+                        break  # a read of 0 bytes is always one that wrapped
+            finally:
+                burst.close()
+            if not stopped and (empty or self._iteration >= self.link.iteration_time):
+                # kvmppc_save_htab returns after 5 ms or a read of 0 bytes
+                self._end_iteration()
+            if wrapped:
+                break
+        if stopped and not empty:
+            # kvmppc_save_htab(max_ns = -1) reads until a read returns 0: with
+            # the guest stopped, the next read (a new pass at 0) finds nothing
+            p.reads += 1
+            if fd.read(size):
+                raise HtabError("the table changed while the guest was stopped")
+        else:
+            # the test is made between iterations: the pass's iteration ends
+            # here (a later read would find little and return 0 soon), RAM
+            # takes its round, the guest runs through it
+            self._end_iteration()
+        p.seconds = self.clock - p.start
+        p.guest_events = self._events - events
+        p.dirty_after, p.pending_bytes = self.pending(fd)
+        return p
+
+    def pending(self, fd) -> tuple[int, int]:
+        """(entries, bytes) one read of everything dirty would return now:
+        the fd's own view of the table (record_hpte's, no side effects)."""
+        res = encode_read(fd._source, 0, False, UNBOUNDED_READ, self.byte_order)
+        return res.reported, len(res)
+
+    def converged(self, p: PassResult) -> bool:
+        """migration_iteration_run's test: nothing pending, or less than the threshold."""
+        return p.pending_bytes == 0 or p.pending_bytes < self.link.threshold_bytes
+
+    def run(self, result: MigrationResult) -> MigrationResult:
+        with self.hpt.htab_fd(0, 0, byte_order=self.byte_order) as fd:
+            number = 1
+            while True:
+                p = self._read_pass(fd, number, stopped=False)
+                result.passes.append(p)
+                if self.converged(p):
+                    result.converged = True
+                    break
+                if number >= self.link.max_passes:
+                    break
+                number += 1
+            # migration_completion: the guest stops right after the test, and
+            # htab_save_complete reads what changed since
+            self.hpt.stop()
+            result.passes.append(self._read_pass(fd, number + 1, stopped=True))
+            result.left_dirty = self.pending(fd)[0]
+        return result
+
+
+# -- the operation ----------------------------------------------------------------
+
+
+def migrate(image: str, *, bandwidth, downtime_limit=DEFAULT_DOWNTIME_LIMIT, ram_share: float = 0.0,
+            max_passes: int = DEFAULT_MAX_PASSES, ops_per_second: float | None = None, ram_round=0.0,
+            seed: int | None = None, snapshot: str | None = None, to: str | None = None, byte_order: str = "little",
+            level: int | None = None) -> MigrationResult:
+    """Simulate a live migration of the HPT of the VM image ``image``.
+
+    ``bandwidth`` in bits per second and ``downtime_limit`` in seconds
+    (numbers, or text such as ``"10G"`` and ``"30ms"``).  The image is only
+    read.  ``snapshot``: write every pass as a pass of a snapshot file (``-``:
+    standard output); ``to``: create a VM image there holding what was sent
+    (loaded as ``load --vm --create`` loads), compared with the source's
+    final table (``result.destination_equal``).  ``seed``: draw the guest's
+    events from a new generator (default: the image's own, so a rerun
+    gives the same figures).  Existing files are replaced
+    (the CLI refuses them without --force)."""
+    import tempfile
+
+    from htabtool.atomic import atomic_write
+    from htabtool.units import parse_bandwidth, parse_duration
+    from htabtool.vmimage import open_vm
+
+    link = Link(parse_bandwidth(bandwidth), parse_duration(downtime_limit), float(ram_share), int(max_passes),
+                ram_round=parse_duration(ram_round))
+    with open_vm(image, writable=False) as vm:
+        hpt, guest = scratch_copy(vm)
+    if seed is not None:  # the same guest, another future: its events drawn afresh
+        guest.rng = np.random.Generator(np.random.PCG64(int(seed)))
+    result = MigrationResult(
+        source=image, profile=guest.profile.name, order=hpt.order, entries=hpt.npte,
+        valid_at_start=hpt.count_valid(), link=link,
+        ops_per_second=guest.profile.rate if ops_per_second is None else float(ops_per_second),
+    )
+    migration = Migration(hpt, guest, link, ops_per_second=ops_per_second, byte_order=byte_order)
+
+    def simulate(out) -> None:
+        if out is None:
+            migration.run(result)
+            return
+        from htabtool import container
+
+        header = container.SnapshotHeader(
+            byte_order=byte_order, order=hpt.order,
+            source={"kind": "migrate", "image": os.path.basename(image), "profile": result.profile,
+                    "bandwidth": link.bandwidth, "downtime_limit": link.downtime_limit},
+        )
+        with container.SnapshotWriter(out, header, **({} if level is None else {"level": level})) as writer:
+            migration.sink = lambda number, data, stats: writer.write_records(data, number, stats)
+            migration.run(result)
+
+    if snapshot not in (None, "-"):
+        with atomic_write(snapshot) as out:
+            simulate(out)
+        if to is not None:
+            result.destination_equal = _make_destination(snapshot, to, hpt)
+    elif snapshot == "-" or to is not None:
+        with tempfile.NamedTemporaryFile(prefix="htabtool-migrate-", suffix=".htab") as tmp:
+            simulate(tmp)
+            tmp.flush()
+            if to is not None:
+                result.destination_equal = _make_destination(tmp.name, to, hpt)
+            if snapshot == "-":
+                _copy_to_stdout(tmp)
+    else:
+        simulate(None)
+    result.snapshot, result.destination = snapshot, to
+    return result
+
+
+def _copy_to_stdout(f, block: int = 1 << 20) -> None:
+    from htabtool.sources import open_output, read_blocks
+
+    f.seek(0)
+    with open_output("-") as out:
+        for data in read_blocks(f, block):
+            out.write(data)
+
+
+def _make_destination(snapshot_path: str, to: str, source_hpt) -> bool:
+    """Create the VM image ``to`` from the snapshot (as ``load --vm
+    --create``: a new empty VM, every record through its write fd), replace
+    whatever ``to`` named, and compare its table with the source's."""
+    from htabtool import ops
+    from htabtool.atomic import temp_name
+    from htabtool.sources import open_snapshot
+    from htabtool.vmimage import open_vm
+
+    directory, base = os.path.split(os.path.abspath(to))
+    staging = temp_name(directory, base)
+    try:
+        with open_snapshot(snapshot_path) as snap:
+            ops.load_vm(snap, staging, create=True, buffer_size=1 << 16)
+        with open_vm(staging, writable=False) as dst:
+            equal = same_table(source_hpt, dst.hpt)
+        os.replace(staging, to)
+        staging = None
+    finally:
+        if staging is not None and os.path.exists(staging):
+            os.unlink(staging)
+    return equal
+
+
+def same_table(a, b, window: int = 1 << 20) -> bool:
+    """Two HPTs hold the same table, as a read reports it."""
+    if a.npte != b.npte:
+        return False
+    for lo in range(0, a.npte, window):
+        hi = min(a.npte, lo + window)
+        if not np.array_equal(a.guest_view(lo, hi), b.guest_view(lo, hi)):
+            return False
+    return True
+
+
+__all__ = ["Link", "Migration", "MigrationResult", "PassResult", "migrate", "scratch_copy", "same_table",
+           "MAX_ITERATION_NS", "MAX_KVM_BUF_SIZE", "DEFAULT_DOWNTIME_LIMIT", "INDEX_ENTRY_SIZE"]

@@ -626,3 +626,8 @@ def stat_report(snap, window: int = DEFAULT_WINDOW) -> dict:
         "file_bytes": trailer.file_size,
         "ratio": round(trailer.raw_size / trailer.file_size, 3) if trailer.file_size else None,
     }
+
+
+# -- show and map: htabtool.inspect (imported last: it calls back into this module) --
+
+from htabtool.inspect import Filters, TableMap, show, table_map  # noqa: E402,F401

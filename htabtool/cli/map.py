@@ -59,7 +59,7 @@ def map_command(snapshot, output, fmt, force, width, as_json):
     if output is not None:
         fmt = _picture_format(output, fmt)
         _check_output(output, [snapshot], force)
-        figure_module = _plotting()
+        figure_module, rc_context = _plotting()
     elif fmt is not None:
         raise click.UsageError("--format goes with -o")
     with open_snapshot(snapshot) as snap:
@@ -70,7 +70,8 @@ def map_command(snapshot, output, fmt, force, width, as_json):
         from htabtool.sources import open_output
 
         fig = _figure(figure_module, m, f"{name}: order {header.order}, {m.entries:,} entries")
-        with open_output(output) as f:
+        # a fixed salt for the SVG's ids: the same snapshot draws the same bytes
+        with rc_context({"svg.hashsalt": "htabtool"}), open_output(output) as f:
             fig.savefig(f, format=fmt, dpi=DPI, metadata=_metadata(fmt))
         return
     columns = width or shutil.get_terminal_size((80, 24)).columns
@@ -107,14 +108,15 @@ def _check_output(path: str, inputs: list[str], force: bool) -> None:
 
 
 def _plotting():
-    """matplotlib's Figure (no pyplot: no global state, no display)."""
+    """matplotlib's Figure (no pyplot: no global state, no display) and rc_context."""
     from htabtool.errors import HtabError
 
     try:
+        from matplotlib import rc_context
         from matplotlib.figure import Figure
     except ImportError:
         raise HtabError(f"picture files need matplotlib, which is not installed: {INSTALL_PLOT}") from None
-    return Figure
+    return Figure, rc_context
 
 
 def _metadata(fmt: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import textwrap
 
 import click
 
@@ -161,7 +162,8 @@ def _draw_terminal(m, name: str, order: int, width: int) -> None:
     lines.append((" " * (LABEL_WIDTH + 1) + "0" + last.rjust(cells - 1), None))
     ramp = PLAIN_SHADES if plain_text else SHADES
     lines.append((f"shade: a cell's share of entries, '{ramp[-1]}' as in the strip's fullest cell, '{ramp[1]}' any", None))
-    lines.append(("fullest cells: " + ", ".join(peaks), None))
+    for part in textwrap.wrap("fullest cells: " + ", ".join(peaks), width, subsequent_indent="  "):
+        lines.append((part, None))
     lines.append(("", None))
     bars_width = max(10, min(40, width - 40))
     lines.append(("PTEG fill: 8-entry groups by valid entries", "bold"))

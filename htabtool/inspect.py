@@ -178,15 +178,12 @@ def decode_columns(index: np.ndarray, v: np.ndarray, r: np.ndarray) -> dict[str,
     }
 
 
-def _rows(columns: dict[str, np.ndarray], extra: dict | None = None) -> Iterator[dict]:
+def _rows(columns: dict[str, np.ndarray]) -> Iterator[dict]:
     """One dict per entry (Python ints and bools), in ENTRY_KEYS order."""
-    keys = ENTRY_KEYS[1:]
-    lists = [columns[k].tolist() for k in keys]
-    head = {"kind": "entry", **(extra or {})}
+    n = len(columns["index"])
+    lists = [["entry"] * n] + [columns[k].tolist() for k in ENTRY_KEYS[1:]]
     for values in zip(*lists):
-        row = dict(head)
-        row.update(zip(keys, values))
-        yield row
+        yield dict(zip(ENTRY_KEYS, values))
 
 
 # -- show ---------------------------------------------------------------------------

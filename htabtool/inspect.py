@@ -28,6 +28,8 @@ from htabtool.table import DEFAULT_WINDOW, TableStats, native, valid_mask
 BATCH = 1 << 16
 #: the map's slices of the table: at most this many (one PTEG each at most)
 MAP_BINS = 1 << 18
+#: entries per window of show (a quarter of the default: smaller masks and copies)
+SHOW_WINDOW = DEFAULT_WINDOW // 4
 
 PAGE_SHIFTS = {name: shift for shift, name in hpte.PAGE_SIZE_NAMES.items() if shift}
 SEGMENT_CODES = {"256M": hpte.MMU_SEGSIZE_256M, "1T": hpte.MMU_SEGSIZE_1T}
@@ -190,7 +192,7 @@ def _rows(columns: dict[str, np.ndarray]) -> Iterator[dict]:
 
 
 def show(snap, filters: Filters | None = None, *, limit: int | None = None, pass_number: int | None = None,
-         window: int = DEFAULT_WINDOW) -> Iterator[dict]:
+         window: int = SHOW_WINDOW) -> Iterator[dict]:
     """The entries of a snapshot's final table that pass ``filters``, decoded,
     one dict each (JSON-ready: the htabtool-show/1 objects), in index order,
     at most ``limit``.
@@ -405,7 +407,6 @@ class TableMap:
     passes: list[int]
     changed: np.ndarray
     stats: TableStats
-    first_pass: int | None = None
     pass_entries: dict = field(default_factory=dict)  # pass -> entries it wrote
 
     @property
@@ -486,5 +487,4 @@ def table_map(snap, *, bins: int = MAP_BINS, window: int = DEFAULT_WINDOW) -> Ta
         first = lo // bin_entries
         valid[first : first + len(part) // bin_entries] += ok.reshape(-1, bin_entries).sum(axis=1)
         bolted[first : first + len(part) // bin_entries] += b.reshape(-1, bin_entries).sum(axis=1)
-    return TableMap(snap.entries, bin_entries, valid, bolted, later, changed, stats,
-                    numbers[0] if numbers else None, pass_entries)
+    return TableMap(snap.entries, bin_entries, valid, bolted, later, changed, stats, pass_entries)

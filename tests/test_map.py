@@ -134,12 +134,17 @@ def png_header(data: bytes):
     return width, height, depth, colour
 
 
+def draw(snapshot, directory, name):
+    """map SNAPSHOT -o DIRECTORY/NAME, which must succeed."""
+    out = directory / name
+    r = cli_run("map", snapshot, "-o", out, cwd=directory)
+    assert r.exit_code == 0, r.output
+    return out
+
+
 @needs_matplotlib
 def test_png_is_a_valid_picture_of_the_expected_size(live, tmp_path):
-    path, _ = live
-    out = tmp_path / "map.png"
-    r = cli_run("map", path, "-o", out, cwd=tmp_path)
-    assert r.exit_code == 0, r.output
+    out = draw(live[0], tmp_path, "map.png")
     data = out.read_bytes()
     width, height, depth, _ = png_header(data)
     assert (width, height) == (map_cli.FIGURE_SIZE[0] * map_cli.DPI, map_cli.FIGURE_SIZE[1] * map_cli.DPI)
@@ -155,10 +160,7 @@ def test_png_is_a_valid_picture_of_the_expected_size(live, tmp_path):
 
 @needs_matplotlib
 def test_svg_is_valid_xml_of_the_expected_size(live, tmp_path):
-    path, _ = live
-    out = tmp_path / "map.svg"
-    r = cli_run("map", path, "-o", out, cwd=tmp_path)
-    assert r.exit_code == 0, r.output
+    out = draw(live[0], tmp_path, "map.svg")
     root = ET.parse(out).getroot()
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     assert root.get("width") == f"{map_cli.FIGURE_SIZE[0] * 72}pt"
@@ -170,9 +172,8 @@ def test_svg_is_valid_xml_of_the_expected_size(live, tmp_path):
 
 @needs_matplotlib
 def test_the_same_snapshot_draws_the_same_bytes(live, tmp_path):
-    path, _ = live
     for name in ("a.png", "b.png", "a.svg", "b.svg"):
-        assert cli_run("map", path, "-o", tmp_path / name, cwd=tmp_path).exit_code == 0
+        draw(live[0], tmp_path, name)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert (tmp_path / "a.svg").read_bytes() == (tmp_path / "b.svg").read_bytes()
 

@@ -400,3 +400,20 @@ def test_head_ends_quietly(tmp_path):
                                 executable="/bin/bash")
         assert status.stderr == ""
         assert int(status.stdout) != 0  # stopped by the broken pipe, not run to the end
+
+
+def test_text_columns_of_the_hand_decoded_entries(hand_snapshot, tmp_path):
+    path, slots = hand_snapshot
+    r = cli_run("show", path, cwd=tmp_path)
+    header, *lines = r.output.splitlines()
+    assert header.split() == ["INDEX", "PTEG:S", "VBHL", "SEG", "AVPN", "PAGE", "RPN", "REAL", "ADDRESS", "WIMG", "PP",
+                              "N", "KEY", "RC", "SW"]
+    cols = [line.split() for line in lines]
+    assert [c[0] for c in cols] == [str(s) for s in slots]
+    assert cols[0][2:] == ["V---", "256M", "0x00000000000123", "4K", "0x000000045678", "0x0000000045678000", "0010",
+                           "0:1", "0", "0", "RC", "-"]
+    assert cols[1][2:] == ["VB-L", "1T", "0x00000000000abc", "64K", "0x000000012341", "0x0000000012340000", "0000",
+                           "1:2", "1", "0", "--", "HVLOCK"]
+    assert cols[2][2:] == ["V-HL", "256M", "0x00000000000789", "16M", "0x000000100000", "0x0000000100000000", "0101",
+                           "0:3", "0", "31", "--", "ABSENT"]
+    assert cols[3][5] == "16G" and cols[4][5] == "4K/64K" and cols[5][5] == "64K/16M" and cols[6][5] == "invalid"

@@ -116,6 +116,16 @@ def _flush(out, lines: list) -> None:
 # -- text for people -------------------------------------------------------------
 
 
+def _letters(*names: str) -> list[str]:
+    """The 2**len(names) flag strings: name k shown when bit k is set, '-' else."""
+    return ["".join(n if bits >> k & 1 else "-" for k, n in enumerate(names)) for bits in range(1 << len(names))]
+
+
+_FLAGS = _letters("V", "B", "H", "L")
+_RC = _letters("R", "C")
+_SW = ["-", "HVLOCK", "ABSENT", "HVLOCK,ABSENT"]
+
+
 class _Columns:
     """Fixed-width columns (so that lines stream, aligned, without a pass
     over the table to measure them)."""
@@ -129,13 +139,12 @@ class _Columns:
                 f"{'RPN':<14} {'REAL ADDRESS':<18} WIMG PP  N KEY RC SW")
 
     def entry(self, e: dict) -> str:
-        flags = "".join(c if e[k] else "-" for c, k in (("V", "valid"), ("B", "bolted"), ("H", "secondary"), ("L", "large")))
+        flags = _FLAGS[e["valid"] | e["bolted"] << 1 | e["secondary"] << 2 | e["large"] << 3]
         page = e["page_size"] if e["page_size"] == e["actual_page_size"] else f"{e['page_size']}/{e['actual_page_size']}"
-        rc = ("R" if e["referenced"] else "-") + ("C" if e["changed"] else "-")
-        sw = ",".join(n for n, k in (("HVLOCK", "hvlock"), ("ABSENT", "absent")) if e[k]) or "-"
         return (f"{e['index']:>{self.iw}} {e['pteg']:>{self.gw}}:{e['slot']} {flags} {e['segment_size']:<4} "
                 f"{e['avpn']:#016x} {page:<7} {e['rpn']:#014x} {e['real_address']:#018x} {e['wimg']:04b} "
-                f"{e['pp'] >> 2}:{e['pp'] & 3} {int(e['no_execute'])} {e['key']:>3} {rc} {sw}")
+                f"{e['pp'] >> 2}:{e['pp'] & 3} {e['no_execute']:d} {e['key']:>3} "
+                f"{_RC[e['referenced'] | e['changed'] << 1]} {_SW[e['hvlock'] | e['absent'] << 1]}")
 
     def record(self, rec: dict) -> str:
         return (f"record {rec['record']} (pass {rec['pass']}, offset {rec['offset']:#x}): index {rec['index']}, "

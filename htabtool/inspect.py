@@ -28,8 +28,8 @@ from htabtool.table import DEFAULT_WINDOW, TableStats, native, valid_mask
 BATCH = 1 << 16
 #: the map's slices of the table: at most this many (one PTEG each at most)
 MAP_BINS = 1 << 18
-#: entries per window of show (a quarter of the default: smaller masks and copies)
-SHOW_WINDOW = DEFAULT_WINDOW // 4
+#: entries per window of show and map (a quarter of the default: smaller masks and copies)
+WINDOW = DEFAULT_WINDOW // 4
 
 PAGE_SHIFTS = {name: shift for shift, name in hpte.PAGE_SIZE_NAMES.items() if shift}
 SEGMENT_CODES = {"256M": hpte.MMU_SEGSIZE_256M, "1T": hpte.MMU_SEGSIZE_1T}
@@ -192,7 +192,7 @@ def _rows(columns: dict[str, np.ndarray]) -> Iterator[dict]:
 
 
 def show(snap, filters: Filters | None = None, *, limit: int | None = None, pass_number: int | None = None,
-         window: int = SHOW_WINDOW) -> Iterator[dict]:
+         window: int = WINDOW) -> Iterator[dict]:
     """The entries of a snapshot's final table that pass ``filters``, decoded,
     one dict each (JSON-ready: the htabtool-show/1 objects), in index order,
     at most ``limit``.
@@ -458,7 +458,7 @@ class TableMap:
         }
 
 
-def table_map(snap, *, bins: int = MAP_BINS, window: int = DEFAULT_WINDOW) -> TableMap:
+def table_map(snap, *, bins: int = MAP_BINS, window: int = WINDOW) -> TableMap:
     """The arrays of ``htabtool map``, from one streaming read of the final
     table and one of the passes after the first."""
     from htabtool import ops

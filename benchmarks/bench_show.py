@@ -6,7 +6,7 @@ For each order, a snapshot of a synthetic table (``common.synthetic_table``,
 one first pass in 64 KiB reads) is written to a scratch directory, then each
 command runs as its own process, its output to /dev/null, and its peak RSS
 is the child's ru_maxrss (os.wait4).  Flat memory means the same peak from
-order 24 to 30: the final table streams in windows of 1,048,576 entries and
+order 24 to 30: the final table streams in windows of 262,144 entries and
 only the entries that pass the filters are decoded, a batch at a time.
 """
 

@@ -417,3 +417,17 @@ def test_text_columns_of_the_hand_decoded_entries(hand_snapshot, tmp_path):
     assert cols[2][2:] == ["V-HL", "256M", "0x00000000000789", "16M", "0x000000100000", "0x0000000100000000", "0101",
                            "0:3", "0", "31", "--", "ABSENT"]
     assert cols[3][5] == "16G" and cols[4][5] == "4K/64K" and cols[5][5] == "64K/16M" and cols[6][5] == "invalid"
+
+
+def test_standard_input(live, tmp_path):
+    from click.testing import CliRunner
+
+    from htabtool.cli import cli
+
+    path, final, _, _ = live
+    r = CliRunner().invoke(cli, ["show", "--json", "--limit", 5, "-"], input=path.read_bytes())
+    assert r.exit_code == 0, r.output
+    want = [e["index"] for e in entries(path, limit=5)]
+    assert [json.loads(line)["index"] for line in r.output.splitlines()] == want
+    r = CliRunner().invoke(cli, ["map", "--json", "--width", 40, "-"], input=path.read_bytes())
+    assert r.exit_code == 0 and json.loads(r.output)["passes"][0]["pass"] == 2

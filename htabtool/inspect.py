@@ -219,8 +219,11 @@ def _show_final(snap, filters, limit, written, window) -> Iterator[dict]:
 
     left = limit
     for lo, part in ops.final_state(snap, window):
-        if filters.index is not None and (lo > filters.index[1] or lo + len(part) <= filters.index[0]):
-            continue
+        if filters.index is not None:
+            if lo > filters.index[1]:
+                return  # past the range: the rest of the table is not read
+            if lo + len(part) <= filters.index[0]:
+                continue
         v, r = native(part)
         index = np.arange(lo, lo + len(part), dtype=np.int64)
         keep = filters.mask(index, v, r, valid_mask(part))
@@ -247,7 +250,7 @@ def _show_pass(snap, filters, limit, pass_number, written) -> Iterator[dict]:
         ei = batch.entry_index()
         er = batch.entry_record()
         v, r = native(batch.entries)
-        keep = filters.mask(ei, v, r, (v & np.uint64(hpte.HPTE_V_VALID)) != 0)
+        keep = filters.mask(ei, v, r, valid_mask(batch.entries))
         if written is not None:
             keep &= written.covers_indices(ei)
         rec = _records_shown(batch, filters, written, keep, er)

@@ -118,6 +118,47 @@ def is_vrma_hpte(v: int) -> bool:
     return (v & ~0xFFFFFF & 0xFFFFFFFFFFFFFFFF) == (HPTE_V_1TB_SEG | (VRMA_VSID << (40 - 16)))
 
 
+# -- fields: each works on a Python int or on a numpy uint64 array alike ------
+# (one decoder per field: HPTE's properties and the vectorised paths of show
+# and map both call these)
+
+
+def segment_size_code(v):
+    """B, the segment size field: MMU_SEGSIZE_256M (0) or MMU_SEGSIZE_1T (1)."""
+    return v >> HPTE_V_SSIZE_SHIFT
+
+
+def avpn(v):
+    """The abbreviated virtual page number (bits 7..61 of the first doubleword)."""
+    return (v & HPTE_V_AVPN) >> HPTE_V_AVPN_SHIFT
+
+
+def rpn(r):
+    """The real page number field, in 4K units (LP bits of a large page included)."""
+    return (r & HPTE_R_RPN) >> HPTE_R_RPN_SHIFT
+
+
+def real_address(r, actual_shift):
+    """The real address the entry maps: the RPN field with the bits below
+    the actual page size (where a large page keeps its LP encoding) cleared."""
+    return r & HPTE_R_RPN & ~((1 << actual_shift) - 1)
+
+
+def wimg(r):
+    """W, I, M, G as a 4-bit number (W the highest)."""
+    return (r & HPTE_R_WIMG) >> 3
+
+
+def pp(r):
+    """The page protection bits PP0 || PP (0 to 7)."""
+    return ((r & HPTE_R_PP0) >> 61) | (r & HPTE_R_PP)
+
+
+def key(r):
+    """The 5-bit storage key: KEY_HI (bits 60-61) above KEY_LO (bits 9-11)."""
+    return ((r & HPTE_R_KEY_HI) >> 57) | ((r & HPTE_R_KEY_LO) >> 9)
+
+
 @dataclass(frozen=True)
 class HPTE:
     """One entry, decoded field by field (pre-ISA-3.0 layout)."""
@@ -152,11 +193,11 @@ class HPTE:
 
     @property
     def segment_size(self) -> str:
-        return SEGMENT_SIZE_NAMES[self.v >> HPTE_V_SSIZE_SHIFT]
+        return SEGMENT_SIZE_NAMES[segment_size_code(self.v)]
 
     @property
     def avpn(self) -> int:
-        return (self.v & HPTE_V_AVPN) >> HPTE_V_AVPN_SHIFT
+        return avpn(self.v)
 
     @property
     def vrma(self) -> bool:
@@ -165,12 +206,11 @@ class HPTE:
     # -- second doubleword
     @property
     def rpn(self) -> int:
-        return (self.r & HPTE_R_RPN) >> HPTE_R_RPN_SHIFT
+        return rpn(self.r)
 
     @property
     def real_address(self) -> int:
-        shift = actual_page_shift(self.v, self.r) or 12
-        return self.r & HPTE_R_RPN & ~((1 << shift) - 1)
+        return real_address(self.r, actual_page_shift(self.v, self.r) or 12)
 
     @property
     def referenced(self) -> bool:
@@ -182,12 +222,12 @@ class HPTE:
 
     @property
     def wimg(self) -> int:
-        return (self.r & HPTE_R_WIMG) >> 3
+        return wimg(self.r)
 
     @property
     def pp(self) -> int:
         """The page protection bits PP0 || PP (0 to 7)."""
-        return (4 if self.r & HPTE_R_PP0 else 0) | (self.r & HPTE_R_PP)
+        return pp(self.r)
 
     @property
     def no_execute(self) -> bool:
@@ -195,7 +235,7 @@ class HPTE:
 
     @property
     def key(self) -> int:
-        return ((self.r & HPTE_R_KEY_HI) >> 57) | ((self.r & HPTE_R_KEY_LO) >> 9)
+        return key(self.r)
 
     @property
     def base_page_shift(self) -> int:
@@ -241,8 +281,10 @@ def decode(v: int, r: int) -> HPTE:
 
 # -- vectorised forms, for numpy arrays of native uint64 doublewords ---------
 
-def base_page_shift_array(v, r):
-    """kvmppc_hpte_base_page_shift over arrays; 0 where it does not decode."""
+def page_shifts_array(v, r):
+    """kvmppc_hpte_page_shifts over arrays (uint16): the base page shift, and
+    for a mixed page size entry the actual shift in the next byte up; 0
+    where the large-page encoding does not decode."""
     import numpy as np
 
     v = np.asarray(v, dtype=np.uint64)
@@ -250,14 +292,29 @@ def base_page_shift_array(v, r):
     large = (v & np.uint64(HPTE_V_LARGE)) != 0
     lp = ((r >> np.uint64(12)) & np.uint64(0xF)).astype(np.uint8)
     lphi = ((r >> np.uint64(16)) & np.uint64(0xF)).astype(np.uint8)
-    shift = np.zeros(v.shape, dtype=np.uint8)
-    shift[(lp == 0) & (lphi == 0)] = 24
-    shift[lp == 1] = 16
-    shift[(lp == 3) & (lphi == 0)] = 34
-    shift[lp == 7] = 12
-    shift[(lp == 8) & (lphi == 0)] = 16
-    shift[(lp == 8) & (lphi == 3)] = 12
-    return np.where(large, shift, np.uint8(12))
+    shift = np.zeros(v.shape, dtype=np.uint16)
+    shift[(lp == 0) & (lphi == 0)] = 24  # 16M
+    shift[lp == 1] = 16  # 64K
+    shift[(lp == 3) & (lphi == 0)] = 34  # 16G
+    shift[lp == 7] = (16 << 8) + 12  # 64K in 4K
+    shift[(lp == 8) & (lphi == 0)] = (24 << 8) + 16  # 16M in 64K
+    shift[(lp == 8) & (lphi == 3)] = (24 << 8) + 12  # 16M in 4K
+    return np.where(large, shift, np.uint16(12))
+
+
+def base_page_shift_array(v, r):
+    """kvmppc_hpte_base_page_shift over arrays; 0 where it does not decode."""
+    import numpy as np
+
+    return (page_shifts_array(v, r) & np.uint16(0xFF)).astype(np.uint8)
+
+
+def actual_page_shift_array(v, r):
+    """kvmppc_hpte_actual_page_shift over arrays."""
+    import numpy as np
+
+    tmp = page_shifts_array(v, r)
+    return np.where(tmp >= 0x100, tmp >> np.uint16(8), tmp).astype(np.uint8)
 
 
 def vrma_array(v):

@@ -653,3 +653,7 @@ def _qemu_parts(snap, trailer, per_pass: list) -> list | None:
 # -- migrate (htabtool.migrate: the simulation; re-exported as an operation) ------
 
 from htabtool.migrate import MigrationResult, migrate  # noqa: E402,F401
+
+# -- show and map: htabtool.inspect (imported last: it calls back into this module) --
+
+from htabtool.inspect import Filters, TableMap, show, table_map  # noqa: E402,F401

@@ -466,6 +466,18 @@ CASES = [
         "sock: is a socket"),
     Bad("output-new-name-in-dev", write("s.htab", snap), "load {} --raw-out /dev/htabtool-test-never-created", 2,
         "No such file or directory: /dev/htabtool-test-never-created"),
+    # -- show and map ------------------------------------------------------------------------------------
+    Bad("show-no-such-pass", write("s.htab", snap), "show --pass 7 {}", 2, "--pass 7: the snapshot has no pass 7"),
+    Bad("show-changed-in-the-first-pass", write("s.htab", snap), "show --changed-in 1 {}", 2,
+        "--changed-in 1: that is the first pass, which sends the whole table"),
+    Bad("show-empty-index-range", write("s.htab", snap), "show --index 9..2 {}", 2, "index range 9..2 is empty"),
+    Bad("show-bad-avpn", write("s.htab", snap), "show --avpn 12/zz {}", 2, "--avpn '12/zz': give HEX or HEX/MASK"),
+    Bad("map-output-exists", lambda d: write("map.png", b"keep")(d) and write("s.htab", snap())(d), "map {} -o map.png",
+        2, "map.png: exists (-f/--force replaces it)"),
+    Bad("map-output-is-the-input", write("s.htab", snap), "map {} -o {} --format png --force", 2,
+        "s.htab: is the snapshot being read"),
+    Bad("map-output-suffix", write("s.htab", snap), "map {} -o OUT", 2,
+        "the picture's format comes from its suffix, .png or .svg"),
 ]
 
 IDS = [case.id for case in CASES]
@@ -610,4 +622,5 @@ def test_the_catalogue_is_big_enough_and_in_the_manual():
 EXTRA_IN_MANUAL = {"unreadable-file", "metadata-control-characters", "first-pass-numbered-0",
                    # tests/test_migrate.py
                    "migrate-output-exists", "migrate-output-is-an-input", "migrate-bad-bandwidth",
-                   "migrate-bad-plot-name", "migrate-no-matplotlib", "migrate-destination-differs"}
+                   "migrate-bad-plot-name", "migrate-no-matplotlib", "migrate-destination-differs",
+                   "map-without-matplotlib"}  # tests/test_map.py

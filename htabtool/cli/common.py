@@ -123,3 +123,33 @@ def level_option(f):
         metavar="N",
         help="zstd compression level (default 1: fast; 3-19 smaller, slower).",
     )(f)
+
+
+# -- labelled bars (stat's histograms, map) -------------------------------------------
+
+_EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def bar(fraction: float, width: int, plain_text: bool) -> str:
+    """A horizontal bar ``width`` characters at most: '#' in plain text,
+    block characters (to an eighth of a cell) on a terminal; a count above
+    zero shows at least a sliver."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    if plain_text:
+        n = round(fraction * width)
+        return "#" * (n or (1 if fraction > 0 else 0))
+    eighths = round(fraction * width * 8) or (1 if fraction > 0 else 0)
+    return "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
+
+
+def labelled_bars(counts: dict, width: int = 30, plain_text: bool | None = None) -> list[tuple[str, str]]:
+    """(label, "bar  count  percent") rows, one per bucket of ``counts``
+    (label -> count), bars scaled to the largest bucket."""
+    plain_text = plain() if plain_text is None else plain_text
+    total = sum(counts.values()) or 1
+    top = max(counts.values(), default=0) or 1
+    cw = max((len(f"{c:,}") for c in counts.values()), default=1)
+    return [
+        (str(label), f"{bar(c / top, width, plain_text):<{width}} {c:>{cw},} {100 * c / total:5.1f} %")
+        for label, c in counts.items()
+    ]

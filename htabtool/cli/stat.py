@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import emit_json, human_bytes, json_option, show
+from htabtool.cli.common import emit_json, human_bytes, json_option, labelled_bars, show
 
 
 @click.command()
@@ -46,10 +46,13 @@ def stat(snapshot, as_json):
             ("VRMA entries", f"{report['vrma']:,}"),
             ("page sizes", _mix(report["page_sizes"])),
             ("segment sizes", _mix(report["segment_sizes"])),
-            ("PTEG fill 0..8", " ".join(f"{n:,}" for n in report["pteg_fill"])),
+            ("PTEG fill", "8-entry groups by valid entries"),
+            *_bars({f"{k} valid": n for k, n in enumerate(report["pteg_fill"])}),
             ("records", f"{report['records']:,}, mean n_valid {report['mean_n_valid']}, mean n_invalid {report['mean_n_invalid']}"),
-            ("n_valid", _mix(report["n_valid_distribution"])),
-            ("n_invalid", _mix(report["n_invalid_distribution"])),
+            ("n_valid", "records by the entries of their valid run"),
+            *_bars(report["n_valid_distribution"]),
+            ("n_invalid", "records by the entries of their invalid run"),
+            *_bars(report["n_invalid_distribution"]),
             ("passes", f"{report['passes']} (sweeps of the table)"),
             *[
                 (f"  pass {p['pass']}", f"{p['records']:,} records, {p['valid']:,} valid + {p['invalid']:,} invalid entries, "
@@ -62,6 +65,10 @@ def stat(snapshot, as_json):
                      f"file {human_bytes(report['file_bytes'])} (ratio {report['ratio']})"),
         ]
     )
+
+
+def _bars(counts: dict) -> list[tuple[str, str]]:
+    return [(f"  {label}", text) for label, text in labelled_bars(counts)]
 
 
 def _mix(d: dict) -> str:

@@ -1,0 +1,493 @@
+"""Looking inside a snapshot: its entries decoded and filtered (``show``) and
+the arrays its pictures are drawn from (``table_map``).
+
+Strategy: the final table streams past in windows (:func:`htabtool.ops.final_state`)
+and one pass's records in their chunks (:func:`htabtool.ops.batches`); the
+filters are numpy masks over a whole window, and only the entries that pass
+them and the limit are decoded, a batch of at most :data:`BATCH` at a time,
+by the field functions of :mod:`htabtool.hpte` over arrays, then turned into
+one plain dict per entry.  Memory: a window and a batch, whatever the
+table's size.  The map adds a window up into fixed-size arrays (at most
+:data:`MAP_BINS` slices of the table), so a 1 GiB table draws in the memory
+a 16 MiB one does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from htabtool import hpte
+from htabtool.errors import UsageError
+from htabtool.table import DEFAULT_WINDOW, TableStats, native, valid_mask
+
+#: entries decoded at a time (a bound on the memory of the decoded columns)
+BATCH = 1 << 16
+#: the map's slices of the table: at most this many (one PTEG each at most)
+MAP_BINS = 1 << 18
+#: entries per window of show and map (a quarter of the default: smaller masks and copies)
+WINDOW = DEFAULT_WINDOW // 4
+
+PAGE_SHIFTS = {name: shift for shift, name in hpte.PAGE_SIZE_NAMES.items() if shift}
+SEGMENT_CODES = {"256M": hpte.MMU_SEGSIZE_256M, "1T": hpte.MMU_SEGSIZE_1T}
+
+#: the keys of an entry object (htabtool-show/1), in order
+ENTRY_KEYS = (
+    "kind", "index", "pteg", "slot", "v", "r", "valid", "bolted", "secondary", "large", "segment_size", "avpn",
+    "page_size", "actual_page_size", "rpn", "real_address", "wimg", "pp", "no_execute", "key", "referenced",
+    "changed", "vrma", "hvlock", "absent",
+)
+#: the keys of a record object (--pass mode)
+RECORD_KEYS = ("kind", "pass", "record", "offset", "index", "n_valid", "n_invalid")
+
+
+# -- filters -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which entries to show; every filter given must hold (they combine).
+
+    ``valid``: True valid entries only (the default), False invalid only,
+    None all.  ``index``: (first, last) inclusive.  ``page_size``: the base
+    page size, "4K", "64K", "16M" or "16G".  ``segment``: "256M" or "1T".
+    ``avpn``/``rpn``: (value, mask): the field ANDed with mask equals value.
+    ``changed_in``: a pass after the first; entries its records wrote (sent
+    valid or counted invalid)."""
+
+    index: tuple[int, int] | None = None
+    valid: bool | None = True
+    bolted: bool | None = None
+    page_size: str | None = None
+    segment: str | None = None
+    avpn: tuple[int, int] | None = None
+    rpn: tuple[int, int] | None = None
+    vrma: bool = False
+    changed_in: int | None = None
+
+    def __post_init__(self):
+        if self.page_size is not None and self.page_size not in PAGE_SHIFTS:
+            raise UsageError(f"page size {self.page_size!r}: give one of {', '.join(PAGE_SHIFTS)}")
+        if self.segment is not None and self.segment not in SEGMENT_CODES:
+            raise UsageError(f"segment size {self.segment!r}: give 256M or 1T")
+        if self.index is not None and self.index[0] > self.index[1]:
+            raise UsageError(f"index range {self.index[0]}..{self.index[1]} is empty")
+
+    @property
+    def on_entries(self) -> bool:
+        """Does any filter look at an entry's contents (not only its place)?"""
+        return any(x is not None for x in (self.bolted, self.page_size, self.segment, self.avpn, self.rpn)) or self.vrma
+
+    def mask(self, index: np.ndarray, v: np.ndarray, r: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The entries (native doublewords ``v``, ``r`` at ``index``) that pass."""
+        keep = np.ones(len(index), dtype=bool)
+        if self.index is not None:
+            keep &= (index >= self.index[0]) & (index <= self.index[1])
+        if self.valid is not None:
+            keep &= valid if self.valid else ~valid
+        if self.bolted is not None:
+            keep &= ((v & np.uint64(hpte.HPTE_V_BOLTED)) != 0) == self.bolted
+        if self.page_size is not None:
+            keep &= hpte.base_page_shift_array(v, r) == PAGE_SHIFTS[self.page_size]
+        if self.segment is not None:
+            keep &= hpte.segment_size_code(v) == np.uint64(SEGMENT_CODES[self.segment])
+        if self.avpn is not None:
+            keep &= (hpte.avpn(v) & np.uint64(self.avpn[1])) == np.uint64(self.avpn[0] & self.avpn[1])
+        if self.rpn is not None:
+            keep &= (hpte.rpn(r) & np.uint64(self.rpn[1])) == np.uint64(self.rpn[0] & self.rpn[1])
+        if self.vrma:
+            keep &= hpte.vrma_array(v)
+        return keep
+
+
+def parse_index_range(text: str) -> tuple[int, int]:
+    """``A..B`` (inclusive; either end may be left out), or one index ``A``;
+    decimal or 0x-hexadecimal."""
+    m = re.fullmatch(r"\s*([0-9a-fA-Fx_]*)\s*(\.\.\s*([0-9a-fA-Fx_]*))?\s*", text)
+    if not m or (not m.group(1) and not m.group(3)):
+        raise UsageError(f"index range {text!r}: give A..B, A.., ..B or A (decimal or 0x...)")
+    lo = _number(m.group(1), text) if m.group(1) else 0
+    if m.group(2) is None:
+        return lo, lo
+    hi = _number(m.group(3), text) if m.group(3) else (1 << 63) - 1
+    return lo, hi
+
+
+def parse_masked_hex(text: str, what: str) -> tuple[int, int]:
+    """``HEX`` or ``HEX/MASK`` (hexadecimal, 0x optional): (value, mask); no
+    mask means every bit."""
+    value, _, mask = text.partition("/")
+    try:
+        v = int(value, 16)
+        m = int(mask, 16) if mask else (1 << 64) - 1
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: give HEX or HEX/MASK (hexadecimal)") from None
+    if v >= 1 << 64 or m >= 1 << 64 or v < 0 or m < 0:
+        raise UsageError(f"{what} {text!r}: more than 64 bits")
+    return v, m
+
+
+def _number(s: str, text: str) -> int:
+    try:
+        return int(s, 0)
+    except ValueError:
+        raise UsageError(f"index range {text!r}: {s!r} is not a number") from None
+
+
+# -- decoding -----------------------------------------------------------------------
+
+
+def decode_columns(index: np.ndarray, v: np.ndarray, r: np.ndarray) -> dict[str, np.ndarray]:
+    """Every field of the entries (native doublewords) at ``index``, one array
+    a field (the keys of :data:`ENTRY_KEYS` but ``kind``)."""
+    shifts = hpte.page_shifts_array(v, r)
+    base = (shifts & np.uint16(0xFF)).astype(np.uint8)
+    actual = np.where(shifts >= 0x100, shifts >> np.uint16(8), shifts).astype(np.uint8)
+    names = np.array([hpte.PAGE_SIZE_NAMES.get(s, f"2^{s}") for s in range(64)], dtype=object)
+    segments = np.array([hpte.SEGMENT_SIZE_NAMES[s] for s in range(4)], dtype=object)
+
+    def bit(word, mask):
+        return (word & np.uint64(mask)) != 0
+
+    return {
+        "index": index,
+        "pteg": index // hpte.ENTRIES_PER_PTEG,
+        "slot": index % hpte.ENTRIES_PER_PTEG,
+        "v": v,
+        "r": r,
+        "valid": bit(v, hpte.HPTE_V_VALID),
+        "bolted": bit(v, hpte.HPTE_V_BOLTED),
+        "secondary": bit(v, hpte.HPTE_V_SECONDARY),
+        "large": bit(v, hpte.HPTE_V_LARGE),
+        "segment_size": segments[hpte.segment_size_code(v).astype(np.intp)],
+        "avpn": hpte.avpn(v),
+        "page_size": names[base],
+        "actual_page_size": names[actual],
+        "rpn": hpte.rpn(r),
+        "real_address": hpte.real_address(r, np.where(actual == 0, 12, actual).astype(np.uint64)),
+        "wimg": hpte.wimg(r),
+        "pp": hpte.pp(r),
+        "no_execute": bit(r, hpte.HPTE_R_N),
+        "key": hpte.key(r),
+        "referenced": bit(r, hpte.HPTE_R_R),
+        "changed": bit(r, hpte.HPTE_R_C),
+        "vrma": hpte.vrma_array(v),
+        "hvlock": bit(v, hpte.HPTE_V_HVLOCK),
+        "absent": bit(v, hpte.HPTE_V_ABSENT),
+    }
+
+
+def _rows(columns: dict[str, np.ndarray]) -> Iterator[dict]:
+    """One dict per entry (Python ints and bools), in ENTRY_KEYS order."""
+    n = len(columns["index"])
+    lists = [["entry"] * n] + [columns[k].tolist() for k in ENTRY_KEYS[1:]]
+    for values in zip(*lists):
+        yield dict(zip(ENTRY_KEYS, values))
+
+
+# -- show ---------------------------------------------------------------------------
+
+
+def show(snap, filters: Filters | None = None, *, limit: int | None = None, pass_number: int | None = None,
+         window: int = WINDOW) -> Iterator[dict]:
+    """The entries of a snapshot's final table that pass ``filters``, decoded,
+    one dict each (JSON-ready: the htabtool-show/1 objects), in index order,
+    at most ``limit``.
+
+    With ``pass_number``: that pass's records as the kernel sent them, in
+    stream order, a record object (its header) before the entries of its
+    valid run that pass; a record is given when it meets ``filters.index``
+    and one of its entries passes, or when no filter looks at the entries'
+    contents (with ``valid=False``: the records with an invalid run).
+    ``limit`` then counts records too."""
+    filters = filters or Filters()
+    if limit is not None and limit <= 0:
+        return
+    written = _pass_ranges(snap, filters.changed_in) if filters.changed_in is not None else None
+    if pass_number is not None:
+        _check_pass(snap, pass_number, "--pass")
+        yield from _show_pass(snap, filters, limit, pass_number, written)
+        return
+    yield from _show_final(snap, filters, limit, written, window)
+
+
+def _show_final(snap, filters, limit, written, window) -> Iterator[dict]:
+    from htabtool import ops
+
+    left = limit
+    for lo, part in ops.final_state(snap, window):
+        if filters.index is not None:
+            if lo > filters.index[1]:
+                return  # past the range: the rest of the table is not read
+            if lo + len(part) <= filters.index[0]:
+                continue
+        v, r = native(part)
+        index = np.arange(lo, lo + len(part), dtype=np.int64)
+        keep = filters.mask(index, v, r, valid_mask(part))
+        if written is not None:
+            keep &= written.covers(lo, lo + len(part))
+        rows = np.flatnonzero(keep)
+        if left is not None:
+            rows = rows[:left]
+            left -= len(rows)
+        for k in range(0, len(rows), BATCH):
+            sel = rows[k : k + BATCH]
+            yield from _rows(decode_columns(index[sel], v[sel], r[sel]))
+        if left == 0:
+            return
+
+
+def _show_pass(snap, filters, limit, pass_number, written) -> Iterator[dict]:
+    from htabtool import ops
+
+    left = limit
+    for _, batch in ops.batches(snap, lambda p: p == pass_number):
+        if not len(batch):
+            continue
+        ei = batch.entry_index()
+        er = batch.entry_record()
+        v, r = native(batch.entries)
+        keep = filters.mask(ei, v, r, valid_mask(batch.entries))
+        if written is not None:
+            keep &= written.covers_indices(ei)
+        rec = _records_shown(batch, filters, written, keep, er)
+        # stream order: record k after the entries of the records before it
+        # and k headers, its entries just after it
+        starts = np.concatenate(([0], np.cumsum(batch.n_valid)[:-1]))
+        rec_rows, ent_rows = np.flatnonzero(rec), np.flatnonzero(keep)
+        keys = np.concatenate((starts[rec_rows] + rec_rows, ent_rows + er[ent_rows] + 1))
+        order = np.argsort(keys, kind="stable")
+        items = np.concatenate((rec_rows, ent_rows))[order]
+        is_rec = (np.arange(len(keys)) < len(rec_rows))[order]
+        if left is not None:
+            is_rec, items = is_rec[:left], items[:left]
+            left -= len(items)
+        for k in range(0, len(items), BATCH):
+            yield from _pass_items(batch, pass_number, is_rec[k : k + BATCH], items[k : k + BATCH], ei, er, v, r)
+        if left == 0:
+            return
+
+
+def _records_shown(batch, filters, written, keep, er) -> np.ndarray:
+    """The records of a batch to show (see :func:`show`)."""
+    rec = np.ones(len(batch), dtype=bool)
+    if filters.index is not None:
+        rec &= (batch.end > filters.index[0]) & (batch.index <= filters.index[1])
+    if written is not None:
+        rec &= written.meets(batch.index, batch.end)
+    if filters.valid is False:
+        return rec & (batch.n_invalid > 0) & (not filters.on_entries)
+    if filters.on_entries:
+        rec &= np.bincount(er[keep], minlength=len(batch)) > 0
+    return rec
+
+
+def _pass_items(batch, pass_number, is_rec, items, ei, er, v, r) -> Iterator[dict]:
+    ents = items[~is_rec]
+    entry_rows = _rows(decode_columns(ei[ents], v[ents], r[ents]))
+    records = (batch.first_record + er[ents]).tolist()
+    k = 0
+    for flag, item in zip(is_rec.tolist(), items.tolist()):
+        if flag:
+            yield {
+                "kind": "record",
+                "pass": pass_number,
+                "record": batch.first_record + item,
+                "offset": int(batch.offset[item]),
+                "index": int(batch.index[item]),
+                "n_valid": int(batch.n_valid[item]),
+                "n_invalid": int(batch.n_invalid[item]),
+            }
+        else:
+            row = next(entry_rows)
+            row["pass"] = pass_number
+            row["record"] = records[k]
+            k += 1
+            yield row
+
+
+# -- passes ---------------------------------------------------------------------------
+
+
+def pass_numbers(snap) -> list[int]:
+    """The snapshot's pass numbers, ascending."""
+    if hasattr(snap, "trailer"):
+        return sorted({p.pass_number for p in snap.trailer().passes})
+    return sorted({number for number, _ in snap.pieces()})
+
+
+def _check_pass(snap, number: int, option: str, later: bool = False) -> None:
+    numbers = pass_numbers(snap)
+    if number not in numbers:
+        listed = ", ".join(map(str, numbers)) or "none"
+        raise UsageError(f"{option} {number}: the snapshot has no pass {number} (its passes: {listed})")
+    if later and number == numbers[0]:
+        raise UsageError(f"{option} {number}: that is the first pass, which sends the whole table; "
+                         f"give a later pass ({', '.join(map(str, numbers[1:])) or 'there is none'})")
+
+
+@dataclass
+class Ranges:
+    """Index ranges [start, end), sorted and merged (what a pass wrote)."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @classmethod
+    def of(cls, starts: np.ndarray, ends: np.ndarray) -> "Ranges":
+        order = np.argsort(starts, kind="stable")
+        s, e = np.asarray(starts, np.int64)[order], np.asarray(ends, np.int64)[order]
+        keep = (e > s)
+        s, e = s[keep], e[keep]
+        if not len(s):
+            return cls(s, e)
+        reach = np.maximum.accumulate(e)
+        new = np.concatenate(([True], s[1:] > reach[:-1]))
+        heads = np.flatnonzero(new)
+        return cls(s[heads], np.maximum.reduceat(e, heads))
+
+    def __len__(self) -> int:
+        return int((self.ends - self.starts).sum())
+
+    def covers_indices(self, index: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(self.starts, index, side="right") - 1
+        return (k >= 0) & (index < self.ends[np.maximum(k, 0)]) if len(self.starts) else np.zeros(len(index), bool)
+
+    def covers(self, lo: int, hi: int) -> np.ndarray:
+        return self.covers_indices(np.arange(lo, hi, dtype=np.int64))
+
+    def meets(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Which of the ranges [starts, ends) overlap one of these."""
+        if not len(self.starts):
+            return np.zeros(len(starts), dtype=bool)
+        k = np.searchsorted(self.starts, ends, side="left") - 1  # the last range starting before the end
+        return (k >= 0) & (self.ends[np.maximum(k, 0)] > starts)
+
+    def covered_below(self, x: np.ndarray) -> np.ndarray:
+        """How many covered indices lie below each x."""
+        if not len(self.starts):
+            return np.zeros(len(x), dtype=np.int64)
+        lengths = self.ends - self.starts
+        before = np.concatenate(([0], np.cumsum(lengths)))
+        k = np.searchsorted(self.starts, x, side="right") - 1
+        kk = np.maximum(k, 0)
+        inside = np.clip(x - self.starts[kk], 0, lengths[kk])
+        return np.where(k >= 0, before[kk] + inside, 0)
+
+
+def _pass_ranges(snap, number: int) -> Ranges:
+    """The entries pass ``number`` (a later pass) wrote, as index ranges."""
+    from htabtool import ops
+
+    _check_pass(snap, number, "--changed-in", later=True)
+    starts, ends = [], []
+    for _, batch in ops.batches(snap, lambda p: p == number):
+        starts.append(batch.index)
+        ends.append(batch.end)
+    return Ranges.of(np.concatenate(starts or [np.zeros(0, np.int64)]), np.concatenate(ends or [np.zeros(0, np.int64)]))
+
+
+# -- map ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TableMap:
+    """The arrays a picture of the table is drawn from.
+
+    The table is cut into ``bins`` slices of ``bin_entries`` entries each (a
+    whole number of PTEGs; at most :data:`MAP_BINS` slices): ``valid`` and
+    ``bolted`` count the final table's entries in each, ``changed[k]`` the
+    entries pass ``passes[k]`` (each pass after the first) wrote in each.
+    ``stats``: the final table's statistics (PTEG fill, page sizes...)."""
+
+    entries: int
+    bin_entries: int
+    valid: np.ndarray
+    bolted: np.ndarray
+    passes: list[int]
+    changed: np.ndarray
+    stats: TableStats
+    pass_entries: dict = field(default_factory=dict)  # pass -> entries it wrote
+
+    @property
+    def bins(self) -> int:
+        return len(self.valid)
+
+    @property
+    def non_bolted(self) -> np.ndarray:
+        return self.valid - self.bolted
+
+    @property
+    def pteg_fill(self) -> np.ndarray:
+        return np.asarray(self.stats.pteg_fill)
+
+    @property
+    def page_sizes(self) -> dict:
+        return dict(sorted(self.stats.page_sizes.items(), key=lambda kv: PAGE_SHIFTS.get(kv[0], 99)))
+
+    def strip(self, counts: np.ndarray, columns: int) -> np.ndarray:
+        """``counts`` (one of valid, bolted, non_bolted, changed[k]) in
+        ``columns`` equal slices of the table: the fraction (0..1) of each
+        slice's entries counted."""
+        edges = np.linspace(0, self.bins, columns + 1).round().astype(np.int64)
+        cum = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
+        lo, hi = edges[:-1], edges[1:]
+        narrow = hi <= lo  # a column narrower than a slice shows its slice
+        lo = np.where(narrow, np.minimum(lo, self.bins - 1), lo)
+        hi = np.where(narrow, lo + 1, hi)
+        return (cum[hi] - cum[lo]) / ((hi - lo) * self.bin_entries)
+
+    def image(self) -> np.ndarray:
+        """The table as a 2-D image of its groups: mean valid entries per PTEG
+        (0..8) of each slice, ``rows x columns`` slices in index order, row by
+        row (rows a power of two, at most as many as columns)."""
+        rows = 1 << (int(np.log2(self.bins)) // 2)
+        return (self.valid / (self.bin_entries / hpte.ENTRIES_PER_PTEG)).reshape(rows, -1)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": "htabtool-map/1",
+            "entries": self.entries,
+            "bin_entries": self.bin_entries,
+            "valid": self.valid.tolist(),
+            "bolted": self.bolted.tolist(),
+            "passes": [{"pass": p, "entries": self.pass_entries.get(p, 0), "changed": c.tolist()}
+                       for p, c in zip(self.passes, self.changed)],
+            "pteg_fill": self.stats.pteg_fill,
+            "page_sizes": self.page_sizes,
+        }
+
+
+def table_map(snap, *, bins: int = MAP_BINS, window: int = WINDOW) -> TableMap:
+    """The arrays of ``htabtool map``, from one streaming read of the final
+    table and one of the passes after the first."""
+    from htabtool import ops
+
+    groups = snap.entries // hpte.ENTRIES_PER_PTEG
+    nbins = 1 << max(0, min(int(bins), groups).bit_length() - 1)  # a power of two, as the table
+    bin_entries = snap.entries // nbins
+    numbers = pass_numbers(snap)
+    later = numbers[1:]
+    edges = np.arange(nbins + 1, dtype=np.int64) * bin_entries
+    changed = np.zeros((len(later), nbins), dtype=np.int64)
+    pass_entries = {}
+    for k, number in enumerate(later):
+        ranges = _pass_ranges(snap, number)
+        changed[k] = np.diff(ranges.covered_below(edges))
+        pass_entries[number] = len(ranges)
+    valid = np.zeros(nbins, dtype=np.int64)
+    bolted = np.zeros(nbins, dtype=np.int64)
+    stats = TableStats.empty()
+    window = max(window - window % bin_entries, bin_entries)
+    for lo, part in ops.final_state(snap, window):
+        stats.add(part)
+        ok = valid_mask(part)
+        v = native(part)[0]
+        b = ok & ((v & np.uint64(hpte.HPTE_V_BOLTED)) != 0)
+        first = lo // bin_entries
+        valid[first : first + len(part) // bin_entries] += ok.reshape(-1, bin_entries).sum(axis=1)
+        bolted[first : first + len(part) // bin_entries] += b.reshape(-1, bin_entries).sum(axis=1)
+    return TableMap(snap.entries, bin_entries, valid, bolted, later, changed, stats, pass_entries)

@@ -639,10 +639,30 @@ def _no_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
+def _unicode(obj):
+    """The metadata with every string made valid Unicode: a file name that
+    is not UTF-8 (its bytes held as lone surrogates by Python) becomes
+    its bytes as ``\\xNN`` escapes, readable and never refused."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            try:
+                return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:
+                return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {_unicode(k): _unicode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_unicode(v) for v in obj]
+    return obj
+
+
 def _header_frame(header: SnapshotHeader) -> bytes:
     try:
         meta = json.dumps(
-            header.metadata(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            _unicode(header.metadata()), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise UsageError(f"header metadata is not JSON: {exc}") from None

@@ -59,6 +59,8 @@ def open_input(path: str) -> BinaryIO:
     """A binary file to read: ``-`` is standard input.  A directory is
     refused with a clear message; a FIFO or a pipe is fine."""
     if path == "-":
+        if sys.stdin is None:
+            raise HtabError("standard input is closed")
         return sys.stdin.buffer
     try:
         st = os.stat(path)
@@ -151,6 +153,7 @@ __all__ = [
     "open_snapshot",
     "order_for",
     "read_blocks",
+    "named_errors",
 ]
 
 
@@ -172,11 +175,12 @@ class SnapshotFile:
         self.path = path
         self.name = "<stdin>" if path == "-" else path
         self._threads = container.DEFAULT_THREADS if threads is None else threads
-        f = open_input(path)
-        if path == "-" or not _seekable(f):
-            f = _spool(f)
-        self._f = f
-        self.header = container.SnapshotReader(f, threads=0).header
+        with named_errors(self.name):
+            f = open_input(path)
+            if path == "-" or not _seekable(f):
+                f = _spool(f)
+            self._f = f
+            self.header = container.SnapshotReader(f, threads=0).header
         self._trailer = None
 
     def close(self) -> None:
@@ -209,10 +213,15 @@ class SnapshotFile:
     def trailer(self):
         """The trailer, read from the end of the file (the chunks unread)."""
         if self._trailer is None:
-            self._trailer = self.reader(threads=0).read_trailer()
+            with named_errors(self.name):
+                self._trailer = self.reader(threads=0).read_trailer()
         return self._trailer
 
     def pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
+        with named_errors(self.name):
+            yield from self._pieces(passes)
+
+    def _pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
         if passes is not None:
             wanted = [c.number for c in self.trailer().chunks if passes(c.pass_number)]
             if len(wanted) < len(self.trailer().chunks):
@@ -237,14 +246,46 @@ def _seekable(f) -> bool:
 
 
 def _spool(f: BinaryIO, block: int = 1 << 20):
+    """A pipe copied into an unnamed temporary file, checked as it comes:
+    the container's frames are parsed (not decompressed) while they are
+    spooled, so that what is not a snapshot (garbage, data after its end)
+    is refused at its first bad byte, never spooled until the disk fills."""
     import tempfile
 
+    from htabtool.container import END_OF_STREAM, NEED_DATA, ContainerParser
+
+    parser = ContainerParser(decompress=False)
     spool = tempfile.TemporaryFile(prefix="htabtool-")
-    for data in read_blocks(f, block):
-        spool.write(data)
+    try:
+        for data in read_blocks(f, block):
+            parser.receive_data(data)
+            while parser.next_event() is not NEED_DATA:
+                pass
+            spool.write(data)
+        parser.receive_data(b"")
+        while parser.next_event() is not END_OF_STREAM:
+            pass
+    except BaseException:
+        spool.close()
+        raise
     spool.flush()
     spool.seek(0)
     return spool
+
+
+@contextlib.contextmanager
+def named_errors(name: str) -> Iterator[None]:
+    """Errors about a file's content name the file: an HtabError raised in
+    the block gets ``NAME: `` in front of its message (once)."""
+    try:
+        yield
+    except HtabError as exc:
+        message = str(exc)
+        prefix = f"{name}: "
+        if not message.startswith(prefix) and exc.args:
+            exc.args = (prefix + message, *exc.args[1:])
+        raise
+
 
 
 # -- simulated VMs --------------------------------------------------------------------

@@ -74,15 +74,17 @@ def _batches(snap: SnapshotInput, passes=None) -> Iterator[tuple[int, object]]:
         dec.close()
 
 
-def final_state(snap: SnapshotInput, window: int = DEFAULT_WINDOW) -> Iterator[tuple[int, np.ndarray]]:
-    """The table state all passes add up to, as (lo, slice) windows."""
+def final_state(snap: SnapshotInput, window: int = DEFAULT_WINDOW,
+                extent: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """The table state all passes add up to, as (lo, slice) windows (of
+    entries 0..extent, by default the whole table)."""
     first_number = _first_pass_number(snap)
     ov = Overrides()
     for _, batch in batches(snap, lambda p: p != first_number):
         ov.add(batch)
     ov.finish()
     first = (batch for _, batch in batches(snap, lambda p: p == first_number))
-    return final_windows(first, ov, snap.entries, window)
+    return final_windows(first, ov, snap.entries if extent is None else extent, window)
 
 
 def _first_pass_number(snap) -> int:
@@ -114,23 +116,55 @@ def stat(snap: SnapshotInput, window: int = DEFAULT_WINDOW, progress: Callable[[
     rs = RecordStats()
     ts = TableStats.empty()
     trailer = snap.trailer() if hasattr(snap, "trailer") else None
+    extent = _extent(snap, trailer, window)
     if trailer is not None and len({p.pass_number for p in trailer.passes}) <= 1:
         # one pass: the records and the table in the same single read
         def counted():
             for number, batch in batches(snap):
                 rs.add(batch, number)
-                yield batch
+                yield _within(batch, extent, snap)
 
-        windows = final_windows(counted(), Overrides().finish(), snap.entries, window)
+        windows = final_windows(counted(), Overrides().finish(), extent, window)
     else:
         for number, batch in batches(snap):
             rs.add(batch, number)
-        windows = final_state(snap, window)
+            _within(batch, extent, snap)
+        windows = final_state(snap, window, extent)
     for _, part in windows:
         ts.add(part)
         if progress is not None:
             progress(len(part))
+    _add_empty(ts, snap.entries - extent)
+    if progress is not None:
+        progress(snap.entries - extent)
     return Stat(ts, rs)
+
+
+def _extent(snap, trailer, window: int) -> int:
+    """How much of the table the records reach, in whole windows: the rest
+    is empty, and counted without being walked (an order-46 table is 2**42
+    entries)."""
+    if trailer is None:
+        return snap.entries
+    covered = max((c.end_index for c in trailer.chunks), default=0)
+    return min(snap.entries, max(8, -(-covered // window) * window))
+
+
+def _within(batch, extent: int, snap):
+    """A batch whose records end within ``extent`` (the chunk descriptors'
+    end indexes said so)."""
+    if len(batch) and int(batch.end.max()) > extent:
+        from htabtool.errors import ContainerError
+
+        raise ContainerError(f"records reach entry {int(batch.end.max())}, past the end indexes their chunk "
+                             f"descriptors state")
+    return batch
+
+
+def _add_empty(ts: TableStats, n: int) -> None:
+    """Count ``n`` empty entries (whole empty PTEGs) into ``ts``."""
+    ts.entries += n
+    ts.pteg_fill[0] += n // 8
 
 
 # -- diff -------------------------------------------------------------------------

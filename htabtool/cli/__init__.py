@@ -63,7 +63,7 @@ class LazyGroup(click.Group):
                 if SIGNALS.committed:
                     code = EXIT_OK  # the change was made before the signal: say so, as a success
                 else:
-                    _report("interrupted", debug)
+                    _say("htabtool: interrupted")
                     _die(signum)
             except click.exceptions.Exit as exc:
                 code = exc.exit_code
@@ -130,10 +130,14 @@ def _report(message: str, debug: bool) -> None:
         import traceback
 
         traceback.print_exc()
+    _say(f"htabtool: error: {printable(message)}")  # if standard error is gone too, the exit status says it
+
+
+def _say(line: str) -> None:
     try:
-        click.echo(f"htabtool: error: {printable(message)}", err=True)
+        click.echo(line, err=True)
     except OSError:
-        pass  # standard error is gone too: the exit status says it
+        pass
 
 
 def _die(signum: int) -> None:
@@ -183,6 +187,9 @@ def cli(ctx, debug):
 
 def main(argv=None) -> None:
     """The console script."""
+    # numpy's BLAS, never used here, would allocate a buffer per core at
+    # import: one thread is what htabtool needs, and all a low ulimit -v allows
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     cli.main(args=argv, prog_name="htabtool")
 
 
@@ -205,7 +212,12 @@ def _short_of_memory(exc: BaseException) -> bool:
     while exc is not None and seen < 8:
         if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
             return True
-        if isinstance(exc, ImportError) and ("memory" in str(exc).lower() or "mmap" in str(exc).lower()):
+        text = str(exc).lower()
+        if isinstance(exc, ImportError) and any(w in text for w in ("memory", "mmap", "map segment")):
+            return True
+        if isinstance(exc, RuntimeError) and "can't start new thread" in text:
+            return True
+        if isinstance(exc, SystemError):  # a C extension's import that failed to allocate
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False

@@ -66,7 +66,7 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, byte_order,
     from htabtool import ops
     from htabtool.sources import open_output
 
-    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section)) if v]
+    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section)) if v is not None]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one source: --vm IMAGE, --raw FILE, --qemu FILE or --qemu-section FILE"
                                + (f" (got {' '.join(chosen)})" if chosen else ""))

@@ -57,7 +57,7 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, raw_o
     from htabtool.sources import open_input, open_output, open_snapshot
 
     chosen = [n for n, v in (("--vm", vm_image), ("--raw-out", raw_out), ("--qemu-section", qemu_section),
-                             ("--qemu-splice", qemu_splice)) if v]
+                             ("--qemu-splice", qemu_splice)) if v is not None]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one target: --vm IMAGE, --raw-out FILE, --qemu-section OUT or --qemu-splice MIG -o NEW"
                                + (f" (got {' '.join(chosen)})" if chosen else ""))

@@ -448,6 +448,14 @@ class DumpSummary:
     file_bytes: int = 0
     seconds: float = 0.0
     per_pass: list = field(default_factory=list)
+    final_valid: int | None = None  # valid entries of the final table (None: not known without a re-read)
+    converged: bool | None = None  # --until-dirty: a pass came down to it (None: not asked)
+
+    @property
+    def last_pass_changed(self) -> int:
+        """Entries the last pass reported (valid + invalid): what changed."""
+        last = self.per_pass[-1] if self.per_pass else {}
+        return last.get("valid", 0) + last.get("invalid", 0)
 
     def to_dict(self) -> dict:
         return {
@@ -458,6 +466,9 @@ class DumpSummary:
             "records": self.records,
             "valid": self.valid,
             "invalid": self.invalid,
+            "final_valid": self.final_valid,
+            "last_pass_changed": self.last_pass_changed,
+            "converged": self.converged,
             "raw_bytes": self.raw_bytes,
             "file_bytes": self.file_bytes,
             "seconds": round(self.seconds, 4),
@@ -495,9 +506,15 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
     with container.SnapshotWriter(out, header, **kw) as writer:
         stated = getattr(source, "stated_pieces", None)
         pieces = stated() if stated is not None else ((number, data, None) for number, data in source.pieces())
+        current = None
         for number, data, stats in pieces:
             writer.write_records(data, number, stats)
             if progress is not None:
+                if number != current and hasattr(progress, "label"):  # the bar's pass counter
+                    current = number
+                    progress.label(f"dump: pass {number}")
+                    if number > 1:
+                        progress.total(None)  # an incremental pass: its size is not known
                 progress(len(data))
     trailer = writer.trailer
     return DumpSummary(
@@ -511,6 +528,8 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
         file_bytes=trailer.file_size,
         seconds=time.perf_counter() - t0,
         per_pass=[p.to_dict() for p in trailer.passes],
+        final_valid=trailer.valid if len(trailer.passes) <= 1 else getattr(source, "final_valid", None),
+        converged=getattr(source, "converged", None),
     )
 
 

@@ -323,6 +323,8 @@ class VMSource:
                     "seed": guest.get("seed"), "generation": vm.header.get("generation")},
         )
         self.pass_changes: list[int] = []  # entries reported by each pass (n_valid + n_invalid)
+        self.converged: bool | None = None  # --until-dirty: did a pass come down to it?
+        self.final_valid: int | None = None  # valid entries of the table the passes add up to
 
     def progress_total(self) -> int:
         """About the bytes of the first pass (for a progress bar; it scans
@@ -382,4 +384,13 @@ class VMSource:
                     raise UsageError(f"a read of {self.buffer_size} bytes holds no record")
                 self.pass_changes.append(changed)
                 if self.until_dirty is not None and number > 1 and changed <= self.until_dirty:
+                    self.converged = True
                     break
+        if self.until_dirty is not None and not self.converged:
+            self.converged = False
+        if len(self.pass_changes) > 1 and not self.info.bolted_only and not self.info.start_index:
+            # nothing ran after the last pass: the table is what the passes add up to (an absent
+            # entry is reported with HPTE_V_VALID, as the kernel does)
+            from htabtool.vmimage import table_counts
+
+            self.final_valid = table_counts(hpt)["valid"]

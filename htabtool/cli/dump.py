@@ -16,6 +16,7 @@ from htabtool.cli.common import (
     human_bytes,
     json_option,
     level_option,
+    plural,
     progress,
     progress_option,
     refuse_options,
@@ -87,15 +88,27 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, byte_order,
                  buffer_size, passes, churn, until_dirty, max_passes) as source:
         with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
             summary = ops.dump(source, out, level=level, progress=advance, output=output)
+    if summary.converged is False and not quiet:
+        click.echo(f"htabtool: {output}: did not converge: {plural(max_passes, 'pass', 'passes')} made, the last "
+                   f"with {plural(summary.last_pass_changed, 'changed entry', 'changed entries')} "
+                   f"(--until-dirty {until_dirty})", err=True)
     if as_json:
         emit_json(summary.to_dict(), err=output == "-")
     elif not quiet:
-        click.echo(
-            f"{output}: {summary.passes} pass{'es' if summary.passes != 1 else ''}, {summary.records:,} records, "
-            f"{summary.valid:,} valid entries, {human_bytes(summary.raw_bytes)} of records in "
-            f"{human_bytes(summary.file_bytes)} ({summary.seconds:.2f} s)",
-            err=True,
-        )
+        click.echo(f"{output}: {_summary(summary)}", err=True)
+
+
+def _summary(s) -> str:
+    if s.passes <= 1:
+        valid = plural(s.valid, "valid entry", "valid entries")
+    elif s.final_valid is not None:
+        valid = (f"{plural(s.final_valid, 'valid entry', 'valid entries')} in the final table "
+                 f"({s.last_pass_changed:,} changed in the last pass)")
+    else:
+        valid = (f"{plural(s.valid, 'valid entry', 'valid entries')} reported over the passes "
+                 f"({s.last_pass_changed:,} in the last)")
+    return (f"{plural(s.passes, 'pass', 'passes')}, {plural(s.records, 'record')}, {valid}, "
+            f"{human_bytes(s.raw_bytes)} of records in {human_bytes(s.file_bytes)} ({s.seconds:.2f} s)")
 
 
 @contextlib.contextmanager

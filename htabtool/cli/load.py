@@ -13,6 +13,7 @@ from htabtool.cli.common import (
     force_option,
     human_bytes,
     json_option,
+    plural,
     progress,
     progress_option,
     refuse_options,
@@ -112,11 +113,11 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, raw_o
 def _summary(r: dict) -> str:
     if r["target"] == "vm":
         extra = "; verified: identical" if r.get("verified") else ""
-        return (f"{r['snapshot']} -> {r['image']}: {r['records']:,} records in {r['writes']:,} writes of at most "
-                f"{r['buffer_size']} bytes{extra}")
+        return (f"{r['snapshot']} -> {r['image']}: {plural(r['records'], 'record')} in {plural(r['writes'], 'write')} "
+                f"of at most {plural(r['buffer_size'], 'byte')}{extra}")
     if r["target"] == "raw":
         return f"{r['snapshot']} -> {r['output']}: {human_bytes(r['bytes'])} of records"
     if r["target"] == "qemu-section":
-        return f"{r['snapshot']} -> {r['output']}: {r['parts']} part(s), {r['records']:,} records"
-    return (f"{r['snapshot']} -> {r['output']}: {r['records']:,} records in the htab END, "
-            f"{r['dropped_parts']} htab PART(s) left out")
+        return f"{r['snapshot']} -> {r['output']}: {plural(r['parts'], 'part')}, {plural(r['records'], 'record')}"
+    return (f"{r['snapshot']} -> {r['output']}: {plural(r['records'], 'record')} in the htab END, "
+            f"{plural(r['dropped_parts'], 'htab PART')} left out")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import PATH, check_files, emit_json, json_option, progress, progress_option
+from htabtool.cli.common import PATH, check_files, emit_json, json_option, plural, progress, progress_option
 
 
 @click.command()
@@ -46,7 +46,7 @@ def verify(ctx, snapshot, as_json):
     if as_json:
         emit_json({**result.to_dict(), "file": name})
     elif result.sound:
-        click.echo(f"{name}: sound ({result.chunks} chunks, {result.records:,} records)")
+        click.echo(f"{name}: sound ({plural(result.chunks, 'chunk')}, {plural(result.records, 'record')})")
     else:
         for p in result.problems:
             click.echo(f"{name}: {p}")

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import SIZE, check_files, emit_json, force_option, json_option, printable, progress, progress_option
+from htabtool.cli.common import (
+    SIZE,
+    check_files,
+    emit_json,
+    force_option,
+    json_option,
+    plural,
+    printable,
+    progress,
+    progress_option,
+)
 
 INFO_SCHEMA = "htabtool-vm-info/1"
 RUN_SCHEMA = "htabtool-vm-run/1"
@@ -84,9 +94,9 @@ def _create_lines(info):
 
     g = info["guest"]
     yield (
-        f"created {info['path']}: order {info['order']} ({info['entries']} entries), "
+        f"created {info['path']}: order {info['order']} ({plural(info['entries'], 'entry', 'entries')}), "
         f"{format_size(info['ram_bytes'])} RAM, profile {g['profile']}, seed {g['seed']}: "
-        f"{info['valid']} valid entries ({info['bolted']} bolted), vCPUs {info['vcpus']}"
+        f"{plural(info['valid'], 'valid entry', 'valid entries')} ({info['bolted']:,} bolted), vCPUs {info['vcpus']}"
     )
 
 
@@ -114,13 +124,13 @@ def run(image, ops, seconds, as_json):
 
 
 def _run_lines(s):
-    events = ", ".join(f"{k} {v}" for k, v in s["events"].items()) or "none"
+    events = ", ".join(f"{k} {v:,}" for k, v in s["events"].items()) or "none"
     yield f"events: {events}"
     yield (
-        f"entries: {s['entered']} entered, {s['removed']} removed, {s['protected']} re-protected, "
-        f"{s['evicted']} evicted, {s['touched']} touched"
+        f"entries: {s['entered']:,} entered, {s['removed']:,} removed, {s['protected']:,} re-protected, "
+        f"{s['evicted']:,} evicted, {s['touched']:,} touched"
     )
-    yield f"valid entries: {s['valid_before']} -> {s['valid_after']}; guest clock {s['clock_seconds']} s"
+    yield f"valid entries: {s['valid_before']:,} -> {s['valid_after']:,}; guest clock {s['clock_seconds']} s"
 
 
 @vm.command("info")
@@ -143,19 +153,19 @@ def _info_lines(i):
 
     g = i["guest"]
     yield f"image:        {i['path']} (format {i['format_version']}, generation {i['generation']})"
-    yield f"table:        order {i['order']}, {i['entries']} entries, {format_size(i['table_bytes'])}"
+    yield f"table:        order {i['order']}, {plural(i['entries'], 'entry', 'entries')}, {format_size(i['table_bytes'])}"
     yield f"RAM:          {format_size(i['ram_bytes'])}, backed by {format_size(1 << i['backing_page_shift'])} pages"
     yield f"vCPUs:        {i['vcpus']}; MMU {'ready' if i['mmu_ready'] else 'not ready'}"
     yield (
-        f"entries:      {i['valid']} valid ({i['bolted']} bolted, {i['absent']} absent, "
-        f"{i['secondary']} secondary)"
+        f"entries:      {i['valid']:,} valid ({i['bolted']:,} bolted, {i['absent']:,} absent, "
+        f"{i['secondary']:,} secondary)"
     )
-    progs = ", ".join(f"{k} {v}" for k, v in sorted(g["programs"].items())) or "none"
-    yield f"guest:        profile {g['profile']}, seed {g['seed']}, {g['processes']} processes ({progs})"
-    yield f"clock:        {g['clock_seconds']} s, {g['events']} events"
-    hc = ", ".join(f"{k} {v}" for k, v in i["hcalls"].items()) or "none"
+    progs = ", ".join(f"{k} {v:,}" for k, v in sorted(g["programs"].items())) or "none"
+    yield f"guest:        profile {g['profile']}, seed {g['seed']}, {plural(g['processes'], 'process', 'processes')} ({progs})"
+    yield f"clock:        {g['clock_seconds']} s, {plural(g['events'], 'event')}"
+    hc = ", ".join(f"{k} {v:,}" for k, v in i["hcalls"].items()) or "none"
     yield f"hypercalls:   {hc}"
-    yield f"file:         {i['file_bytes']} bytes ({i['disk_bytes']} on disk)"
+    yield f"file:         {plural(i['file_bytes'], 'byte')} ({i['disk_bytes']:,} on disk)"
 
 
 @vm.command("stop")

@@ -609,7 +609,7 @@ def _create_and_load(snap, image, verify, buffer_size, progress=None) -> dict:
 
     directory, base = os.path.split(os.path.abspath(image))
     tmp = temp_name(directory, base)
-    vm = VMImage.create(tmp, order=snap.header.order, profile="empty")
+    vm = VMImage.create(tmp, order=snap.header.order, profile="empty", final=False)
     try:
         report = _load_into(vm, snap, image, False, verify, buffer_size, created=True, progress=progress)
         vm.close()

@@ -224,11 +224,14 @@ class VMImage:
         backing_page_shift: int = DEFAULT_BACKING_PAGE_SHIFT,
         vrma: bool = False,
         force: bool = False,
+        final: bool = True,
     ) -> "VMImage":
         """Make a new image and boot its guest.  The table size is ``order``,
         else QEMU's default for ``ram``; RAM defaults to 128 times the table
         (the inverse rule).  The file appears whole or not at all; an
-        existing one is kept unless ``force``."""
+        existing one is kept unless ``force``.  ``final=False``: the image is
+        a step of a larger change (load --create), so its appearance is not
+        the command's commit point (htabtool.atomic.committed)."""
         path = os.fspath(path)
         get_profile(profile)
         ram, order = _sizes(ram, order)
@@ -264,14 +267,14 @@ class VMImage:
         held = _lock_existing(path) if force else None
         try:
             return cls._create(path, directory, header, lay, npte, ram, order, profile, seed, backing_page_shift,
-                               vrma, force)
+                               vrma, force, final)
         finally:
             if held is not None:
                 os.close(held)
 
     @classmethod
     def _create(cls, path, directory, header, lay, npte, ram, order, profile, seed, backing_page_shift, vrma,
-                force) -> "VMImage":
+                force, final=True) -> "VMImage":
         fd, tmp = _open_copy(directory, os.path.basename(path), "cannot create")
         image = None
         try:
@@ -307,7 +310,8 @@ class VMImage:
                     except FileExistsError:
                         raise VMImageError(f"{path}: already exists; not overwritten (use -f to replace it)") from None
                     os.unlink(tmp)
-                committed()
+                if final:
+                    committed()
             _fsync_dir(directory)
             vm.path = path
             return vm

@@ -54,9 +54,12 @@ class LazyGroup(click.Group):
         argv, debug = _take_debug(argv)
         extra.pop("standalone_mode", None)
         guard_streams()
-        with handle_signals():
+        with handle_signals(restore=not _CONSOLE_SCRIPT):
             try:
-                code = self._run(argv, prog_name or "htabtool", complete_var, extra, debug)
+                try:
+                    code = self._run(argv, prog_name or "htabtool", complete_var, extra, debug)
+                finally:
+                    SIGNALS.raised = True  # the command has ended: a signal from now on is held
                 sys.stdout.flush()
             except (Interrupted, KeyboardInterrupt, click.exceptions.Abort) as exc:
                 signum = getattr(exc, "signum", signal.SIGINT)
@@ -185,8 +188,13 @@ def cli(ctx, debug):
     ctx.obj["debug"] = ctx.obj.get("debug") or debug
 
 
+_CONSOLE_SCRIPT = False  # the process is ours: the signal handlers stay until it exits
+
+
 def main(argv=None) -> None:
     """The console script."""
+    global _CONSOLE_SCRIPT
+    _CONSOLE_SCRIPT = True
     # numpy's BLAS, never used here, would allocate a buffer per core at
     # import: one thread is what htabtool needs, and all a low ulimit -v allows
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -233,10 +233,12 @@ def guard_streams() -> None:
 
 
 @contextlib.contextmanager
-def handle_signals():
+def handle_signals(restore: bool = True):
     """SIGTERM, SIGHUP and SIGINT raise :class:`htabtool.atomic.Interrupted`
     in this block (a signal ignored when the command started stays
-    ignored, as nohup wants); the previous handlers are put back after."""
+    ignored, as nohup wants); the previous handlers are put back after
+    (``restore``; a process that exits right after keeps them, so that a
+    signal while it exits is held, not its death)."""
     from htabtool.atomic import SIGNALS, on_signal
 
     SIGNALS.reset()
@@ -256,8 +258,14 @@ def handle_signals():
     try:
         yield
     finally:
-        for num, old in previous.items():
-            signal.signal(num, old)
+        if restore:
+            for num, old in previous.items():
+                signal.signal(num, old)
+        elif previous and hasattr(signal, "pthread_sigmask"):
+            # the interpreter's shutdown puts the default actions back: a signal
+            # then would kill a command that has done its work; blocked, it is
+            # dropped when the process exits with its status
+            signal.pthread_sigmask(signal.SIG_BLOCK, set(previous))
 
 
 def die_by_signal(signum: int) -> None:

@@ -775,22 +775,27 @@ def _check_chunk_fields(c: ChunkInfo, header: SnapshotHeader, fail) -> None:
         raise fail(f"index range {c.first_index}..{c.end_index} does not fit the table of {header.entries} entries")
     if c.invalid > c.records * MAX_RUN:
         raise fail(f"{c.invalid} invalid entries in {c.records} records")
-    if c.records > c.valid + c.invalid:
+    if _mostly_empty(c.records, c.valid + c.invalid):
         raise fail(_EMPTY_RECORDS.format(records=c.records, entries=c.valid + c.invalid))
 
 
 #: a record of no entries (n_valid 0, n_invalid 0) is never written by the
-#: kernel's read loop; a chunk of mostly such records costs the decoder 40
-#: bytes of arrays for every 8 bytes of records, from a few KB of file
-#: (millions of identical headers compress to nothing): refused from the
-#: descriptor, before the frame is read
-_EMPTY_RECORDS = ("{records} records hold only {entries} entries: empty records (n_valid 0 and n_invalid 0), "
-                  "which the kernel never writes")
+#: kernel's read loop (its write side takes one); a chunk of mostly such
+#: records costs the decoder 40 bytes of arrays for every 8 bytes of
+#: records, from a few KB of file (millions of identical headers compress to
+#: nothing): a chunk may hold at most twice as many records as entries, plus
+#: one, checked from the descriptor before the frame is read
+_EMPTY_RECORDS = ("{records} records hold only {entries} entries: mostly empty records (n_valid 0 and "
+                  "n_invalid 0), which the kernel never writes")
+
+
+def _mostly_empty(records: int, entries: int) -> bool:
+    return records > 2 * entries + 1
 
 
 def _refuse_empty_records(number: int, records: int, entries: int) -> None:
     """The writer's side of the rule: a chunk a reader would refuse is not written."""
-    if records > entries:
+    if _mostly_empty(records, entries):
         raise StreamError(f"chunk {number}: " + _EMPTY_RECORDS.format(records=records, entries=entries))
 
 

@@ -560,7 +560,7 @@ CASES += [
         2, "the VM image's generation is at its maximum"),
     Bad("vm-hard-links", lambda d: image("idle")(d) and os.link(d / "guest.img", d / "other.img") or d / "guest.img",
         "vm run {} --ops 1", 2, "the VM image has 2 hard links"),
-    snap_case("empty-records", empty_records, "4096 records hold only 0 entries: empty records"),
+    snap_case("empty-records", empty_records, "4096 records hold only 0 entries: mostly empty records"),
     snap_case("empty-records-verify", empty_records, "empty records", "verify {}", 1),
     Bad("option-passes-with-until-dirty", image("idle"), "dump --vm {} --passes 2 --until-dirty 3 -o OUT", 2,
         "--passes goes with --vm without --until-dirty"),

@@ -1767,31 +1767,35 @@ class SnapshotReader:
             )
         table_size = _ENVELOPE.size + frames * _SEEK_ENTRY.size + _FOOTER.size
         at = size - table_size
-        if descriptor != 0 or frames < 2 or at < 0:
+        if descriptor != 0 or frames < 2 or at < 0 or frames > SEEKABLE_MAX_FRAMES:
             footer_at = size - _FOOTER.size
             raise ContainerError(f"seek table footer at offset {footer_at:#x} is not sound", offset=footer_at)
         table = self._read_at(at, table_size, "the seek table")
         magic, frame_size = _ENVELOPE.unpack_from(table)
         if magic != SEEK_TABLE_MAGIC or frame_size != table_size - _ENVELOPE.size:
             raise ContainerError(f"seek table at offset {at:#x}: bad frame header", offset=at)
-        entries = [_SEEK_ENTRY.unpack_from(table, 8 + 8 * i) for i in range(frames)]
-        starts = np.concatenate(([0], np.cumsum([c for c, _ in entries], dtype=np.int64)))
+        # the entries as arrays (8 bytes a frame, never a Python object each:
+        # a file can state millions of frames)
+        entries = np.frombuffer(table, dtype="<u4", count=2 * frames, offset=8).reshape(frames, 2).astype(np.int64)
+        starts = np.concatenate(([0], np.cumsum(entries[:, 0])))
         if int(starts[-1]) != at:
             raise ContainerError(
                 f"seek table at offset {at:#x}: its frames add up to {int(starts[-1])} bytes", offset=at
             )
-        trailer_size = entries[-1][0]
+        trailer_size = int(entries[-1, 0])
         trailer_at = int(starts[-2])
         limit = TRAILER_BASE_LIMIT + TRAILER_ENTRY_LIMIT * frames
-        if not 12 <= trailer_size <= limit or entries[-1][1]:
+        if not 12 <= trailer_size <= limit or entries[-1, 1]:
             raise ContainerError(f"seek table at offset {at:#x}: bad trailer size {trailer_size}", offset=at)
         frame = self._read_at(trailer_at, trailer_size, "the trailer")
         body = _check_our_frame(frame, trailer_at, TAG_TRAILER)
         trailer = _parse_trailer_body(body, trailer_at, header)
         # every chunk where the seek table says a frame of its sizes starts
-        where = {int(s): e for s, e in zip(starts[:-1], entries)}
+        offsets = starts[:-1]
         for c in trailer.chunks:
-            if where.get(c.offset) != (c.compressed_size, c.raw_size):
+            k = int(np.searchsorted(offsets, c.offset))
+            if k >= frames or int(offsets[k]) != c.offset or tuple(int(x) for x in entries[k]) != (
+                    c.compressed_size, c.raw_size):
                 raise ContainerError(
                     f"chunk {c.number} at offset {c.offset:#x}: the seek table does not list its frame",
                     offset=c.offset,

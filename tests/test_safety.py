@@ -1040,3 +1040,28 @@ def test_counts_have_separators_and_the_right_plural(inputs, tmp_path):
     assert cli_run("dump", "--vm", "e.img", "-o", "e.htab", cwd=d).exit_code == 0
     r = cli_run("verify", "e.htab", cwd=d)
     assert re.search(r"\(1 chunk, [0-9,]+ records?\)", r.stdout), r.stdout
+
+
+def test_a_seek_table_of_millions_of_frames_costs_little(tmp_path):
+    """A sparse file whose seek table states 8 M frames: read as arrays
+    (8 bytes a frame), not as a Python object per frame, and refused."""
+    import struct
+
+    from htabtool import container
+
+    good = C.snapshot()
+    head = good[: C.frame(good, "HEAD").end]
+    frames = 8 << 20
+    table = 8 + 8 * frames + 9
+    size = len(head) + (1 << 20) + table
+    path = tmp_path / "sparse.htab"
+    with open(path, "wb") as f:
+        f.write(head)
+        f.seek(size - table)
+        f.write(struct.pack("<II", container.SEEK_TABLE_MAGIC, table - 8))
+        f.seek(size - 9)
+        f.write(struct.pack("<IBI", frames, 0, container.SEEKABLE_MAGIC))
+    done = run("stat", "sparse.htab", cwd=tmp_path, preexec_fn=_rss_limit(800))
+    assert done.returncode == 2
+    one_line(done.stderr, "sparse.htab: seek table at offset")
+    assert b"out of memory" not in done.stderr

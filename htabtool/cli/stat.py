@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import PATH, check_files, emit_json, human_bytes, json_option, progress, progress_option, show
+from htabtool.cli.common import PATH, check_files, emit_json, human_bytes, json_option, plural, progress, progress_option, show
 
 
 @click.command()
@@ -60,7 +60,7 @@ def stat(snapshot, as_json):
                  f"{human_bytes(p['raw_bytes'])} raw, {human_bytes(p['compressed_bytes'])} compressed")
                 for p in report["per_pass"]
             ],
-            ("size", f"{human_bytes(report['raw_bytes'])} of records in {report['chunks']} chunks, "
+            ("size", f"{human_bytes(report['raw_bytes'])} of records in {plural(report['chunks'], 'chunk')}, "
                      f"file {human_bytes(report['file_bytes'])} (ratio {report['ratio']})"),
         ]
     )

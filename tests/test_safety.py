@@ -496,6 +496,23 @@ def test_a_content_error_names_its_file(flipped, args):
     assert re.search(r"flip\.htab[: ].*chunk 0 at offset 0x[0-9a-f]+: frame checksum mismatch", r.stderr), r.stderr
 
 
+@pytest.mark.parametrize("args,name", [
+    (("dump", "--raw", "cut.bin", "--byte-order", "little", "--order", 18, "-o", "x.htab"), "cut.bin"),
+    (("dump", "--qemu", "zero.mig", "-o", "x.htab"), "zero.mig"),
+    (("dump", "--qemu-section", "zero.mig", "-o", "x.htab"), "zero.mig"),
+    (("load", "a.htab", "--qemu-splice", "zero.mig", "-o", "x.mig"), "zero.mig"),
+], ids=["dump-raw", "dump-qemu", "dump-qemu-section", "load-qemu-splice"])
+def test_a_source_error_names_its_file(inputs, tmp_path, args, name):
+    d = workdir(tmp_path, inputs, "a.htab")
+    assert cli_run("load", "a.htab", "--raw-out", "raw.bin", cwd=d).exit_code == 0
+    (d / "cut.bin").write_bytes((d / "raw.bin").read_bytes()[:1000])
+    (d / "zero.mig").write_bytes(bytes(100))
+    r = cli_run(*args, cwd=d)
+    assert r.exit_code == 2
+    one_line(r.stderr, f"htabtool: error: {name}: ")
+    assert not (d / "x.htab").exists() and not (d / "x.mig").exists()
+
+
 def test_a_header_error_names_its_file(tmp_path):
     (tmp_path / "text.htab").write_bytes(b"hello, world\n" * 20)
     for command in ("stat", "verify"):

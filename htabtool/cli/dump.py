@@ -65,7 +65,7 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, byte_order,
       htabtool dump -f --vm guest.img -o guest.htab     # replace guest.htab
     """
     from htabtool import ops
-    from htabtool.sources import open_output
+    from htabtool.sources import named_errors, open_output
 
     chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section)) if v is not None]
     if len(chosen) != 1:
@@ -84,10 +84,12 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, byte_order,
         refuse_options(ctx, ("churn",), "--passes N (N > 1) or --until-dirty (the guest runs between passes)")
     check_files({"--vm": vm_image, "--raw": raw_input, "--qemu": qemu_input, "--qemu-section": qemu_section},
                 {"-o": output}, force=force)
-    with _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
-                 buffer_size, passes, churn, until_dirty, max_passes) as source:
-        with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
-            summary = ops.dump(source, out, level=level, progress=advance, output=output)
+    given = next(v for v in (vm_image, raw_input, qemu_input, qemu_section) if v is not None)
+    with named_errors("<stdin>" if given == "-" else given):  # a content error names the source
+        with _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only,
+                     start_index, buffer_size, passes, churn, until_dirty, max_passes) as source:
+            with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
+                summary = ops.dump(source, out, level=level, progress=advance, output=output)
     if summary.converged is False and not quiet:
         click.echo(f"htabtool: {output}: did not converge: {plural(max_passes, 'pass', 'passes')} made, the last "
                    f"with {plural(summary.last_pass_changed, 'changed entry', 'changed entries')} "

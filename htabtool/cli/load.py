@@ -55,7 +55,7 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, raw_o
     """
     from htabtool import ops
     from htabtool.errors import HtabError
-    from htabtool.sources import open_input, open_output, open_snapshot
+    from htabtool.sources import named_errors, open_input, open_output, open_snapshot
 
     chosen = [n for n, v in (("--vm", vm_image), ("--raw-out", raw_out), ("--qemu-section", qemu_section),
                              ("--qemu-splice", qemu_splice)) if v is not None]
@@ -94,7 +94,8 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, raw_o
                 report = {"target": "qemu-section", "output": qemu_section, "parts": stats.parts,
                           "records": stats.records, "bytes": stats.nbytes}
             else:
-                with open_input(qemu_splice) as mig, open_output(output) as out:
+                with named_errors("<stdin>" if qemu_splice == "-" else qemu_splice), open_input(qemu_splice) as mig, \
+                        open_output(output) as out:
                     stats = qemu.splice(mig, snap.header.order, pieces, out, byte_order=snap.byte_order)
                 report = {"target": "qemu-splice", "input": qemu_splice, "output": output,
                           "records": stats.htab.records, "dropped_parts": stats.dropped_parts,

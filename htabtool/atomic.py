@@ -28,6 +28,30 @@ one.
 
 Writing to standard output (``-``) is the caller's business: there is
 nothing to rename, so it cannot be atomic.
+
+Before a command writes, :func:`check_destination` says whether it may:
+a name that exists is refused unless the caller forces it (``-f``), and a
+name that is one of the command's inputs (the same device and inode,
+through symlinks and hard links; ``-`` excepted) is refused even then.  An
+empty name and a name ending in ``/`` are refused too (they would make
+:func:`atomic_write` name a directory or its parent).  While a file is
+replaced, the file under the name is locked as VM images are (an exclusive
+``flock``, refused at once when another htabtool process holds it), so an
+output never replaces an image a ``vm run`` is changing.
+
+Signals (one scheme for every command; :mod:`htabtool.cli` installs
+:func:`on_signal` for SIGTERM, SIGHUP and SIGINT): a signal raises
+:class:`Interrupted` (a BaseException, like KeyboardInterrupt) in the main
+thread, so every ``except BaseException`` / ``finally`` cleanup runs:
+temporary files and working copies are removed and the destinations are
+left as before.  The CLI then prints ``htabtool: interrupted`` and dies by
+the same signal (exit status 128 + its number).  Cleanups run inside
+:func:`uninterrupted`, which holds a signal back until the block ends.  A
+command's commit point (the rename that makes its change) is marked with
+:func:`committed`, inside :func:`uninterrupted`; from there on a signal is
+held until the command ends, and the command reports what it did (success):
+its change was made.  Only the first signal interrupts; those after it,
+during the cleanup, are held.
 """
 
 from __future__ import annotations
@@ -41,12 +65,161 @@ from typing import BinaryIO, Iterator
 
 from htabtool.errors import HtabError
 
-__all__ = ["atomic_write", "temp_name", "TEMP_SUFFIX"]
+__all__ = ["atomic_write", "temp_name", "TEMP_SUFFIX", "check_destination", "same_file", "OutputRefused",
+           "Interrupted", "on_signal", "uninterrupted", "committed", "lock_file", "InUse", "dangling_link"]
 
 TEMP_SUFFIX = ".tmp"
 _ATTEMPTS = 16
 #: directories whose names are never replaced, only written through
 _SYSTEM_DIRECTORIES = ("/dev", "/dev/fd")
+
+
+class OutputRefused(HtabError):
+    """An output a command will not write (it exists, it is an input, ...)."""
+
+
+class InUse(HtabError):
+    """A file another htabtool process holds locked."""
+
+
+# -- signals -------------------------------------------------------------------
+
+
+class Interrupted(BaseException):
+    """A signal (SIGTERM, SIGHUP, SIGINT) handled by :func:`on_signal`:
+    raised in the main thread so that every cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """What the handler knows: how deep in :func:`uninterrupted` blocks the
+    main thread is, whether the command committed, the signal held."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.depth = 0
+        self.committed = False
+        self.pending: int | None = None
+        self.raised = False
+
+
+SIGNALS = _Signals()
+
+
+def on_signal(signum: int, frame=None) -> None:
+    """The handler the CLI installs: raise :class:`Interrupted`, unless a
+    cleanup or a commit is under way (then the signal is held), the
+    command has committed, or a signal was raised already."""
+    if SIGNALS.pending is None:
+        SIGNALS.pending = signum
+    if SIGNALS.depth or SIGNALS.committed or SIGNALS.raised:
+        return
+    SIGNALS.raised = True
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A block a signal does not cut: one that arrives inside is held and
+    raised when the block ends (unless the command committed meanwhile)."""
+    SIGNALS.depth += 1
+    try:
+        yield
+    finally:
+        SIGNALS.depth -= 1
+    if not SIGNALS.depth and SIGNALS.pending is not None and not (SIGNALS.committed or SIGNALS.raised):
+        SIGNALS.raised = True
+        raise Interrupted(SIGNALS.pending)
+
+
+def committed() -> None:
+    """Mark the command's commit point (call it inside
+    :func:`uninterrupted`, right after the rename that makes the change): a
+    signal from now on no longer interrupts, and the command ends as it
+    would have without it."""
+    SIGNALS.committed = True
+
+
+# -- where a command may write -----------------------------------------------------
+
+
+def same_file(a: str, b: str) -> bool:
+    """Do two paths name one file (device and inode, through symlinks)?"""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except (OSError, ValueError):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def check_destination(path: str, inputs=(), *, force: bool = False) -> None:
+    """Refuse (:class:`OutputRefused`) to write ``path`` when it is an
+    empty name or ends in ``/``; is the same file as one of ``inputs``
+    (``-`` and None skipped; even with ``force``); or exists and ``force``
+    is false.  A FIFO, a character device and a name in /dev or /proc are
+    written through, not replaced: they may exist.  ``-`` (standard output)
+    is the caller's to check (a terminal, see htabtool.cli.common)."""
+    if path == "-":
+        return
+    if not path:
+        raise OutputRefused("an empty output file name")
+    if path.endswith(os.sep) or path.endswith(os.sep + "."):
+        if os.path.isdir(path):
+            raise OutputRefused(f"{path}: is a directory")
+        raise OutputRefused(f"{path}: not a file name (it ends in {path[-1]!r})")
+    for other in inputs:
+        if other is not None and other != "-" and same_file(path, other):
+            which = "" if os.path.abspath(other) == os.path.abspath(path) else f" ({other})"
+            raise OutputRefused(f"{path}: is an input of this command{which}; not overwritten, even with -f")
+    if os.path.isdir(path):
+        raise OutputRefused(f"{path}: is a directory")
+    if force or not os.path.lexists(path) or _written_through(path):
+        return
+    link = dangling_link(path)
+    if link:
+        raise OutputRefused(f"{link}; not overwritten (use -f to replace the link)")
+    raise OutputRefused(f"{path}: already exists; not overwritten (use -f to replace it)")
+
+
+def dangling_link(path: str) -> str | None:
+    """``PATH: is a symbolic link to a missing file (TARGET)`` when it is
+    one (every command says so in the same words), else None."""
+    if not os.path.islink(path) or os.path.exists(path):
+        return None
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"{path}: is a symbolic link to a missing file ({target})"
+
+
+def lock_file(path: str, what: str = "the file") -> int | None:
+    """Lock the regular file ``path`` names, exclusively, as VM images are
+    locked (flock, not waiting): its fd, or None when there is no regular
+    file to lock; :class:`InUse` when another process holds it."""
+    import fcntl
+
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise InUse(f"{path}: {what} is in use by another htabtool process; try again when it has finished") from None
+        raise
+    return fd
 
 
 def temp_name(directory: str, base: str) -> str:
@@ -170,20 +343,27 @@ def atomic_write(path: str | os.PathLike, mode: int = 0o600, *, fsync: bool = Tr
         with _write_through(path) as fileobj:
             yield fileobj
         return
-    fd, temp = _open_temp(directory, base, mode, path)
+    held = lock_file(path)
     try:
-        with _File(fd, path) as fileobj:
-            yield fileobj
-            fileobj.flush()
-            if fsync:
-                try:
-                    os.fsync(fileobj.fileno())
-                except OSError as exc:
-                    raise _named(exc, path)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+        fd, temp = _open_temp(directory, base, mode, path)
+        try:
+            with _File(fd, path) as fileobj:
+                yield fileobj
+                fileobj.flush()
+                if fsync:
+                    try:
+                        os.fsync(fileobj.fileno())
+                    except OSError as exc:
+                        raise _named(exc, path)
+            with uninterrupted():
+                os.replace(temp, path)
+                committed()
+        except BaseException:
+            with uninterrupted(), contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+    finally:
+        if held is not None:
+            os.close(held)
     if fsync:
         _fsync_directory(directory)

@@ -641,10 +641,30 @@ def _no_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
+def _unicode(obj):
+    """The metadata with every string made valid Unicode: a file name that
+    is not UTF-8 (its bytes held as lone surrogates by Python) becomes
+    its bytes as ``\\xNN`` escapes, readable and never refused."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            try:
+                return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:
+                return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {_unicode(k): _unicode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_unicode(v) for v in obj]
+    return obj
+
+
 def _header_frame(header: SnapshotHeader) -> bytes:
     try:
         meta = json.dumps(
-            header.metadata(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            _unicode(header.metadata()), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise UsageError(f"header metadata is not JSON: {exc}") from None
@@ -757,6 +777,28 @@ def _check_chunk_fields(c: ChunkInfo, header: SnapshotHeader, fail) -> None:
         raise fail(f"index range {c.first_index}..{c.end_index} does not fit the table of {header.entries} entries")
     if c.invalid > c.records * MAX_RUN:
         raise fail(f"{c.invalid} invalid entries in {c.records} records")
+    if _mostly_empty(c.records, c.valid + c.invalid):
+        raise fail(_EMPTY_RECORDS.format(records=c.records, entries=c.valid + c.invalid))
+
+
+#: a record of no entries (n_valid 0, n_invalid 0) is never written by the
+#: kernel's read loop (its write side takes one); a chunk of mostly such
+#: records costs the decoder 40 bytes of arrays for every 8 bytes of
+#: records, from a few KB of file (millions of identical headers compress to
+#: nothing): a chunk may hold at most twice as many records as entries, plus
+#: one, checked from the descriptor before the frame is read
+_EMPTY_RECORDS = ("{records} records hold only {entries} entries: mostly empty records (n_valid 0 and "
+                  "n_invalid 0), which the kernel never writes")
+
+
+def _mostly_empty(records: int, entries: int) -> bool:
+    return records > 2 * entries + 1
+
+
+def _refuse_empty_records(number: int, records: int, entries: int) -> None:
+    """The writer's side of the rule: a chunk a reader would refuse is not written."""
+    if _mostly_empty(records, entries):
+        raise StreamError(f"chunk {number}: " + _EMPTY_RECORDS.format(records=records, entries=entries))
 
 
 # -- the parser --------------------------------------------------------------------
@@ -1505,6 +1547,7 @@ class SnapshotWriter:
             _chunk_stats(data, self.header.byte_order, raw_offset, self._records, self.header.entries)
             raise StreamError(f"chunk {number}: records do not decode")  # not reached
         records, first_index, end_index, valid, invalid = stats
+        _refuse_empty_records(number, records, valid + invalid)
         descriptor_size = 8 + 4 + _CHUNK.size + 4
         info = ChunkInfo(number, pass_number, self._offset + descriptor_size, len(frame), raw_offset, len(data),
                          records, first_index, end_index, valid, invalid, crc, self._records)
@@ -1740,31 +1783,35 @@ class SnapshotReader:
             )
         table_size = _ENVELOPE.size + frames * _SEEK_ENTRY.size + _FOOTER.size
         at = size - table_size
-        if descriptor != 0 or frames < 2 or at < 0:
+        if descriptor != 0 or frames < 2 or at < 0 or frames > SEEKABLE_MAX_FRAMES:
             footer_at = size - _FOOTER.size
             raise ContainerError(f"seek table footer at offset {footer_at:#x} is not sound", offset=footer_at)
         table = self._read_at(at, table_size, "the seek table")
         magic, frame_size = _ENVELOPE.unpack_from(table)
         if magic != SEEK_TABLE_MAGIC or frame_size != table_size - _ENVELOPE.size:
             raise ContainerError(f"seek table at offset {at:#x}: bad frame header", offset=at)
-        entries = [_SEEK_ENTRY.unpack_from(table, 8 + 8 * i) for i in range(frames)]
-        starts = np.concatenate(([0], np.cumsum([c for c, _ in entries], dtype=np.int64)))
+        # the entries as arrays (8 bytes a frame, never a Python object each:
+        # a file can state millions of frames)
+        entries = np.frombuffer(table, dtype="<u4", count=2 * frames, offset=8).reshape(frames, 2).astype(np.int64)
+        starts = np.concatenate(([0], np.cumsum(entries[:, 0])))
         if int(starts[-1]) != at:
             raise ContainerError(
                 f"seek table at offset {at:#x}: its frames add up to {int(starts[-1])} bytes", offset=at
             )
-        trailer_size = entries[-1][0]
+        trailer_size = int(entries[-1, 0])
         trailer_at = int(starts[-2])
         limit = TRAILER_BASE_LIMIT + TRAILER_ENTRY_LIMIT * frames
-        if not 12 <= trailer_size <= limit or entries[-1][1]:
+        if not 12 <= trailer_size <= limit or entries[-1, 1]:
             raise ContainerError(f"seek table at offset {at:#x}: bad trailer size {trailer_size}", offset=at)
         frame = self._read_at(trailer_at, trailer_size, "the trailer")
         body = _check_our_frame(frame, trailer_at, TAG_TRAILER)
         trailer = _parse_trailer_body(body, trailer_at, header)
         # every chunk where the seek table says a frame of its sizes starts
-        where = {int(s): e for s, e in zip(starts[:-1], entries)}
+        offsets = starts[:-1]
         for c in trailer.chunks:
-            if where.get(c.offset) != (c.compressed_size, c.raw_size):
+            k = int(np.searchsorted(offsets, c.offset))
+            if k >= frames or int(offsets[k]) != c.offset or tuple(int(x) for x in entries[k]) != (
+                    c.compressed_size, c.raw_size):
                 raise ContainerError(
                     f"chunk {c.number} at offset {c.offset:#x}: the seek table does not list its frame",
                     offset=c.offset,

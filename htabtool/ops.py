@@ -14,6 +14,7 @@ be gathered before the first pass streams past (flat memory).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
@@ -22,6 +23,7 @@ import numpy as np
 
 from htabtool.errors import StreamError, UsageError
 from htabtool.records import RecordDecoder, StaticTable, iter_reads, pass_starts
+from htabtool.sources import named_errors
 from htabtool.table import (
     DEFAULT_WINDOW,
     Overrides,
@@ -53,7 +55,14 @@ class SnapshotInput(Protocol):
 
 def batches(snap: SnapshotInput, passes=None) -> Iterator[tuple[int, object]]:
     """(pass number, RecordBatch) over the chunks of a snapshot, checked
-    against the table as the kernel's write side would."""
+    against the table as the kernel's write side would; an error names the
+    snapshot (its ``name``)."""
+    name = getattr(snap, "name", None)
+    with named_errors(name) if name else contextlib.nullcontext():
+        yield from _batches(snap, passes)
+
+
+def _batches(snap: SnapshotInput, passes=None) -> Iterator[tuple[int, object]]:
     dec_by_pass: dict[int, RecordDecoder] = {}
     for number, data in snap.pieces(passes):
         dec = dec_by_pass.get(number)
@@ -65,15 +74,17 @@ def batches(snap: SnapshotInput, passes=None) -> Iterator[tuple[int, object]]:
         dec.close()
 
 
-def final_state(snap: SnapshotInput, window: int = DEFAULT_WINDOW) -> Iterator[tuple[int, np.ndarray]]:
-    """The table state all passes add up to, as (lo, slice) windows."""
+def final_state(snap: SnapshotInput, window: int = DEFAULT_WINDOW,
+                extent: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """The table state all passes add up to, as (lo, slice) windows (of
+    entries 0..extent, by default the whole table)."""
     first_number = _first_pass_number(snap)
     ov = Overrides()
     for _, batch in batches(snap, lambda p: p != first_number):
         ov.add(batch)
     ov.finish()
     first = (batch for _, batch in batches(snap, lambda p: p == first_number))
-    return final_windows(first, ov, snap.entries, window)
+    return final_windows(first, ov, snap.entries if extent is None else extent, window)
 
 
 def _first_pass_number(snap) -> int:
@@ -99,26 +110,61 @@ class Stat:
         return {"table": self.table.to_dict(), "records": self.records.to_dict()}
 
 
-def stat(snap: SnapshotInput, window: int = DEFAULT_WINDOW) -> Stat:
-    """Statistics of the final table and of the records that built it."""
+def stat(snap: SnapshotInput, window: int = DEFAULT_WINDOW, progress: Callable[[int], None] | None = None) -> Stat:
+    """Statistics of the final table and of the records that built it
+    (``progress`` is called with the entries of each window counted)."""
     rs = RecordStats()
     ts = TableStats.empty()
     trailer = snap.trailer() if hasattr(snap, "trailer") else None
+    extent = _extent(snap, trailer, window)
     if trailer is not None and len({p.pass_number for p in trailer.passes}) <= 1:
         # one pass: the records and the table in the same single read
         def counted():
             for number, batch in batches(snap):
                 rs.add(batch, number)
-                yield batch
+                yield _within(batch, extent, snap)
 
-        windows = final_windows(counted(), Overrides().finish(), snap.entries, window)
+        windows = final_windows(counted(), Overrides().finish(), extent, window)
     else:
         for number, batch in batches(snap):
             rs.add(batch, number)
-        windows = final_state(snap, window)
+            _within(batch, extent, snap)
+        windows = final_state(snap, window, extent)
     for _, part in windows:
         ts.add(part)
+        if progress is not None:
+            progress(len(part))
+    _add_empty(ts, snap.entries - extent)
+    if progress is not None:
+        progress(snap.entries - extent)
     return Stat(ts, rs)
+
+
+def _extent(snap, trailer, window: int) -> int:
+    """How much of the table the records reach, in whole windows: the rest
+    is empty, and counted without being walked (an order-46 table is 2**42
+    entries)."""
+    if trailer is None:
+        return snap.entries
+    covered = max((c.end_index for c in trailer.chunks), default=0)
+    return min(snap.entries, max(8, -(-covered // window) * window))
+
+
+def _within(batch, extent: int, snap):
+    """A batch whose records end within ``extent`` (the chunk descriptors'
+    end indexes said so)."""
+    if len(batch) and int(batch.end.max()) > extent:
+        from htabtool.errors import ContainerError
+
+        raise ContainerError(f"records reach entry {int(batch.end.max())}, past the end indexes their chunk "
+                             f"descriptors state")
+    return batch
+
+
+def _add_empty(ts: TableStats, n: int) -> None:
+    """Count ``n`` empty entries (whole empty PTEGs) into ``ts``."""
+    ts.entries += n
+    ts.pteg_fill[0] += n // 8
 
 
 # -- diff -------------------------------------------------------------------------
@@ -153,6 +199,12 @@ class Diff:
     def different(self) -> bool:
         return self.summary.different
 
+    @property
+    def shown_of(self) -> int:
+        """How many differences ``first`` could have shown (its limit cuts)."""
+        s = self.summary
+        return s.added + s.removed + s.changed + (0 if s.ignore_rc else s.rc_only)
+
     def to_dict(self) -> dict:
         d = self.summary.to_dict()
         d["first_differences"] = [c.to_dict() for c in self.first]
@@ -170,12 +222,16 @@ def diff(
     delta: Callable[[int, bytes], None] | None = None,
     delta_read_size: int = 1 << 16,
     window: int = DEFAULT_WINDOW,
+    progress: Callable[[int], None] | None = None,
 ) -> Diff:
     """Compare the final tables of two snapshots of the same size.
 
     With ``delta``, it is called with (1, records) pieces that turn A's
     table into B's when written after it: B's entries where they differ,
-    invalid runs where B has none (headers in B's byte order)."""
+    invalid runs where B has none (headers in B's byte order).  The first
+    differences are decoded: the fields that changed, or all of an added
+    (removed) entry's as (None, B's) ((A's, None)).  ``progress`` is
+    called with the entries of each window compared."""
     if a.entries != b.entries:
         raise UsageError(f"the snapshots' tables differ in size: {a.entries} and {b.entries} entries")
     differ = TableDiffer(ignore_rc=ignore_rc, ignore_software=ignore_software, limit=limit)
@@ -187,14 +243,27 @@ def diff(
         for index, kind in differ.result.first[seen:]:
             j = index - lo
             (va, ra), (vb, rb) = (tuple(int(x) for x in pa[j]), tuple(int(x) for x in pb[j]))
-            fields = field_changes(va, ra, vb, rb) if kind in ("changed", "rc") else {}
-            first.append(EntryChange(index, kind, (va, ra), (vb, rb), fields))
+            first.append(EntryChange(index, kind, (va, ra), (vb, rb), _decoded(kind, va, ra, vb, rb)))
         if delta is not None and mask.any():
             src = _WindowSource(pb, mask, lo, b.entries)
             for res in iter_reads(src, delta_read_size, b.byte_order, start=lo, first_pass=False):
                 delta_records += len(res.index)
                 delta(1, res.data)
+        if progress is not None:
+            progress(len(pa))
     return Diff(differ.result, first, delta_records)
+
+
+def _decoded(kind: str, va: int, ra: int, vb: int, rb: int) -> dict:
+    """{field: (A's, B's)}: what changed, or the whole entry that came
+    (None, B's) or went (A's, None)."""
+    if kind in ("changed", "rc"):
+        return field_changes(va, ra, vb, rb)
+    from htabtool.hpte import HPTE
+
+    v, r = (vb, rb) if kind == "added" else (va, ra)
+    fields = {k: x for k, x in HPTE(v, r).fields().items() if k not in ("v", "r")}
+    return {k: ((None, x) if kind == "added" else (x, None)) for k, x in fields.items()}
 
 
 def diff_with_delta(a, b, delta_path: str, *, level: int | None = None, **kw) -> Diff:
@@ -326,11 +395,12 @@ class Verification:
         }
 
 
-def verify(snap) -> Verification:
+def verify(snap, progress: Callable[[int], None] | None = None) -> Verification:
     """Integrity and meaning of a snapshot file in one streaming read: the
     container's checks (checksums, sizes, numbering, trailer; the first fault
     stops the read) and the records' (inside the table, valid bits, each pass
-    ascending; all listed)."""
+    ascending; all listed).  ``progress`` is called with each chunk's
+    compressed bytes."""
     from htabtool.errors import ContainerError
 
     checker = RecordChecker(snap.byte_order, snap.entries)
@@ -339,6 +409,8 @@ def verify(snap) -> Verification:
         for chunk in snap.reader(check_records=True).chunks():
             chunks += 1
             checker.add(chunk.pass_number, chunk.data)
+            if progress is not None:
+                progress(chunk.info.compressed_size)
     except ContainerError as exc:
         checker._note("container", str(exc))
     problems = checker.finish()
@@ -377,6 +449,14 @@ class DumpSummary:
     file_bytes: int = 0
     seconds: float = 0.0
     per_pass: list = field(default_factory=list)
+    final_valid: int | None = None  # valid entries of the final table (None: not known without a re-read)
+    converged: bool | None = None  # --until-dirty: a pass came down to it (None: not asked)
+
+    @property
+    def last_pass_changed(self) -> int:
+        """Entries the last pass reported (valid + invalid): what changed."""
+        last = self.per_pass[-1] if self.per_pass else {}
+        return last.get("valid", 0) + last.get("invalid", 0)
 
     def to_dict(self) -> dict:
         return {
@@ -387,6 +467,9 @@ class DumpSummary:
             "records": self.records,
             "valid": self.valid,
             "invalid": self.invalid,
+            "final_valid": self.final_valid,
+            "last_pass_changed": self.last_pass_changed,
+            "converged": self.converged,
             "raw_bytes": self.raw_bytes,
             "file_bytes": self.file_bytes,
             "seconds": round(self.seconds, 4),
@@ -424,9 +507,15 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
     with container.SnapshotWriter(out, header, **kw) as writer:
         stated = getattr(source, "stated_pieces", None)
         pieces = stated() if stated is not None else ((number, data, None) for number, data in source.pieces())
+        current = None
         for number, data, stats in pieces:
             writer.write_records(data, number, stats)
             if progress is not None:
+                if number != current and hasattr(progress, "label"):  # the bar's pass counter
+                    current = number
+                    progress.label(f"dump: pass {number}")
+                    if number > 1:
+                        progress.total(None)  # an incremental pass: its size is not known
                 progress(len(data))
         for tag, body in getattr(source, "snapshot_notes", list)():
             writer.add_optional(tag, body)  # what a source keeps apart from the passes (QEMU's parts)
@@ -442,6 +531,8 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
         file_bytes=trailer.file_size,
         seconds=time.perf_counter() - t0,
         per_pass=[p.to_dict() for p in trailer.passes],
+        final_valid=trailer.valid if len(trailer.passes) <= 1 else getattr(source, "final_valid", None),
+        converged=getattr(source, "converged", None),
     )
 
 
@@ -475,17 +566,23 @@ def write_records(fd, pieces: Iterable[tuple[int, bytes]], buffer_size: int) -> 
 
 
 def load_vm(snap, image: str, *, create: bool = False, stop: bool = False, verify: bool = False,
-            buffer_size: int = 65536) -> dict:
+            buffer_size: int = 65536, progress: Callable[[int], None] | None = None) -> dict:
     """Replay every chunk of a (checked) snapshot into a VM image through its
     htab write fd.  All or nothing: an existing image is changed in a copy
     renamed over it at the end (:func:`htabtool.vmimage.transaction`); a new
     one (``create``) is made under a temporary name and linked into place
-    when the load is done, so a failed or killed load leaves no image."""
+    when the load is done, so a failed or killed load leaves no image.
+    ``progress`` is called with the bytes of each piece written."""
     import os
 
     from htabtool.errors import VMImageError
     from htabtool.vmimage import transaction
 
+    from htabtool.atomic import dangling_link
+
+    link = dangling_link(image)
+    if link:
+        raise VMImageError(f"{link}; not followed (remove it, or point it at a VM image)")
     if os.path.lexists(image):
         def check(vm):
             if vm.hpt.npte != snap.entries:
@@ -500,38 +597,41 @@ def load_vm(snap, image: str, *, create: bool = False, stop: bool = False, verif
                 )
 
         with transaction(image, check=check) as vm:
-            return _load_into(vm, snap, image, stop, verify, buffer_size, created=False)
+            return _load_into(vm, snap, image, stop, verify, buffer_size, created=False, progress=progress)
     if not create:
         raise VMImageError(f"{image}: no such VM image (--create makes one of the snapshot's size)")
-    return _create_and_load(snap, image, verify, buffer_size)
+    return _create_and_load(snap, image, verify, buffer_size, progress)
 
 
-def _create_and_load(snap, image, verify, buffer_size) -> dict:
+def _create_and_load(snap, image, verify, buffer_size, progress=None) -> dict:
     import os
 
-    from htabtool.atomic import _fsync_directory, temp_name
+    from htabtool.atomic import _fsync_directory, committed, temp_name, uninterrupted
     from htabtool.errors import VMImageError
     from htabtool.vmimage import VMImage
 
     directory, base = os.path.split(os.path.abspath(image))
     tmp = temp_name(directory, base)
-    vm = VMImage.create(tmp, order=snap.header.order, profile="empty")
+    vm = VMImage.create(tmp, order=snap.header.order, profile="empty", final=False)
     try:
-        report = _load_into(vm, snap, image, False, verify, buffer_size, created=True)
+        report = _load_into(vm, snap, image, False, verify, buffer_size, created=True, progress=progress)
         vm.close()
-        try:
-            os.link(tmp, image)
-        except FileExistsError:
-            raise VMImageError(f"{image}: appeared while the snapshot was loaded; nothing was replaced") from None
+        with uninterrupted():
+            try:
+                os.link(tmp, image)
+            except FileExistsError:
+                raise VMImageError(f"{image}: appeared while the snapshot was loaded; nothing was replaced") from None
+            committed()
         _fsync_directory(directory)
         return report
     finally:
-        vm.close(save=False)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with uninterrupted():
+            vm.close(save=False)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
-def _load_into(vm, snap, image, stop, verify, buffer_size, *, created) -> dict:
+def _load_into(vm, snap, image, stop, verify, buffer_size, *, created, progress=None) -> dict:
     from htabtool.engine import KVM_GET_HTAB_WRITE
     from htabtool.errors import VMImageError
 
@@ -539,7 +639,7 @@ def _load_into(vm, snap, image, stop, verify, buffer_size, *, created) -> dict:
         vm.hpt.stop()
     with vm.hpt.htab_fd(KVM_GET_HTAB_WRITE, byte_order=snap.byte_order) as fd:
         try:
-            nbytes, writes = write_records(fd, snap.pieces(), buffer_size)
+            nbytes, writes = write_records(fd, _counted(snap.pieces(), progress), buffer_size)
         except OSError as exc:
             raise VMImageError(f"{image}: the htab fd refused a write ({exc.strerror or exc}); "
                                f"the image is left as it was") from None
@@ -550,6 +650,14 @@ def _load_into(vm, snap, image, stop, verify, buffer_size, *, created) -> dict:
         report["verified"] = differences == 0
         report["differences"] = differences
     return report
+
+
+def _counted(pieces, progress):
+    """The pieces, each reported to ``progress`` (its bytes) as it passes."""
+    for number, data in pieces:
+        yield number, data
+        if progress is not None:
+            progress(len(data))
 
 
 def _compare_vm(vm, snap) -> int:
@@ -577,12 +685,12 @@ def _compare_vm(vm, snap) -> int:
 # -- whole reports, for the commands ------------------------------------------------
 
 
-def stat_report(snap, window: int = DEFAULT_WINDOW) -> dict:
+def stat_report(snap, window: int = DEFAULT_WINDOW, progress: Callable[[int], None] | None = None) -> dict:
     """Everything ``htabtool stat`` shows, as one flat dict (the --json schema
     htabtool-stat/1, documented in htabtool-stat(1))."""
     header = snap.header
     trailer = snap.trailer()
-    s = stat(snap, window)
+    s = stat(snap, window, progress)
     table = s.table.to_dict()
     recs = s.records.to_dict()
     per_pass = []

@@ -59,6 +59,8 @@ def open_input(path: str) -> BinaryIO:
     """A binary file to read: ``-`` is standard input.  A directory is
     refused with a clear message; a FIFO or a pipe is fine."""
     if path == "-":
+        if sys.stdin is None:
+            raise HtabError("standard input is closed")
         return sys.stdin.buffer
     try:
         st = os.stat(path)
@@ -151,6 +153,7 @@ __all__ = [
     "open_snapshot",
     "order_for",
     "read_blocks",
+    "named_errors",
 ]
 
 
@@ -172,11 +175,12 @@ class SnapshotFile:
         self.path = path
         self.name = "<stdin>" if path == "-" else path
         self._threads = container.DEFAULT_THREADS if threads is None else threads
-        f = open_input(path)
-        if path == "-" or not _seekable(f):
-            f = _spool(f)
-        self._f = f
-        self.header = container.SnapshotReader(f, threads=0).header
+        with named_errors(self.name):
+            f = open_input(path)
+            if path == "-" or not _seekable(f):
+                f = _spool(f)
+            self._f = f
+            self.header = container.SnapshotReader(f, threads=0).header
         self._trailer = None
 
     def close(self) -> None:
@@ -209,7 +213,8 @@ class SnapshotFile:
     def trailer(self):
         """The trailer, read from the end of the file (the chunks unread)."""
         if self._trailer is None:
-            self._trailer = self.reader(threads=0).read_trailer()
+            with named_errors(self.name):
+                self._trailer = self.reader(threads=0).read_trailer()
         return self._trailer
 
     def optional_frames(self, tag: bytes) -> list[bytes]:
@@ -217,6 +222,10 @@ class SnapshotFile:
         return self.reader(threads=0).read_optional(tag)
 
     def pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
+        with named_errors(self.name):
+            yield from self._pieces(passes)
+
+    def _pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
         if passes is not None:
             wanted = [c.number for c in self.trailer().chunks if passes(c.pass_number)]
             if len(wanted) < len(self.trailer().chunks):
@@ -241,14 +250,46 @@ def _seekable(f) -> bool:
 
 
 def _spool(f: BinaryIO, block: int = 1 << 20):
+    """A pipe copied into an unnamed temporary file, checked as it comes:
+    the container's frames are parsed (not decompressed) while they are
+    spooled, so that what is not a snapshot (garbage, data after its end)
+    is refused at its first bad byte, never spooled until the disk fills."""
     import tempfile
 
+    from htabtool.container import END_OF_STREAM, NEED_DATA, ContainerParser
+
+    parser = ContainerParser(decompress=False)
     spool = tempfile.TemporaryFile(prefix="htabtool-")
-    for data in read_blocks(f, block):
-        spool.write(data)
+    try:
+        for data in read_blocks(f, block):
+            parser.receive_data(data)
+            while parser.next_event() is not NEED_DATA:
+                pass
+            spool.write(data)
+        parser.receive_data(b"")
+        while parser.next_event() is not END_OF_STREAM:
+            pass
+    except BaseException:
+        spool.close()
+        raise
     spool.flush()
     spool.seek(0)
     return spool
+
+
+@contextlib.contextmanager
+def named_errors(name: str) -> Iterator[None]:
+    """Errors about a file's content name the file: an HtabError raised in
+    the block gets ``NAME: `` in front of its message (once)."""
+    try:
+        yield
+    except HtabError as exc:
+        message = str(exc)
+        prefix = f"{name}: "
+        if not message.startswith(prefix) and exc.args:
+            exc.args = (prefix + message, *exc.args[1:])
+        raise
+
 
 
 # -- simulated VMs --------------------------------------------------------------------
@@ -286,6 +327,8 @@ class VMSource:
                     "seed": guest.get("seed"), "generation": vm.header.get("generation")},
         )
         self.pass_changes: list[int] = []  # entries reported by each pass (n_valid + n_invalid)
+        self.converged: bool | None = None  # --until-dirty: did a pass come down to it?
+        self.final_valid: int | None = None  # valid entries of the table the passes add up to
 
     def progress_total(self) -> int:
         """About the bytes of the first pass (for a progress bar; it scans
@@ -345,4 +388,13 @@ class VMSource:
                     raise UsageError(f"a read of {self.buffer_size} bytes holds no record")
                 self.pass_changes.append(changed)
                 if self.until_dirty is not None and number > 1 and changed <= self.until_dirty:
+                    self.converged = True
                     break
+        if self.until_dirty is not None and not self.converged:
+            self.converged = False
+        if len(self.pass_changes) > 1 and not self.info.bolted_only and not self.info.start_index:
+            # nothing ran after the last pass: the table is what the passes add up to (an absent
+            # entry is reported with HPTE_V_VALID, as the kernel does)
+            from htabtool.vmimage import table_counts
+
+            self.final_valid = table_counts(hpt)["valid"]

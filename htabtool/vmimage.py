@@ -85,14 +85,13 @@ import os
 import re
 import stat as stat_module
 import struct
-import tempfile
 import zlib
 from typing import Iterator
 
 import numpy as np
 
 from htabtool import __version__
-from htabtool.atomic import temp_name
+from htabtool.atomic import OutputRefused, check_destination, committed, temp_name, uninterrupted
 from htabtool.engine import (
     DEFAULT_BACKING_PAGE_SHIFT,
     PPC_MAX_HPT_ORDER,
@@ -100,7 +99,7 @@ from htabtool.engine import (
     SimulatedHPT,
 )
 from htabtool.errors import HtabError, UsageError, VMImageError
-from htabtool.guest import Guest, get_profile, ram_order
+from htabtool.guest import PAGE_SHIFT, Guest, get_profile, ram_order  # PAGE_SHIFT: the linear map's pages
 
 MAGIC = b"\x89HTABVM\n"
 FORMAT_VERSION = 1
@@ -163,7 +162,8 @@ class VMImage:
             rev = _map(file, fd, writable, "<u8", header["rev_offset"], (npte,))
             gmap = _map(file, fd, writable, "<u8", header["gmap_offset"], (npte,))
         except (OSError, ValueError) as exc:
-            raise VMImageError(f"{path}: cannot map the image: {exc}") from None
+            why = _short(exc) if isinstance(exc, OSError) else str(exc)
+            raise VMImageError(f"{path}: cannot map the image: {why}") from None
         flags = header["flags"]
         self._maps = (table, rev, gmap)  # flushed on save
         # plain ndarray views of the maps: numpy's memmap subclass costs a
@@ -181,6 +181,10 @@ class VMImage:
         self.hpt.mmu_ready = bool(flags & FLAG_MMU_READY)
         self.hpt.vrma_slb_v = header["vrma_slb_v"]
         self.hpt.lpcr = header["lpcr"]
+        if writable and header["generation"] >= _MAX_U64:
+            raise VMImageError(f"{path}: the VM image's generation is at its maximum ({header['generation']}); "
+                               f"it cannot be changed again")
+        _check_state(state, path)
         self.hpt.hcalls.update(state.get("engine", {}).get("hcalls", {}))
         try:
             self.guest = Guest(self.hpt, gmap, state["guest"])
@@ -220,18 +224,21 @@ class VMImage:
         backing_page_shift: int = DEFAULT_BACKING_PAGE_SHIFT,
         vrma: bool = False,
         force: bool = False,
+        final: bool = True,
     ) -> "VMImage":
         """Make a new image and boot its guest.  The table size is ``order``,
         else QEMU's default for ``ram``; RAM defaults to 128 times the table
         (the inverse rule).  The file appears whole or not at all; an
-        existing one is kept unless ``force``."""
+        existing one is kept unless ``force``.  ``final=False``: the image is
+        a step of a larger change (load --create), so its appearance is not
+        the command's commit point (htabtool.atomic.committed)."""
         path = os.fspath(path)
         get_profile(profile)
         ram, order = _sizes(ram, order)
-        if os.path.isdir(path):
-            raise VMImageError(f"{path}: is a directory")
-        if os.path.exists(path) and not force:
-            raise VMImageError(f"{path}: exists (use --force to replace it)")
+        try:
+            check_destination(path, force=force)
+        except OutputRefused as exc:
+            raise VMImageError(str(exc)) from None
         directory = os.path.dirname(os.path.abspath(path))
         npte = 1 << (order - 4)
         lay = _layout(npte)
@@ -260,21 +267,17 @@ class VMImage:
         held = _lock_existing(path) if force else None
         try:
             return cls._create(path, directory, header, lay, npte, ram, order, profile, seed, backing_page_shift,
-                               vrma, force)
+                               vrma, force, final)
         finally:
             if held is not None:
                 os.close(held)
 
     @classmethod
     def _create(cls, path, directory, header, lay, npte, ram, order, profile, seed, backing_page_shift, vrma,
-                force) -> "VMImage":
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".htabvm-", dir=directory)
-        except OSError as exc:
-            raise VMImageError(f"{path}: cannot create: {exc.strerror}") from None
+                force, final=True) -> "VMImage":
+        fd, tmp = _open_copy(directory, os.path.basename(path), "cannot create")
         image = None
         try:
-            os.fchmod(fd, 0o600)
             _lock(fd, path, True)
             os.ftruncate(fd, lay["state"])
             _write_header(fd, header)
@@ -287,7 +290,8 @@ class VMImage:
                 rev = _map(tmp, fd, True, "<u8", lay["rev"], (npte,))
                 gmap = _map(tmp, fd, True, "<u8", lay["gmap"], (npte,))
             except (OSError, ValueError) as exc:
-                raise VMImageError(f"{path}: cannot map a table of {npte} entries: {exc}") from None
+                why = _short(exc) if isinstance(exc, OSError) else str(exc)
+                raise VMImageError(f"{path}: cannot map a table of {npte} entries: {why}") from None
             vm._maps = (table, rev, gmap)
             table, rev, gmap = (m.view(np.ndarray) for m in vm._maps)
             hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=table, rev=rev)
@@ -297,23 +301,27 @@ class VMImage:
             image = vm
             vm.save()
             os.fsync(fd)
-            if force:
-                os.replace(tmp, path)
-            else:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise VMImageError(f"{path}: exists (use --force to replace it)") from None
-                os.unlink(tmp)
+            with uninterrupted():
+                if force:
+                    os.replace(tmp, path)
+                else:
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        raise VMImageError(f"{path}: already exists; not overwritten (use -f to replace it)") from None
+                    os.unlink(tmp)
+                if final:
+                    committed()
             _fsync_dir(directory)
             vm.path = path
             return vm
         except BaseException:
-            if image is not None:
-                image._drop()
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            with uninterrupted():
+                if image is not None:
+                    image._drop()
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             raise
 
     # -- saving and closing ------------------------------------------------------
@@ -517,7 +525,16 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 def _write_header(fd: int, h: dict) -> None:
-    body = _HEADER.pack(
+    try:
+        body = _pack_header(h)
+    except struct.error as exc:
+        raise VMImageError(f"a VM image header field is out of range ({exc})") from None
+    block = body + struct.pack("<I", zlib.crc32(body))
+    os.pwrite(fd, block + bytes(HEADER_SIZE - len(block)), 0)
+
+
+def _pack_header(h: dict) -> bytes:
+    return _HEADER.pack(
         MAGIC,
         h["version"],
         HEADER_SIZE,
@@ -539,8 +556,6 @@ def _write_header(fd: int, h: dict) -> None:
         h["lpcr"],
         h["generation"],
     )
-    block = body + struct.pack("<I", zlib.crc32(body))
-    os.pwrite(fd, block + bytes(HEADER_SIZE - len(block)), 0)
 
 
 def _read_header(fd: int, path: str) -> dict:
@@ -622,6 +637,81 @@ def _read_state(fd: int, path: str, h: dict) -> dict:
     return state
 
 
+_MAX_U64 = (1 << 64) - 1
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _MAX_U64
+
+
+def _is_number(x) -> bool:
+    return (isinstance(x, (int, float)) and not isinstance(x, bool)) and 0 <= x < float("inf")
+
+
+_GUEST_FIELDS = {
+    "profile": lambda x: isinstance(x, str),
+    "seed": lambda x: isinstance(x, int) and not isinstance(x, bool),
+    "rng": lambda x: isinstance(x, dict),
+    "clock": _is_number,
+    "events": _is_int,
+    "next_pid": _is_int,
+    "next_context": _is_int,
+    "processes": lambda x: isinstance(x, list),
+    "vmalloc_next": _is_int,
+    "shm": lambda x: x is None or (isinstance(x, dict) and _is_int(x.get("pages")) and _is_int(x.get("pa"))),
+    "totals": lambda x: isinstance(x, dict) and all(isinstance(k, str) and _is_int(v) for k, v in x.items()),
+}
+_PROCESS_FIELDS = {
+    "pid": _is_int,
+    "ppid": _is_int,
+    "comm": lambda x: isinstance(x, str),
+    "ctx": _is_int,
+    "vmas": lambda x: isinstance(x, list) and all(_is_vma(v) for v in x),
+}
+_PROCESS_OPTIONAL = {"brk": _is_int, "mmap_top": _is_int}
+
+
+def _is_vma(v) -> bool:
+    """[start, 64K pages, protection, kind, shared physical address or None]"""
+    return (isinstance(v, list) and len(v) == 5 and _is_int(v[0]) and _is_int(v[1]) and isinstance(v[2], str)
+            and isinstance(v[3], str) and (v[4] is None or _is_int(v[4])))
+
+
+def _check_state(state: dict, path: str) -> None:
+    """The types of the state's JSON, field by field (a hand-edited or
+    damaged image is refused in one line, not met by a TypeError later)."""
+    def fail(where: str) -> None:
+        raise VMImageError(f"{path}: the VM image's state does not hold: {where}")
+
+    guest = state["guest"]
+    for key, ok in _GUEST_FIELDS.items():
+        if key not in guest:
+            fail(f"guest.{key} is missing")
+        if not ok(guest[key]):
+            fail(f"guest.{key} has the wrong type or value ({type(guest[key]).__name__})")
+    try:
+        programs = get_profile(guest["profile"]).programs
+    except HtabError:
+        fail(f"unknown profile {guest['profile']!r}")
+    for i, proc in enumerate(guest["processes"]):
+        if not isinstance(proc, dict):
+            fail(f"guest.processes[{i}] is not an object")
+        for key, ok in _PROCESS_FIELDS.items():
+            if key not in proc:
+                fail(f"guest.processes[{i}].{key} is missing")
+            if not ok(proc[key]):
+                fail(f"guest.processes[{i}].{key} has the wrong type or value")
+        for key, ok in _PROCESS_OPTIONAL.items():
+            if key in proc and not ok(proc[key]):
+                fail(f"guest.processes[{i}].{key} has the wrong type or value")
+        if proc["comm"] not in programs:
+            fail(f"guest.processes[{i}].comm {proc['comm']!r} is not a program of profile {guest['profile']!r}")
+    engine = state.get("engine", {})
+    hcalls = engine.get("hcalls", {}) if isinstance(engine, dict) else None
+    if not isinstance(hcalls, dict) or not all(isinstance(k, str) and _is_int(v) for k, v in hcalls.items()):
+        fail("engine.hcalls is not an object of counts")
+
+
 def _fsync_dir(directory: str) -> None:
     try:
         dfd = os.open(directory, os.O_RDONLY)
@@ -651,6 +741,13 @@ def _sizes(ram: int | None, order: int | None) -> tuple[int, int]:
     from htabtool.records import check_indexable_order
 
     check_indexable_order(order)
+    entries = 1 << (order - 4)
+    if ram >> PAGE_SHIFT > entries:
+        raise UsageError(
+            f"--ram {format_size(ram)} needs {ram >> PAGE_SHIFT:,} bolted entries for the kernel's linear "
+            f"map, more than the {entries:,} entries of an order {order} table (give a larger --order, or leave it "
+            f"out: QEMU's default is 1/128 of RAM)"
+        )
     return int(ram), int(order)
 
 
@@ -685,16 +782,19 @@ def transaction(path, check=None) -> Iterator[VMImage]:
             check(original)
         real = os.path.realpath(path)
         directory, base = os.path.split(real)
-        _check_space(directory, os.fstat(original._fd).st_size, path)
+        st = os.fstat(original._fd)
+        _check_replaceable(path, st)
+        _check_space(directory, st.st_size, path)
         fd, tmp = _open_copy(directory, base)
         copy = None
         try:
             try:
+                _keep_owner_and_mode(fd, st)
                 _copy_sparse(original._fd, fd)
                 os.fsync(fd)
             except OSError as exc:
                 raise VMImageError(
-                    f"{path}: cannot make the working copy of the image ({exc.strerror or exc}); "
+                    f"{path}: cannot make the working copy of the image ({_short(exc)}); "
                     f"the image is left as it was"
                 ) from None
             _lock(fd, path, True)
@@ -702,18 +802,48 @@ def transaction(path, check=None) -> Iterator[VMImage]:
             yield copy
             copy.save()
             os.fsync(fd)
-            os.replace(tmp, real)
-            tmp = None
+            with uninterrupted():
+                os.replace(tmp, real)
+                tmp = None
+                committed()
             _fsync_dir(directory)
         finally:
-            if copy is not None:
-                copy._drop()
-            os.close(fd)
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            with uninterrupted():
+                if copy is not None:
+                    copy._drop()
+                os.close(fd)
+                if tmp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
     finally:
         original.close(save=False)
+
+
+def _check_replaceable(path: str, st: os.stat_result) -> None:
+    """A change renames a copy over the image: refuse beforehand what that
+    would lose.  Hard links would keep the old file under their names; an
+    owner other than us (when we cannot give the copy to it) would become
+    us."""
+    if st.st_nlink > 1:
+        raise VMImageError(
+            f"{path}: the VM image has {st.st_nlink} hard links; a change replaces the file and would leave "
+            f"the others on the old one (copy the image to a file of its own first)"
+        )
+    if os.geteuid() not in (0, st.st_uid):
+        raise VMImageError(
+            f"{path}: the VM image belongs to user {st.st_uid}; a change replaces the file and would give it to "
+            f"you (run as its owner)"
+        )
+
+
+def _keep_owner_and_mode(fd: int, st: os.stat_result) -> None:
+    """The working copy gets the image's owner, group and mode."""
+    if (os.fstat(fd).st_uid, os.fstat(fd).st_gid) != (st.st_uid, st.st_gid):
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except PermissionError:
+            os.fchown(fd, st.st_uid, -1)  # a group we are not in: the owner at least
+    os.fchmod(fd, stat_module.S_IMODE(st.st_mode))
 
 
 def _check_space(directory: str, size: int, path: str) -> None:
@@ -735,9 +865,10 @@ def _check_space(directory: str, size: int, path: str) -> None:
         )
 
 
-def _open_copy(directory: str, base: str) -> tuple[int, str]:
-    """A new file for a working copy: an unpredictable name beside the
-    image, O_EXCL and O_NOFOLLOW (never through a symlink), mode 0600."""
+def _open_copy(directory: str, base: str, what: str = "cannot make a working copy beside it") -> tuple[int, str]:
+    """A new file for a working copy (or a new image): the temporary name
+    of htabtool.atomic beside the image (``.IMAGE.<16 hex>.tmp``), O_EXCL
+    and O_NOFOLLOW (never through a symlink), mode 0600."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(_OPEN_ATTEMPTS):
         name = temp_name(directory, base)
@@ -746,9 +877,17 @@ def _open_copy(directory: str, base: str) -> tuple[int, str]:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise VMImageError(f"{os.path.join(directory, base)}: cannot make a working copy beside it: "
-                               f"{exc.strerror or exc}") from None
+            raise VMImageError(f"{os.path.join(directory, base)}: {what}: {_short(exc)}") from None
     raise VMImageError(f"{directory}: could not make a uniquely named working copy")
+
+
+def _short(exc: OSError) -> str:
+    """What an OSError says, without the (temporary) file it names."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "too many open files (see ulimit -n)"
+    if exc.errno == errno.ENOMEM:
+        return "out of memory (see ulimit -v)"
+    return exc.strerror or str(exc)
 
 
 def _copy_sparse(src: int, dst: int, block: int = 1 << 20) -> None:

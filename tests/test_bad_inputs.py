@@ -480,6 +480,120 @@ CASES = [
         "the picture's format comes from its suffix, .png or .svg"),
 ]
 
+def both(first: Callable[[Path], Path], second: Callable[[Path], Path]) -> Callable[[Path], Path]:
+    """Make both inputs; the case's path is the first's."""
+    return lambda d: second(d) and first(d)
+
+
+def symlink_to(name: str, target: Callable[[Path], Path]) -> Callable[[Path], Path]:
+    return lambda d: target(d) and ((d / name).symlink_to(target(d).name) or d / name)
+
+
+def hard_link_to(name: str, target: Callable[[Path], Path]) -> Callable[[Path], Path]:
+    return lambda d: os.link(target(d), d / name) or d / name
+
+
+def dangling(name: str) -> Callable[[Path], Path]:
+    return lambda d: write("s.htab", snap())(d) and ((d / name).symlink_to("nowhere.img") or d / name)
+
+
+def state_edit(edit) -> Callable[[Path], None]:
+    """A VM image whose state JSON is changed by ``edit`` (header fixed up)."""
+
+    def damage(path: Path) -> None:
+        from htabtool import vmimage
+
+        raw = bytearray(path.read_bytes()[: vmimage._HEADER.size])
+        fields = list(vmimage._HEADER.unpack_from(raw))
+        off, length = fields[15], fields[16]
+        state = json.loads(path.read_bytes()[off : off + length])
+        edit(state)
+        blob = json.dumps(state).encode()
+        with open(path, "r+b") as f:
+            f.seek(off)
+            f.write(blob)
+            f.truncate(off + len(blob))
+        fields[16] = len(blob)
+        body = vmimage._HEADER.pack(*fields)
+        patch(path, 0, body + struct.pack("<I", zlib.crc32(body)))
+
+    return damage
+
+
+def header_field(index: int, value: int) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        from htabtool import vmimage
+
+        fields = list(vmimage._HEADER.unpack_from(path.read_bytes()[: vmimage._HEADER.size]))
+        fields[index] = value
+        body = vmimage._HEADER.pack(*fields)
+        patch(path, 0, body + struct.pack("<I", zlib.crc32(body)))
+
+    return damage
+
+
+def empty_records() -> bytes:
+    """A snapshot whose chunk is 4,096 empty records (n_valid 0, n_invalid 0),
+    made as an attacker's writer would (htabtool's refuses to)."""
+    from htabtool import container
+
+    keep = container._refuse_empty_records
+    container._refuse_empty_records = lambda *a: None
+    try:
+        return C.snapshot(pieces=[(1, bytes(8 * 4096))], chunk_size=1 << 20)
+    finally:
+        container._refuse_empty_records = keep
+
+
+CASES += [
+    # -- what no command may overwrite, and options that do not apply ------------------------------
+    Bad("output-exists", both(write("s.htab", snap), write("out.htab", b"keep")), "load {} --raw-out OUT", 2,
+        "out.htab: already exists; not overwritten (use -f to replace it)"),
+    Bad("output-is-the-input", write("s.htab", snap), "load {} --raw-out {} -f", 2,
+        "s.htab: is an input of this command; not overwritten, even with -f"),
+    Bad("output-is-the-input-through-a-symlink", symlink_to("link.htab", write("s.htab", snap)),
+        "load s.htab --raw-out {} -f", 2, "link.htab: is an input of this command (s.htab)"),
+    Bad("output-is-the-input-through-a-hard-link", hard_link_to("link.htab", write("s.htab", snap)),
+        "diff s.htab s.htab --delta {} -f", 2, "link.htab: is an input of this command (s.htab)"),
+    Bad("dump-onto-its-vm-image", image("idle"), "dump --vm {} -o {} -f", 2,
+        "guest.img: is an input of this command; not overwritten, even with -f"),
+    Bad("output-name-ends-in-a-slash", write("s.htab", snap), "load {} --raw-out out/", 2,
+        "out/: not a file name (it ends in '/')"),
+    Bad("standard-input-twice", write("s.htab", snap), "load - --qemu-splice - -o OUT", 2,
+        "only one input can be standard input (-): SNAP and --qemu-splice both are"),
+    Bad("vm-create-exists", image(), "vm create {} --order 18", 2,
+        "guest.img: already exists; not overwritten (use -f to replace it)"),
+    Bad("vm-dangling-symlink-create", dangling("guest.img"), "vm create {} --order 18", 2,
+        "guest.img: is a symbolic link to a missing file (nowhere.img)"),
+    Bad("vm-dangling-symlink-load", dangling("guest.img"), "load s.htab --vm {} --create", 2,
+        "guest.img: is a symbolic link to a missing file (nowhere.img)"),
+    Bad("vm-ram-past-the-table", lambda d: d / "new.img", "vm create {} --order 18 --ram 64G", 2,
+        "--ram 64 GiB needs 1,048,576 bolted entries for the kernel's linear map"),
+    Bad("vm-ram-past-64-bits", lambda d: d / "new.img", f"vm create {{}} --order 46 --ram {1 << 70}", 2,
+        "bolted entries for the kernel's linear map"),
+    Bad("vm-state-a-string-for-a-number", image(damage=state_edit(lambda s: s["guest"].update(clock="x"))),
+        "vm info {}", 2, "the VM image's state does not hold: guest.clock has the wrong type"),
+    Bad("vm-state-process-without-pid", image("idle", damage=state_edit(
+        lambda s: s["guest"]["processes"][0].pop("pid"))), "vm run {} --ops 1", 2,
+        "guest.processes[0].pid is missing"),
+    Bad("vm-state-an-int-for-a-list", image(damage=state_edit(lambda s: s["guest"].update(processes=3))),
+        "dump --vm {} -o OUT", 2, "guest.processes has the wrong type"),
+    Bad("vm-generation-at-its-maximum", image("idle", damage=header_field(-1, (1 << 64) - 1)), "vm run {} --ops 1",
+        2, "the VM image's generation is at its maximum"),
+    Bad("vm-hard-links", lambda d: image("idle")(d) and os.link(d / "guest.img", d / "other.img") or d / "guest.img",
+        "vm run {} --ops 1", 2, "the VM image has 2 hard links"),
+    snap_case("empty-records", empty_records, "4096 records hold only 0 entries: mostly empty records"),
+    snap_case("empty-records-verify", empty_records, "empty records", "verify {}", 1),
+    Bad("option-passes-with-until-dirty", image("idle"), "dump --vm {} --passes 2 --until-dirty 3 -o OUT", 2,
+        "--passes goes with --vm without --until-dirty"),
+    Bad("option-churn-with-qemu", write("vm.mig", lambda: C.qemu_stream()), "dump --qemu {} --churn 5 -o OUT", 2,
+        "--churn goes with --vm"),
+    Bad("option-buffer-size-with-raw-out", write("s.htab", snap), "load {} --raw-out OUT --buffer-size 4K", 2,
+        "--buffer-size goes with --vm"),
+    Bad("size-without-a-unit-known", image("idle"), "dump --vm {} --buffer-size 64Q -o OUT", 2,
+        "not a size: '64Q'"),
+]
+
 IDS = [case.id for case in CASES]
 assert len(IDS) == len(set(IDS)), "catalogue ids must be unique"
 

@@ -194,7 +194,7 @@ def test_load_refuses_a_damaged_snapshot_before_writing(snaps):
     data[len(data) // 2] ^= 1
     (d / "bad.htab").write_bytes(bytes(data))
     (d / "out.bin").write_bytes(b"old")
-    r = run("load", d / "bad.htab", "--raw-out", d / "out.bin")
+    r = run("load", d / "bad.htab", "--raw-out", d / "out.bin", "-f")
     assert r.exit_code == 2 and "not sound, nothing was written" in r.stderr
     assert (d / "out.bin").read_bytes() == b"old"
 

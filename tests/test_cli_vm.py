@@ -69,7 +69,7 @@ def test_until_dirty_stops_when_quiet(tmp_path):
     r = run("dump", "--vm", img, "--until-dirty", 10_000, "--churn", 10, "-o", snap)
     assert r.exit_code == 0, r.stderr
     assert stat(snap)["passes"] == 2  # the second pass is already quiet
-    r = run("dump", "--vm", img, "--until-dirty", 0, "--max-passes", 3, "--churn", 200, "-o", snap)
+    r = run("dump", "--vm", img, "--until-dirty", 0, "--max-passes", 3, "--churn", 200, "-o", snap, "-f")
     assert r.exit_code == 0 and stat(snap)["passes"] <= 3
 
 

@@ -199,7 +199,7 @@ def test_dump_on_a_full_disk(inputs, tmp_path, monkeypatch, budget, old):
     if old:
         os.rename(d / "old.htab", d / "out.htab")
     monkeypatch.setattr(atomic, "io", FullDisk(budget).make())
-    r = cli_run("dump", "--raw", "big.bin", "--byte-order", "little", "--order", 22, "-o", "out.htab", cwd=d)
+    r = cli_run("dump", "--raw", "big.bin", "--byte-order", "little", "--order", 22, "-o", "out.htab", "-f", cwd=d)
     assert r.exit_code == 2
     one_line(r.stderr, "No space left on device: out.htab")
     assert sha(d / "out.htab") == before  # the old snapshot, or none
@@ -229,7 +229,7 @@ def test_a_full_disk_reported_by_fsync(inputs, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(atomic.os, "fsync", fsync)
-    r = cli_run("dump", "--raw", "small.bin", "--byte-order", "little", "--order", 18, "-o", "old.htab", cwd=d)
+    r = cli_run("dump", "--raw", "small.bin", "--byte-order", "little", "--order", 18, "-o", "old.htab", "-f", cwd=d)
     assert r.exit_code == 2
     one_line(r.stderr, "No space left on device: old.htab")
     assert sha(d / "old.htab") == before
@@ -297,8 +297,8 @@ def test_dump_past_a_file_size_limit(inputs, tmp_path, old):
     if old:
         os.rename(d / "old.htab", d / "out.htab")
     before = sha(d / "out.htab")
-    done = htabtool("dump", "--raw", "big.bin", "--byte-order", "little", "--order", 22, "-o", "out.htab", cwd=d,
-                    preexec=fsize_limit(64 << 10))
+    done = htabtool("dump", "--raw", "big.bin", "--byte-order", "little", "--order", 22, "-o", "out.htab", "-f",
+                    cwd=d, preexec=fsize_limit(64 << 10))
     assert done.returncode == 2, done.stderr
     one_line(done.stderr, "File too large: out.htab")
     assert sha(d / "out.htab") == before
@@ -361,7 +361,7 @@ def test_a_really_full_file_system(inputs, small_fs):
     image_before, out_before = sha(d / "guest.img"), sha(d / "out.htab")
     fill(d, 8 << 10)
     names = sorted(p.name for p in d.iterdir())
-    r = htabtool("dump", "--raw", "small.bin", "--byte-order", "little", "--order", 18, "-o", "out.htab", cwd=d)
+    r = htabtool("dump", "--raw", "small.bin", "--byte-order", "little", "--order", 18, "-o", "out.htab", "-f", cwd=d)
     assert r.returncode == 2
     one_line(r.stderr, "No space left on device: out.htab")
     r = htabtool("vm", "run", "guest.img", "--ops", 5, cwd=d)
@@ -380,7 +380,7 @@ def test_kill_dump_at_any_point(inputs, tmp_path):
     d = workdir(tmp_path, inputs, "big.bin", "old.htab", "big.htab")
     os.rename(d / "old.htab", d / "out.htab")
     old = sha(d / "out.htab")
-    args = ("dump", "--raw", "big.bin", "--byte-order", "little", "--order", 22, "-o", "out.htab")
+    args = ("dump", "--raw", "big.bin", "--byte-order", "little", "--order", 22, "-o", "out.htab", "-f")
     rng = random.Random(SEED)
     points = kill_points(*args, cwd=d)
     assert sound_and_equal(d / "out.htab", d / "big.htab")
@@ -500,7 +500,7 @@ def test_kill_dump_vm_leaves_the_source_image_usable(inputs, tmp_path):
     d = workdir(tmp_path, inputs, "guest.img")
     assert cli_run("vm", "cont", "guest.img", cwd=d).exit_code == 0
     shutil.copyfile(d / "guest.img", tmp_path / "running.img")
-    args = ("dump", "--vm", "guest.img", "--passes", 2, "--churn", 200, "-o", "live.htab")
+    args = ("dump", "--vm", "guest.img", "--passes", 2, "--churn", 200, "-o", "live.htab", "-f")
     points = kill_points(*args, cwd=d)
     at = len(points) - points[::-1].index("ftruncate")  # inside the last save of the image
     shutil.copyfile(tmp_path / "running.img", d / "guest.img")

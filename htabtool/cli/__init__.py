@@ -12,8 +12,10 @@ traceback instead.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
+import signal
 import sys
 
 import click
@@ -40,39 +42,68 @@ EXIT_TROUBLE = 2
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported only when used, and which
-    turns every error into one line and exit status 2."""
+    turns every error into one line and exit status 2, a broken pipe into
+    exit status 141 and a signal into death by that signal (see
+    :mod:`htabtool.cli.common`)."""
 
-    def main(self, args=None, prog_name=None, **extra):
+    def main(self, args=None, prog_name=None, complete_var=None, **extra):
+        from htabtool.atomic import SIGNALS, Interrupted
+        from htabtool.cli.common import EXIT_BROKEN_PIPE, StreamClosed, guard_streams, handle_signals, quiet_stdout
+
         argv = list(sys.argv[1:] if args is None else args)
-        try:
-            rv = super().main(args=argv, prog_name=prog_name, standalone_mode=False, **extra)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            _fail("interrupted", argv)
-        except click.exceptions.UsageError as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":
-                exc.show()
-            else:
-                hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-                click.echo(f"htabtool: error: {exc.format_message()}{hint}", err=True)
-            sys.exit(EXIT_TROUBLE)
-        except click.ClickException as exc:
-            click.echo(f"htabtool: error: {exc.format_message()}", err=True)
-            sys.exit(EXIT_TROUBLE)
-        except BrokenPipeError:
-            # the reader of our output went away (| head): stop quietly
-            _quiet_stdout()
-            sys.exit(EXIT_TROUBLE)
-        except KeyboardInterrupt:
-            _fail("interrupted", argv)
-        except Exception as exc:
-            from htabtool.errors import HtabError
+        argv, debug = _take_debug(argv)
+        extra.pop("standalone_mode", None)
+        guard_streams()
+        with handle_signals(restore=not _CONSOLE_SCRIPT):
+            try:
+                try:
+                    code = self._run(argv, prog_name or "htabtool", complete_var, extra, debug)
+                finally:
+                    SIGNALS.raised = True  # the command has ended: a signal from now on is held
+                sys.stdout.flush()
+            except (Interrupted, KeyboardInterrupt, click.exceptions.Abort) as exc:
+                signum = getattr(exc, "signum", signal.SIGINT)
+                if SIGNALS.committed:
+                    code = EXIT_OK  # the change was made before the signal: say so, as a success
+                else:
+                    _say("htabtool: interrupted")
+                    _die(signum)
+            except click.exceptions.Exit as exc:
+                code = exc.exit_code
+            except click.exceptions.UsageError as exc:
+                if type(exc).__name__ == "NoArgsIsHelpError":
+                    exc.show()
+                else:
+                    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+                    _report(f"{exc.format_message()}{hint}", False)
+                code = EXIT_TROUBLE
+            except click.ClickException as exc:
+                _report(exc.format_message(), False)
+                code = EXIT_TROUBLE
+            except StreamClosed as exc:
+                _report(exc.strerror, debug)
+                sys.stdout = open(os.devnull, "w")  # nothing left to flush at exit
+                code = EXIT_TROUBLE
+            except Exception as exc:
+                from htabtool.errors import HtabError
 
-            if not isinstance(exc, (HtabError, OSError, MemoryError)):
-                raise
-            _fail(_describe(exc), argv)
-        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+                if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+                    # the reader of our output went away (| head): stop quietly, as SIGPIPE would
+                    quiet_stdout()
+                    code = EXIT_BROKEN_PIPE
+                elif isinstance(exc, (HtabError, OSError, MemoryError)) or _short_of_memory(exc):
+                    _report(_describe(exc), debug)
+                    code = EXIT_TROUBLE
+                else:
+                    raise
+        sys.exit(code)
+
+    def _run(self, argv, prog_name, complete_var, extra, debug) -> int:
+        self._main_shell_completion(extra, prog_name, complete_var)
+        with self.make_context(prog_name, argv, **extra) as ctx:
+            ctx.ensure_object(dict)["debug"] = debug
+            rv = self.invoke(ctx)
+        return rv if isinstance(rv, int) else EXIT_OK
 
     def list_commands(self, ctx):
         return [name for name, (mod, _, _) in COMMANDS.items() if _module_exists(mod)]
@@ -92,21 +123,41 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
-def _fail(message: str, argv) -> None:
-    if "--debug" in argv:
+def _report(message: str, debug: bool) -> None:
+    """One line on standard error (control characters of file names shown
+    as escapes: a newline cannot split it); the traceback first with
+    --debug."""
+    from htabtool.cli.common import printable
+
+    if debug:
         import traceback
 
         traceback.print_exc()
-    click.echo(f"htabtool: error: {message}", err=True)
-    sys.exit(EXIT_TROUBLE)
+    _say(f"htabtool: error: {printable(message)}")  # if standard error is gone too, the exit status says it
 
 
-def _quiet_stdout() -> None:
+def _say(line: str) -> None:
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
+        click.echo(line, err=True)
+    except OSError:
         pass
+
+
+def _die(signum: int) -> None:
+    from htabtool.cli.common import die_by_signal
+
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        die_by_signal(signum)
+    sys.exit(128 + signum)
+
+
+def _take_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """--debug anywhere before ``--`` (after the subcommand too)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != "--debug"]
+    return kept + argv[end:], len(kept) != end
 
 
 def _module_exists(module: str) -> bool:
@@ -116,8 +167,8 @@ def _module_exists(module: str) -> bool:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="htabtool")
-@click.option("--debug", is_flag=True, help="Show a traceback instead of a one-line error.")
+@click.version_option(__version__, "--version", prog_name="htabtool", message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="Show a traceback instead of a one-line error (before or after the command).")
 @click.pass_context
 def cli(ctx, debug):
     """Save, restore, inspect and compare the hashed page table (HPT) of
@@ -134,16 +185,47 @@ def cli(ctx, debug):
       htabtool stat guest.htab
     """
     ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
+    ctx.obj["debug"] = ctx.obj.get("debug") or debug
+
+
+_CONSOLE_SCRIPT = False  # the process is ours: the signal handlers stay until it exits
 
 
 def main(argv=None) -> None:
     """The console script."""
+    global _CONSOLE_SCRIPT
+    _CONSOLE_SCRIPT = True
+    # numpy's BLAS, never used here, would allocate a buffer per core at
+    # import: one thread is what htabtool needs, and all a low ulimit -v allows
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     cli.main(args=argv, prog_name="htabtool")
 
 
 def _describe(exc: BaseException) -> str:
+    if _short_of_memory(exc):
+        return "out of memory (is the address space limited? see ulimit -v)"
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"too many open files{where} (see ulimit -n)"
     if isinstance(exc, OSError) and not isinstance(exc, BlockingIOError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return str(exc) or type(exc).__name__
+
+
+def _short_of_memory(exc: BaseException) -> bool:
+    """MemoryError, ENOMEM, or an import that failed for want of memory
+    (numpy's, under a low ulimit -v), anywhere in the exception's chain."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+            return True
+        text = str(exc).lower()
+        if isinstance(exc, ImportError) and any(w in text for w in ("memory", "mmap", "map segment")):
+            return True
+        if isinstance(exc, RuntimeError) and "can't start new thread" in text:
+            return True
+        if isinstance(exc, SystemError):  # a C extension's import that failed to allocate
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -1,29 +1,307 @@
 """What the commands share: options that mean one thing everywhere, output
-for people (rich, only on a terminal) and for scripts (--json), progress."""
+for people (rich, only on a terminal) and for scripts (--json), progress,
+and the safety rules every command follows.  A new command uses these and
+nothing of its own:
+
+- :func:`force_option` (``-f/--force``) and :func:`check_files`: call it
+  with the command's inputs and outputs (option name -> path) before
+  anything is opened.  An output that exists is refused (exit 2) without
+  ``-f``; an output that is one of the inputs (same device and inode,
+  through symlinks and hard links) is refused even with it; binary data to
+  standard output (``-``) that is a terminal is refused without ``-f``;
+  ``-`` as an input with a terminal on standard input is refused, and so is
+  ``-`` named by two inputs.  The path rules are
+  :func:`htabtool.atomic.check_destination`.
+- Standard output carries one thing: when a command's data goes to ``-``,
+  its report and messages go to standard error (:func:`echo_summary`).
+- Signals: :func:`handle_signals` (used by :func:`htabtool.cli.main`)
+  makes SIGTERM, SIGHUP and SIGINT raise
+  :class:`htabtool.atomic.Interrupted`, so that every cleanup runs; the
+  command then prints ``htabtool: interrupted`` and dies by the signal
+  (exit status 128 + N).  A signal after the command's commit point
+  (:func:`htabtool.atomic.committed`) lets it finish and report success.
+- A broken pipe ends the command quietly with exit status 141
+  (:data:`EXIT_BROKEN_PIPE`, what a shell reports for SIGPIPE); a closed
+  standard stream (``>&-``) is an error naming it (:func:`guard_streams`).
+- :func:`progress_option` (``--progress/--no-progress``) and
+  :func:`progress`: a bar on standard error when it is a terminal, or
+  forced; ``NO_COLOR`` takes its colour, not the bar.
+- :data:`SIZE` (a click type) and :func:`parse_size`: every size option
+  takes ``64K``, ``1M``, ``4G``, ``4GiB`` or plain bytes.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
+import signal
 import sys
 
 import click
 
 BYTE_ORDER = click.Choice(["little", "big"])
+#: a file argument or option (``-`` for a standard stream): click completes file names for it
+PATH = click.Path(allow_dash=True, readable=False)  # the commands say what is wrong with a file
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
+HANDLED_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
+
+
+# -- sizes -------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    """'64K', '4G', '512M', '4GiB', '1T' or plain bytes; binary multiples
+    (the one size parser; :func:`htabtool.vmimage.parse_size`)."""
+    from htabtool.vmimage import parse_size as parse
+
+    return parse(text)
+
+
+class SizeType(click.ParamType):
+    """A size with a suffix (64K, 1M, 4G), within ``lo``..``hi`` bytes."""
+
+    name = "size"
+
+    def __init__(self, lo: int | None = None, hi: int | None = None):
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            n = value
+        else:
+            from htabtool.errors import UsageError
+
+            try:
+                n = parse_size(value)
+            except UsageError as exc:
+                self.fail(str(exc), param, ctx)
+        if (self.lo is not None and n < self.lo) or (self.hi is not None and n > self.hi):
+            self.fail(f"{value} is outside {self.lo:,}..{self.hi:,} bytes", param, ctx)
+        return n
+
+
+SIZE = SizeType()
+
+
+# -- -f, inputs and outputs ----------------------------------------------------------------
+
+
+def force_option(f):
+    """``-f/--force``: replace an output that exists, write binary data to a terminal."""
+    return click.option("-f", "--force", is_flag=True,
+                        help="Replace an output file that exists; write binary data to a terminal.")(f)
+
+
+def given(ctx: click.Context, *names: str) -> list[str]:
+    """Which of the parameters ``names`` the user gave (on the command line
+    or in the environment), as their option names (``--churn``)."""
+    from click.core import ParameterSource
+
+    out = []
+    for name in names:
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            param = next(p for p in ctx.command.params if p.name == name)
+            out.append(max(param.opts, key=len))
+    return out
+
+
+def refuse_options(ctx: click.Context, names, where: str) -> None:
+    """A usage error naming the options of ``names`` that were given but do
+    not apply (``where`` says what they go with): never silently ignored."""
+    got = given(ctx, *names)
+    if got:
+        raise click.UsageError(f"{' and '.join(got)} {'goes' if len(got) == 1 else 'go'} with {where}")
+
+
+class StreamClosed(OSError):
+    """A standard stream that was closed when the command started."""
+
+
+_CLOSED: set[int] = set()
+
+
+def check_files(inputs: dict | None = None, outputs: dict | None = None, *, force: bool = False,
+                binary: bool = True) -> None:
+    """The rules of every command's files (see the module's notes);
+    ``inputs`` and ``outputs`` map option names to paths (None: not given).
+    Raises :class:`htabtool.atomic.OutputRefused` (exit 2)."""
+    from htabtool.atomic import OutputRefused, check_destination
+
+    inputs = {k: v for k, v in (inputs or {}).items() if v is not None}
+    outputs = {k: v for k, v in (outputs or {}).items() if v is not None}
+    stdin = [k for k, v in inputs.items() if v == "-"]
+    if len(stdin) > 1:
+        raise OutputRefused(f"only one input can be standard input (-): {' and '.join(stdin)} both are")
+    stdout = [k for k, v in outputs.items() if v == "-"]
+    if len(stdout) > 1:
+        raise OutputRefused(f"only one output can be standard output (-): {' and '.join(stdout)} both are")
+    if stdin:
+        check_stdin(stdin[0])
+    for name, path in outputs.items():
+        if path == "-":
+            check_stdout(name, force=force, binary=binary)
+        else:
+            check_destination(path, inputs.values(), force=force)
+
+
+def check_stdin(name: str = "-") -> None:
+    """``-`` as an input: standard input must be open and not a terminal."""
+    from htabtool.atomic import OutputRefused
+
+    if 0 in _CLOSED or sys.stdin is None:
+        raise OutputRefused(f"{name} -: standard input is closed")
+    if _isatty(sys.stdin):
+        raise OutputRefused(f"{name} -: standard input is a terminal; give a file, or pipe the data in")
+
+
+def check_stdout(name: str = "-o", *, force: bool = False, binary: bool = True) -> None:
+    """``-`` as an output: standard output must be open, and binary data
+    goes to a terminal only with ``force`` (as gzip and zstd)."""
+    from htabtool.atomic import OutputRefused
+
+    if 1 in _CLOSED or sys.stdout is None:
+        raise OutputRefused(f"{name} -: standard output is closed")
+    if binary and not force and _isatty(sys.stdout):
+        raise OutputRefused(f"{name} -: binary data not written to a terminal (redirect it, or use -f)")
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def echo_summary(text: str, data_on_stdout: bool = False) -> None:
+    """A report for people: on standard output, unless the command's data
+    go there (``-``): then on standard error, so that standard output
+    carries one thing."""
+    click.echo(text, err=data_on_stdout)
+
+
+# -- the standard streams, signals and broken pipes -----------------------------------------
+
+
+class _ClosedRaw(io.RawIOBase):
+    def __init__(self, fd: int, what: str):
+        self._fd, self._what = fd, what
+
+    def fileno(self):
+        return self._fd
+
+    def readable(self):
+        return self._fd == 0
+
+    def writable(self):
+        return self._fd != 0
+
+    def readinto(self, b):
+        raise StreamClosed(errno.EBADF, f"{self._what} is closed")
+
+    def write(self, b):
+        raise StreamClosed(errno.EBADF, f"{self._what} is closed")
+
+
+def guard_streams() -> None:
+    """Standard streams closed when the command started (``>&-``,
+    ``<&-``): their descriptors are taken by /dev/null (opened so that any
+    use fails), so that no file the command opens becomes its standard
+    output, and using them is an error that names them (never a
+    traceback, never a report silently lost)."""
+    _CLOSED.clear()
+    for fd, name, attr in ((0, "standard input", "stdin"), (1, "standard output", "stdout"),
+                           (2, "standard error", "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        _CLOSED.add(fd)
+        null = os.open(os.devnull, os.O_WRONLY if fd == 0 else os.O_RDONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if fd == 2:  # nowhere to say anything: say it to nobody
+            sys.stderr = open(os.devnull, "w")
+        elif fd == 0:
+            sys.stdin = io.TextIOWrapper(io.BufferedReader(_ClosedRaw(fd, name)))
+        else:
+            sys.stdout = io.TextIOWrapper(io.BufferedWriter(_ClosedRaw(fd, name)), write_through=True)
+
+
+@contextlib.contextmanager
+def handle_signals(restore: bool = True):
+    """SIGTERM, SIGHUP and SIGINT raise :class:`htabtool.atomic.Interrupted`
+    in this block (a signal ignored when the command started stays
+    ignored, as nohup wants); the previous handlers are put back after
+    (``restore``; a process that exits right after keeps them, so that a
+    signal while it exits is held, not its death)."""
+    from htabtool.atomic import SIGNALS, on_signal
+
+    SIGNALS.reset()
+    previous = {}
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for name in HANDLED_SIGNALS:
+            num = getattr(signal, name, None)
+            if num is None:
+                continue
+            old = signal.getsignal(num)
+            if old is signal.SIG_IGN:
+                continue
+            previous[num] = old
+            signal.signal(num, on_signal)
+    try:
+        yield
+    finally:
+        if restore:
+            for num, old in previous.items():
+                signal.signal(num, old)
+        elif previous and hasattr(signal, "pthread_sigmask"):
+            # the interpreter's shutdown puts the default actions back: a signal
+            # then would kill a command that has done its work; blocked, it is
+            # dropped when the process exits with its status
+            signal.pthread_sigmask(signal.SIG_BLOCK, set(previous))
+
+
+def die_by_signal(signum: int) -> None:
+    """End the process by ``signum`` (its default action), so that the
+    shell sees 128 + N and a loop around the command stops on Ctrl-C."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)  # if it did not end us (it should have)
+
+
+def quiet_stdout() -> None:
+    """Standard output to /dev/null (its reader went away): nothing more is
+    written there, not even at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema in the man page).")(f)
 
 
-def buffer_size_option(default: int = 65536, help_text: str = "The read(2)/write(2) size on the htab fd, in bytes."):
+def buffer_size_option(default: int = 65536, help_text: str = "The read(2)/write(2) size on the htab fd (64K, 1M, ...)."):
     return click.option(
         "--buffer-size",
-        type=click.IntRange(25, 1 << 30),
+        type=SizeType(25, 1 << 30),
         default=default,
         show_default=True,
-        metavar="BYTES",
+        metavar="SIZE",
         help=help_text,
     )
 
@@ -50,27 +328,67 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False)
 
 
+def progress_option(f):
+    """``--progress/--no-progress``: force the progress bar on or off."""
+
+    def remember(ctx, param, value):
+        ctx.meta["htabtool.progress"] = value
+        return value
+
+    return click.option("--progress/--no-progress", "show_progress", default=None, expose_value=False,
+                        callback=remember, is_eager=True,
+                        help="Show a progress bar on standard error, or not (default: when it is a terminal).")(f)
+
+
+def progress_wanted() -> bool:
+    """Is a bar to be shown?  --progress/--no-progress when given, else
+    when standard error is a terminal (not TERM=dumb).  NO_COLOR takes the
+    bar's colour, not the bar."""
+    ctx = click.get_current_context(silent=True)
+    forced = None if ctx is None else ctx.meta.get("htabtool.progress")
+    if forced is not None:
+        return forced
+    return os.environ.get("TERM") != "dumb" and _isatty(sys.stderr)
+
+
 @contextlib.contextmanager
 def progress(total, label: str):
-    """A progress bar on stderr when stderr is a terminal (and NO_COLOR is
-    unset); otherwise nothing.  Yields ``advance(n)``.  ``total`` may be a
-    callable: it is asked only when a bar is shown."""
-    if plain(sys.stderr):
-        yield lambda n: None
+    """A progress bar on stderr (see :func:`progress_wanted`); otherwise
+    nothing.  Yields ``advance(n)``; ``advance.label(text)`` changes the
+    label (dump's pass counter), ``advance.total(n)`` the total.  ``total``
+    may be a callable: it is asked only when a bar is shown."""
+    def nothing(n):
+        return None
+
+    nothing.label = nothing.total = lambda x: None
+    if not progress_wanted():
+        yield nothing
         return
     if callable(total):
         total = total()
-    if not total:
-        yield lambda n: None
-        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from rich.console import Console
+
+    con = Console(stderr=True, highlight=False, force_terminal=True, no_color=bool(os.environ.get("NO_COLOR")))
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
-        console=console(stderr=True), transient=True,
+        console=con, transient=True,
     ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+        task = bar.add_task(label, total=total or None)
+
+        def advance(n):
+            bar.advance(task, n)
+
+        advance.label = lambda text: bar.update(task, description=text)
+        advance.total = lambda n: bar.update(task, total=n or None, completed=0)
+        yield advance
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 record``, ``2 records``, ``1,024 entries``: thousands
+    separators and the right number everywhere."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
 def human_bytes(n: int) -> str:

@@ -6,15 +6,29 @@ import contextlib
 
 import click
 
-from htabtool.cli.common import BYTE_ORDER, buffer_size_option, emit_json, human_bytes, json_option, level_option, progress
+from htabtool.cli.common import (
+    BYTE_ORDER,
+    PATH,
+    buffer_size_option,
+    check_files,
+    emit_json,
+    force_option,
+    human_bytes,
+    json_option,
+    level_option,
+    plural,
+    progress,
+    progress_option,
+    refuse_options,
+)
 
 
 @click.command()
-@click.option("-o", "--output", required=True, metavar="OUT|-", help="The snapshot file to write (- for standard output).")
-@click.option("--vm", "vm_image", metavar="IMAGE", help="Source: a simulated VM image (htabtool vm create).")
-@click.option("--raw", "raw_input", metavar="FILE|-", help="Source: a raw kernel record stream captured from an htab fd.")
-@click.option("--qemu", "qemu_input", metavar="FILE|-", help="Source: a QEMU migration stream (its spapr/htab section).")
-@click.option("--qemu-section", "qemu_section", metavar="FILE|-", help="Source: a bare spapr/htab section payload.")
+@click.option("-o", "--output", required=True, metavar="OUT|-", type=PATH, help="The snapshot file to write (- for standard output).")
+@click.option("--vm", "vm_image", metavar="IMAGE", type=PATH, help="Source: a simulated VM image (htabtool vm create).")
+@click.option("--raw", "raw_input", metavar="FILE|-", type=PATH, help="Source: a raw kernel record stream captured from an htab fd.")
+@click.option("--qemu", "qemu_input", metavar="FILE|-", type=PATH, help="Source: a QEMU migration stream (its spapr/htab section).")
+@click.option("--qemu-section", "qemu_section", metavar="FILE|-", type=PATH, help="Source: a bare spapr/htab section payload.")
 @click.option("--byte-order", type=BYTE_ORDER, default=None,
               help="Header byte order: of the raw stream (--raw, required), of the snapshot (--qemu: default little), "
                    "of the simulated host (--vm: default little).")
@@ -31,10 +45,13 @@ from htabtool.cli.common import BYTE_ORDER, buffer_size_option, emit_json, human
               help="--vm: keep making passes until one returns at most N changed entries (at most --max-passes).")
 @click.option("--max-passes", type=click.IntRange(1, 1_000_000), default=30, show_default=True, help="--vm: the cap for --until-dirty.")
 @level_option
+@force_option
+@progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
-def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
-         buffer_size, passes, churn, until_dirty, max_passes, level, as_json, quiet):
+@click.pass_context
+def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
+         buffer_size, passes, churn, until_dirty, max_passes, level, force, as_json, quiet):
     """Snapshot an HPT into a compressed snapshot file whose chunks are the
     exact kernel records (zstd -dc prints them).  Give exactly one source.
 
@@ -45,31 +62,55 @@ def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, orde
       htabtool dump --raw capture.bin --byte-order little --order 24 -o cap.htab
       htabtool dump --qemu migration.bin -o guest.htab
       htabtool dump --vm guest.img -o - | htabtool stat -
+      htabtool dump -f --vm guest.img -o guest.htab     # replace guest.htab
     """
     from htabtool import ops
-    from htabtool.sources import open_output
+    from htabtool.sources import named_errors, open_output
 
-    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section)) if v]
+    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section)) if v is not None]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one source: --vm IMAGE, --raw FILE, --qemu FILE or --qemu-section FILE"
                                + (f" (got {' '.join(chosen)})" if chosen else ""))
-    if raw_input is None and (order is not None or entries is not None):
-        raise click.UsageError("--order and --entries go with --raw")
-    if vm_image is None and (bolted_only or start_index or passes != 1 or until_dirty is not None):
-        raise click.UsageError("--bolted-only, --start-index, --passes and --until-dirty go with --vm")
-    with _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
-                 buffer_size, passes, churn, until_dirty, max_passes) as source:
-        with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
-            summary = ops.dump(source, out, level=level, progress=advance, output=output)
+    if raw_input is None:
+        refuse_options(ctx, ("order", "entries"), "--raw")
+    if vm_image is None:
+        refuse_options(ctx, ("bolted_only", "start_index", "buffer_size", "passes", "churn", "until_dirty",
+                             "max_passes"), "--vm")
+    if until_dirty is not None:
+        refuse_options(ctx, ("passes",), "--vm without --until-dirty (which makes passes up to --max-passes)")
+    else:
+        refuse_options(ctx, ("max_passes",), "--until-dirty")
+    if passes == 1 and until_dirty is None:
+        refuse_options(ctx, ("churn",), "--passes N (N > 1) or --until-dirty (the guest runs between passes)")
+    check_files({"--vm": vm_image, "--raw": raw_input, "--qemu": qemu_input, "--qemu-section": qemu_section},
+                {"-o": output}, force=force)
+    given = next(v for v in (vm_image, raw_input, qemu_input, qemu_section) if v is not None)
+    with named_errors("<stdin>" if given == "-" else given):  # a content error names the source
+        with _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only,
+                     start_index, buffer_size, passes, churn, until_dirty, max_passes) as source:
+            with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
+                summary = ops.dump(source, out, level=level, progress=advance, output=output)
+    if summary.converged is False and not quiet:
+        click.echo(f"htabtool: {output}: did not converge: {plural(max_passes, 'pass', 'passes')} made, the last "
+                   f"with {plural(summary.last_pass_changed, 'changed entry', 'changed entries')} "
+                   f"(--until-dirty {until_dirty})", err=True)
     if as_json:
         emit_json(summary.to_dict(), err=output == "-")
     elif not quiet:
-        click.echo(
-            f"{output}: {summary.passes} pass{'es' if summary.passes != 1 else ''}, {summary.records:,} records, "
-            f"{summary.valid:,} valid entries, {human_bytes(summary.raw_bytes)} of records in "
-            f"{human_bytes(summary.file_bytes)} ({summary.seconds:.2f} s)",
-            err=True,
-        )
+        click.echo(f"{output}: {_summary(summary)}", err=True)
+
+
+def _summary(s) -> str:
+    if s.passes <= 1:
+        valid = plural(s.valid, "valid entry", "valid entries")
+    elif s.final_valid is not None:
+        valid = (f"{plural(s.final_valid, 'valid entry', 'valid entries')} in the final table "
+                 f"({s.last_pass_changed:,} changed in the last pass)")
+    else:
+        valid = (f"{plural(s.valid, 'valid entry', 'valid entries')} reported over the passes "
+                 f"({s.last_pass_changed:,} in the last)")
+    return (f"{plural(s.passes, 'pass', 'passes')}, {plural(s.records, 'record')}, {valid}, "
+            f"{human_bytes(s.raw_bytes)} of records in {human_bytes(s.file_bytes)} ({s.seconds:.2f} s)")
 
 
 @contextlib.contextmanager

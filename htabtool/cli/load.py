@@ -4,28 +4,46 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import BYTE_ORDER, buffer_size_option, emit_json, human_bytes, json_option
+from htabtool.cli.common import (
+    BYTE_ORDER,
+    PATH,
+    buffer_size_option,
+    check_files,
+    emit_json,
+    force_option,
+    human_bytes,
+    json_option,
+    plural,
+    progress,
+    progress_option,
+    refuse_options,
+)
 
 
 @click.command()
-@click.argument("snapshot", metavar="SNAP|-")
-@click.option("--vm", "vm_image", metavar="IMAGE", help="Target: a simulated VM image, through its htab write fd.")
+@click.argument("snapshot", metavar="SNAP|-", type=PATH)
+@click.option("--vm", "vm_image", metavar="IMAGE", type=PATH, help="Target: a simulated VM image, through its htab write fd.")
 @click.option("--create", is_flag=True, help="--vm: create the image (of the snapshot's table size) if it does not exist.")
 @click.option("--stop", is_flag=True, help="--vm: stop a running VM first (the kernel refuses writes while vCPUs run: EBUSY).")
 @click.option("--verify", "verify_after", is_flag=True, help="--vm: dump the VM again after loading and compare with the snapshot.")
 @buffer_size_option(help_text="--vm: the write(2) size on the htab fd, in bytes.")
-@click.option("--raw-out", metavar="FILE|-", help="Target: the exact kernel records (all passes), for a kernel write fd.")
+@click.option("--raw-out", metavar="FILE|-", type=PATH, help="Target: the exact kernel records (all passes), for a kernel write fd.")
 @click.option("--byte-order", type=BYTE_ORDER, default=None, help="--raw-out: turn the record headers to this byte order (default: the snapshot's).")
-@click.option("--qemu-section", metavar="OUT|-", help="Target: QEMU spapr/htab section payloads (START, then one part per pass).")
-@click.option("--qemu-splice", metavar="MIG", help="Target: a copy of the QEMU migration stream MIG with its htab replaced (needs -o).")
-@click.option("-o", "--output", metavar="NEW|-", help="--qemu-splice: the new migration stream.")
+@click.option("--qemu-section", metavar="OUT|-", type=PATH, help="Target: QEMU spapr/htab section payloads (START, then one part per pass).")
+@click.option("--qemu-splice", metavar="MIG", type=PATH, help="Target: a copy of the QEMU migration stream MIG with its htab replaced (needs -o).")
+@click.option("-o", "--output", metavar="NEW|-", type=PATH, help="--qemu-splice: the new migration stream.")
+@force_option
+@progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
-def load(snapshot, vm_image, create, stop, verify_after, buffer_size, raw_out, byte_order, qemu_section, qemu_splice,
-         output, as_json, quiet):
+@click.pass_context
+def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, raw_out, byte_order, qemu_section, qemu_splice,
+         output, force, as_json, quiet):
     """Replay a snapshot into a target: a simulated VM, a raw record stream,
     or QEMU.  The whole snapshot is checked before the first write, so a
-    damaged snapshot leaves the target as it was.
+    damaged snapshot leaves the target as it was.  An output file that
+    exists is replaced only with -f; --vm IMAGE is changed in place (all or
+    nothing).
 
     \b
     Examples:
@@ -37,19 +55,21 @@ def load(snapshot, vm_image, create, stop, verify_after, buffer_size, raw_out, b
     """
     from htabtool import ops
     from htabtool.errors import HtabError
-    from htabtool.sources import open_input, open_output, open_snapshot
+    from htabtool.sources import named_errors, open_input, open_output, open_snapshot
 
     chosen = [n for n, v in (("--vm", vm_image), ("--raw-out", raw_out), ("--qemu-section", qemu_section),
-                             ("--qemu-splice", qemu_splice)) if v]
+                             ("--qemu-splice", qemu_splice)) if v is not None]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one target: --vm IMAGE, --raw-out FILE, --qemu-section OUT or --qemu-splice MIG -o NEW"
                                + (f" (got {' '.join(chosen)})" if chosen else ""))
     if (output is not None) != (qemu_splice is not None):
         raise click.UsageError("-o NEW goes with --qemu-splice MIG (and --qemu-splice needs it)")
-    if vm_image is None and (create or stop or verify_after):
-        raise click.UsageError("--create, --stop and --verify go with --vm")
-    if raw_out is None and byte_order is not None:
-        raise click.UsageError("--byte-order goes with --raw-out")
+    if vm_image is None:
+        refuse_options(ctx, ("create", "stop", "verify_after", "buffer_size"), "--vm")
+    if raw_out is None:
+        refuse_options(ctx, ("byte_order",), "--raw-out")
+    check_files({"SNAP": snapshot, "--qemu-splice": qemu_splice},
+                {"--raw-out": raw_out, "--qemu-section": qemu_section, "-o": output}, force=force)
 
     with open_snapshot(snapshot) as snap:
         checked = ops.verify(snap)
@@ -57,7 +77,9 @@ def load(snapshot, vm_image, create, stop, verify_after, buffer_size, raw_out, b
             raise HtabError(f"{snap.name} is not sound, nothing was written: {checked.problems[0]}"
                             + (f" (and {len(checked.problems) - 1} more; see htabtool verify)" if len(checked.problems) > 1 else ""))
         if vm_image is not None:
-            report = ops.load_vm(snap, vm_image, create=create, stop=stop, verify=verify_after, buffer_size=buffer_size)
+            with progress(lambda: snap.trailer().raw_size, "load") as advance:
+                report = ops.load_vm(snap, vm_image, create=create, stop=stop, verify=verify_after,
+                                     buffer_size=buffer_size, progress=advance)
         elif raw_out is not None:
             with open_output(raw_out) as out:
                 written = ops.records_out(snap, out.write, byte_order=byte_order)
@@ -72,7 +94,8 @@ def load(snapshot, vm_image, create, stop, verify_after, buffer_size, raw_out, b
                 report = {"target": "qemu-section", "output": qemu_section, "parts": stats.parts,
                           "records": stats.records, "bytes": stats.nbytes}
             else:
-                with open_input(qemu_splice) as mig, open_output(output) as out:
+                with named_errors("<stdin>" if qemu_splice == "-" else qemu_splice), open_input(qemu_splice) as mig, \
+                        open_output(output) as out:
                     stats = qemu.splice(mig, snap.header.order, pieces, out, byte_order=snap.byte_order,
                                         passes=sum(1 for p in snap.trailer().passes if p.chunks))
                 report = {"target": "qemu-splice", "input": qemu_splice, "output": output,
@@ -92,11 +115,11 @@ def load(snapshot, vm_image, create, stop, verify_after, buffer_size, raw_out, b
 def _summary(r: dict) -> str:
     if r["target"] == "vm":
         extra = "; verified: identical" if r.get("verified") else ""
-        return (f"{r['snapshot']} -> {r['image']}: {r['records']:,} records in {r['writes']:,} writes of at most "
-                f"{r['buffer_size']} bytes{extra}")
+        return (f"{r['snapshot']} -> {r['image']}: {plural(r['records'], 'record')} in {plural(r['writes'], 'write')} "
+                f"of at most {plural(r['buffer_size'], 'byte')}{extra}")
     if r["target"] == "raw":
         return f"{r['snapshot']} -> {r['output']}: {human_bytes(r['bytes'])} of records"
     if r["target"] == "qemu-section":
-        return f"{r['snapshot']} -> {r['output']}: {r['parts']} part(s), {r['records']:,} records"
-    return (f"{r['snapshot']} -> {r['output']}: {r['records']:,} records in {r['parts']} htab part(s), one per pass; "
-            f"QEMU's {r['dropped_parts']} htab PART(s) left out")
+        return f"{r['snapshot']} -> {r['output']}: {plural(r['parts'], 'part')}, {plural(r['records'], 'record')}"
+    return (f"{r['snapshot']} -> {r['output']}: {plural(r['records'], 'record')} in {plural(r['parts'], 'htab part')}, "
+            f"one per pass; QEMU's {plural(r['dropped_parts'], 'htab PART')} left out")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import emit_json, human_bytes, json_option, labelled_bars, show
+from htabtool.cli.common import PATH, check_files, emit_json, human_bytes, json_option, labelled_bars, plural, progress, progress_option, show
 
 
 @click.command()
-@click.argument("snapshot", metavar="SNAP|-")
+@click.argument("snapshot", metavar="SNAP|-", type=PATH)
+@progress_option
 @json_option
 def stat(snapshot, as_json):
     """Show what a snapshot holds: the header, the final table's valid,
@@ -24,8 +25,10 @@ def stat(snapshot, as_json):
     from htabtool import ops
     from htabtool.sources import open_snapshot
 
+    check_files({"SNAP": snapshot})
     with open_snapshot(snapshot) as snap:
-        report = ops.stat_report(snap)
+        with progress(lambda: snap.entries, "stat") as advance:
+            report = ops.stat_report(snap, progress=advance)
     if as_json:
         emit_json(report)
         return
@@ -44,6 +47,7 @@ def stat(snapshot, as_json):
             ("secondary hash", f"{report['secondary']:,}"),
             ("R set / C set", f"{report['referenced']:,} / {report['changed']:,}"),
             ("VRMA entries", f"{report['vrma']:,}"),
+            ("HPTE_V_HVLOCK", f"{report['hvlock']:,}"),
             ("page sizes", _mix(report["page_sizes"])),
             ("segment sizes", _mix(report["segment_sizes"])),
             ("PTEG fill", "8-entry groups by valid entries"),
@@ -61,7 +65,7 @@ def stat(snapshot, as_json):
                 for p in report["per_pass"]
             ],
             *_part_lines(report["qemu_parts"]),
-            ("size", f"{human_bytes(report['raw_bytes'])} of records in {report['chunks']} chunks, "
+            ("size", f"{human_bytes(report['raw_bytes'])} of records in {plural(report['chunks'], 'chunk')}, "
                      f"file {human_bytes(report['file_bytes'])} (ratio {report['ratio']})"),
         ]
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import emit_json, json_option
+from htabtool.cli.common import PATH, check_files, emit_json, json_option, plural, progress, progress_option
 
 
 @click.command()
-@click.argument("snapshot", metavar="SNAP|-")
+@click.argument("snapshot", metavar="SNAP|-", type=PATH)
+@progress_option
 @json_option
 @click.pass_context
 def verify(ctx, snapshot, as_json):
@@ -19,18 +20,33 @@ def verify(ctx, snapshot, as_json):
     \b
     Examples:
       htabtool verify guest.htab && echo sound
-      htabtool verify --json guest.htab
+      htabtool verify --json guest.htab    # JSON even when unreadable (exit 2)
     """
     from htabtool import ops
+    from htabtool.errors import HtabError
     from htabtool.sources import open_snapshot
 
-    with open_snapshot(snapshot) as snap:
-        result = ops.verify(snap)
-        name = snap.name
+    check_files({"SNAP": snapshot})
+    try:
+        with open_snapshot(snapshot) as snap:
+            with progress(lambda: snap.file_size, "verify") as advance:
+                result = ops.verify(snap, progress=advance)
+            name = snap.name
+    except (HtabError, OSError) as exc:
+        if not as_json:
+            raise
+        from htabtool.cli import EXIT_TROUBLE, _describe
+
+        # a script still gets its JSON: unreadable, and why
+        name = "<stdin>" if snapshot == "-" else snapshot
+        emit_json({"schema": "htabtool-verify/1", "sound": False, "readable": False, "file": name,
+                   "error": _describe(exc), "chunks": 0, "records": 0,
+                   "problems": [{"where": "file", "what": _describe(exc)}]})
+        ctx.exit(EXIT_TROUBLE)
     if as_json:
         emit_json({**result.to_dict(), "file": name})
     elif result.sound:
-        click.echo(f"{name}: sound ({result.chunks} chunks, {result.records:,} records)")
+        click.echo(f"{name}: sound ({plural(result.chunks, 'chunk')}, {plural(result.records, 'record')})")
     else:
         for p in result.problems:
             click.echo(f"{name}: {p}")

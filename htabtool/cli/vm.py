@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import emit_json, json_option
-from htabtool.errors import UsageError
+from htabtool.cli.common import (
+    SIZE,
+    check_files,
+    emit_json,
+    force_option,
+    json_option,
+    plural,
+    printable,
+    progress,
+    progress_option,
+)
 
 INFO_SCHEMA = "htabtool-vm-info/1"
 RUN_SCHEMA = "htabtool-vm-run/1"
-
-
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    from htabtool.vmimage import parse_size
-
-    try:
-        return parse_size(value)
-    except UsageError as exc:
-        raise click.BadParameter(str(exc)) from None
+STATE_SCHEMA = "htabtool-vm-state/1"
 
 
 def _emit(data: dict, as_json: bool, lines, schema: str) -> None:
@@ -27,7 +26,7 @@ def _emit(data: dict, as_json: bool, lines, schema: str) -> None:
         emit_json({"schema": schema, **data})
     else:
         for line in lines(data):
-            click.echo(line)
+            click.echo(printable(line))  # names and strings from the image's state: no escapes to the terminal
 
 
 @click.group("vm")
@@ -49,7 +48,7 @@ def vm():
 
 @vm.command("create")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--ram", callback=_size, metavar="SIZE", help="Guest RAM, e.g. 4G (sets the table size as QEMU does: 1/128 of RAM).")
+@click.option("--ram", type=SIZE, metavar="SIZE", help="Guest RAM, e.g. 4G (sets the table size as QEMU does: 1/128 of RAM).")
 @click.option("--order", type=click.IntRange(18, 46), help="log2 of the table's bytes (18..46); RAM defaults to 128 times the table.")
 @click.option(
     "--profile",
@@ -60,17 +59,20 @@ def vm():
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the guest model (same seed, same table).")
 @click.option("--vrma", is_flag=True, help="Map the real-mode area on the first run, as KVM on POWER8/9 does.")
-@click.option("--backing-page-size", "backing", callback=_size, default="16M", show_default=True, metavar="SIZE",
+@click.option("--backing-page-size", "backing", type=SIZE, default="16M", show_default=True, metavar="SIZE",
               help="Host pages backing guest RAM (guest pages larger than this are refused).")
-@click.option("--force", is_flag=True, help="Replace IMAGE if it exists.")
+@force_option
+@progress_option
 @json_option
 def create(image, ram, order, profile, seed, vrma, backing, force, as_json):
-    """Create a VM image and boot its guest.
+    """Create a VM image and boot its guest.  An IMAGE that exists is
+    replaced only with -f.
 
     \b
     Example:
       htabtool vm create guest.img --ram 4G --profile idle --seed 1
       htabtool vm create dest.img --ram 4G --profile empty
+      htabtool vm create -f guest.img --ram 4G     # replace guest.img
     """
     from htabtool.vmimage import create_image
 
@@ -78,10 +80,12 @@ def create(image, ram, order, profile, seed, vrma, backing, force, as_json):
         raise click.UsageError("give --ram SIZE or --order N")
     if backing & (backing - 1) or not (1 << 12) <= backing <= (1 << 34):
         raise click.BadParameter("must be a power of two from 4K to 16G", param_hint="--backing-page-size")
-    info = create_image(
-        image, ram=ram, order=order, profile=profile, seed=seed,
-        backing_page_shift=backing.bit_length() - 1, vrma=vrma, force=force,
-    )
+    check_files(outputs={"IMAGE": image}, force=force)
+    with progress(None, "vm create"):
+        info = create_image(
+            image, ram=ram, order=order, profile=profile, seed=seed,
+            backing_page_shift=backing.bit_length() - 1, vrma=vrma, force=force,
+        )
     _emit(info, as_json, _create_lines, INFO_SCHEMA)
 
 
@@ -90,9 +94,9 @@ def _create_lines(info):
 
     g = info["guest"]
     yield (
-        f"created {info['path']}: order {info['order']} ({info['entries']} entries), "
+        f"created {info['path']}: order {info['order']} ({plural(info['entries'], 'entry', 'entries')}), "
         f"{format_size(info['ram_bytes'])} RAM, profile {g['profile']}, seed {g['seed']}: "
-        f"{info['valid']} valid entries ({info['bolted']} bolted), vCPUs {info['vcpus']}"
+        f"{plural(info['valid'], 'valid entry', 'valid entries')} ({info['bolted']:,} bolted), vCPUs {info['vcpus']}"
     )
 
 
@@ -100,6 +104,7 @@ def _create_lines(info):
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--ops", type=click.IntRange(min=0), help="Run this many guest events (fork, exec, exit, mmap, faults, ...).")
 @click.option("--seconds", type=click.FloatRange(min=0), help="Run this much guest time at the profile's rate.")
+@progress_option
 @json_option
 def run(image, ops, seconds, as_json):
     """Let the guest run: it churns its page table.
@@ -113,17 +118,19 @@ def run(image, ops, seconds, as_json):
 
     if (ops is None) == (seconds is None):
         raise click.UsageError("give exactly one of --ops N or --seconds S")
-    _emit(run_image(image, ops=ops, seconds=seconds), as_json, _run_lines, RUN_SCHEMA)
+    with progress(None, "vm run"):
+        stats = run_image(image, ops=ops, seconds=seconds)
+    _emit(stats, as_json, _run_lines, RUN_SCHEMA)
 
 
 def _run_lines(s):
-    events = ", ".join(f"{k} {v}" for k, v in s["events"].items()) or "none"
+    events = ", ".join(f"{k} {v:,}" for k, v in s["events"].items()) or "none"
     yield f"events: {events}"
     yield (
-        f"entries: {s['entered']} entered, {s['removed']} removed, {s['protected']} re-protected, "
-        f"{s['evicted']} evicted, {s['touched']} touched"
+        f"entries: {s['entered']:,} entered, {s['removed']:,} removed, {s['protected']:,} re-protected, "
+        f"{s['evicted']:,} evicted, {s['touched']:,} touched"
     )
-    yield f"valid entries: {s['valid_before']} -> {s['valid_after']}; guest clock {s['clock_seconds']} s"
+    yield f"valid entries: {s['valid_before']:,} -> {s['valid_after']:,}; guest clock {s['clock_seconds']} s"
 
 
 @vm.command("info")
@@ -146,46 +153,52 @@ def _info_lines(i):
 
     g = i["guest"]
     yield f"image:        {i['path']} (format {i['format_version']}, generation {i['generation']})"
-    yield f"table:        order {i['order']}, {i['entries']} entries, {format_size(i['table_bytes'])}"
+    yield f"table:        order {i['order']}, {plural(i['entries'], 'entry', 'entries')}, {format_size(i['table_bytes'])}"
     yield f"RAM:          {format_size(i['ram_bytes'])}, backed by {format_size(1 << i['backing_page_shift'])} pages"
     yield f"vCPUs:        {i['vcpus']}; MMU {'ready' if i['mmu_ready'] else 'not ready'}"
     yield (
-        f"entries:      {i['valid']} valid ({i['bolted']} bolted, {i['absent']} absent, "
-        f"{i['secondary']} secondary)"
+        f"entries:      {i['valid']:,} valid ({i['bolted']:,} bolted, {i['absent']:,} absent, "
+        f"{i['secondary']:,} secondary)"
     )
-    progs = ", ".join(f"{k} {v}" for k, v in sorted(g["programs"].items())) or "none"
-    yield f"guest:        profile {g['profile']}, seed {g['seed']}, {g['processes']} processes ({progs})"
-    yield f"clock:        {g['clock_seconds']} s, {g['events']} events"
-    hc = ", ".join(f"{k} {v}" for k, v in i["hcalls"].items()) or "none"
+    progs = ", ".join(f"{k} {v:,}" for k, v in sorted(g["programs"].items())) or "none"
+    yield f"guest:        profile {g['profile']}, seed {g['seed']}, {plural(g['processes'], 'process', 'processes')} ({progs})"
+    yield f"clock:        {g['clock_seconds']} s, {plural(g['events'], 'event')}"
+    hc = ", ".join(f"{k} {v:,}" for k, v in i["hcalls"].items()) or "none"
     yield f"hypercalls:   {hc}"
-    yield f"file:         {i['file_bytes']} bytes ({i['disk_bytes']} on disk)"
+    yield f"file:         {plural(i['file_bytes'], 'byte')} ({i['disk_bytes']:,} on disk)"
 
 
 @vm.command("stop")
 @click.argument("image", type=click.Path(dir_okay=False))
-def stop(image):
+@json_option
+def stop(image, as_json):
     """Stop the vCPUs (loading into the VM works only while stopped).
 
     \b
     Example:
       htabtool vm stop guest.img
+      htabtool vm stop guest.img --json
     """
     from htabtool.vmimage import set_running
 
-    r = set_running(image, False)
-    click.echo(f"{r['path']}: vCPUs stopped")
+    _emit(set_running(image, False), as_json, _state_lines, STATE_SCHEMA)
 
 
 @vm.command("cont")
 @click.argument("image", type=click.Path(dir_okay=False))
-def cont(image):
+@json_option
+def cont(image, as_json):
     """Run the vCPUs again (writes through the htab fd then fail with EBUSY).
 
     \b
     Example:
       htabtool vm cont guest.img
+      htabtool vm cont guest.img --json
     """
     from htabtool.vmimage import set_running
 
-    r = set_running(image, True)
-    click.echo(f"{r['path']}: vCPUs running")
+    _emit(set_running(image, True), as_json, _state_lines, STATE_SCHEMA)
+
+
+def _state_lines(r):
+    yield f"{r['path']}: vCPUs {r['vcpus']}"

@@ -569,7 +569,7 @@ CASES += [
         "guest.img: is a symbolic link to a missing file (nowhere.img)"),
     Bad("vm-ram-past-the-table", lambda d: d / "new.img", "vm create {} --order 18 --ram 64G", 2,
         "--ram 64 GiB needs 1,048,576 bolted entries for the kernel's linear map"),
-    Bad("vm-ram-past-64-bits", lambda d: d / "new.img", f"vm create {{}} --order 46 --ram {1 << 70}", 2,
+    Bad("vm-ram-past-64-bits", lambda d: d / "new.img", f"vm create {{}} --order 36 --ram {1 << 70}", 2,
         "bolted entries for the kernel's linear map"),
     Bad("vm-state-a-string-for-a-number", image(damage=state_edit(lambda s: s["guest"].update(clock="x"))),
         "vm info {}", 2, "the VM image's state does not hold: guest.clock has the wrong type"),

@@ -15,25 +15,30 @@ from htabtool.cli.common import BYTE_ORDER, buffer_size_option, emit_json, human
 @click.option("--raw", "raw_input", metavar="FILE|-", help="Source: a raw kernel record stream captured from an htab fd.")
 @click.option("--qemu", "qemu_input", metavar="FILE|-", help="Source: a QEMU migration stream (its spapr/htab section).")
 @click.option("--qemu-section", "qemu_section", metavar="FILE|-", help="Source: a bare spapr/htab section payload.")
+@click.option("--kvm", "kvm_pid", metavar="PID[:FD]",
+              help="Source: the real KVM guest of process PID (QEMU), through the kernel's htab fd (PID:FD picks its VM fd).")
+@click.option("--kvm-fd", "kvm_fd", type=click.IntRange(0), metavar="N", help="Source: the KVM VM fd N this process was given.")
+@click.option("--force", is_flag=True,
+              help="--kvm/--kvm-fd: read even though the process already holds an htab fd (a migration may be running).")
 @click.option("--byte-order", type=BYTE_ORDER, default=None,
               help="Header byte order: of the raw stream (--raw, required), of the snapshot (--qemu: default little), "
                    "of the simulated host (--vm: default little).")
 @click.option("--order", type=int, default=None, metavar="N", help="--raw: the table's order (log2 of its bytes).")
 @click.option("--entries", type=int, default=None, metavar="N", help="--raw: the table's size in entries.")
-@click.option("--bolted-only", is_flag=True, help="--vm: read only bolted entries (KVM_GET_HTAB_BOLTED_ONLY).")
-@click.option("--start-index", type=click.IntRange(0), default=0, show_default=True, help="--vm: the first entry to read.")
+@click.option("--bolted-only", is_flag=True, help="--vm, --kvm: read only bolted entries (KVM_GET_HTAB_BOLTED_ONLY).")
+@click.option("--start-index", type=click.IntRange(0), default=0, show_default=True, help="--vm, --kvm: the first entry to read.")
 @buffer_size_option()
 @click.option("--passes", type=click.IntRange(1, 1_000_000), default=1, show_default=True,
-              help="--vm: passes to read; the guest keeps running --churn operations between them (a live snapshot).")
+              help="--vm, --kvm: passes to read; the guest keeps running (--vm: --churn operations) between them (a live snapshot).")
 @click.option("--churn", type=click.IntRange(0), default=1000, show_default=True, metavar="N",
               help="--vm: guest operations between passes.")
 @click.option("--until-dirty", type=click.IntRange(0), default=None, metavar="N",
-              help="--vm: keep making passes until one returns at most N changed entries (at most --max-passes).")
-@click.option("--max-passes", type=click.IntRange(1, 1_000_000), default=30, show_default=True, help="--vm: the cap for --until-dirty.")
+              help="--vm, --kvm: keep making passes until one returns at most N changed entries (at most --max-passes).")
+@click.option("--max-passes", type=click.IntRange(1, 1_000_000), default=30, show_default=True, help="--vm, --kvm: the cap for --until-dirty.")
 @level_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
-def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
+def dump(output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kvm_fd, force, byte_order, order, entries, bolted_only, start_index,
          buffer_size, passes, churn, until_dirty, max_passes, level, as_json, quiet):
     """Snapshot an HPT into a compressed snapshot file whose chunks are the
     exact kernel records (zstd -dc prints them).  Give exactly one source.
@@ -45,20 +50,35 @@ def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, orde
       htabtool dump --raw capture.bin --byte-order little --order 24 -o cap.htab
       htabtool dump --qemu migration.bin -o guest.htab
       htabtool dump --vm guest.img -o - | htabtool stat -
+      htabtool dump --kvm "$(pgrep -f qemu-system-ppc64)" -o guest.htab
     """
     from htabtool import ops
     from htabtool.sources import open_output
 
-    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section)) if v]
+    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section),
+                             ("--kvm", kvm_pid), ("--kvm-fd", kvm_fd)) if v is not None]
     if len(chosen) != 1:
-        raise click.UsageError("give exactly one source: --vm IMAGE, --raw FILE, --qemu FILE or --qemu-section FILE"
-                               + (f" (got {' '.join(chosen)})" if chosen else ""))
+        raise click.UsageError("give exactly one source: --vm IMAGE, --raw FILE, --qemu FILE, --qemu-section FILE, "
+                               "--kvm PID or --kvm-fd N" + (f" (got {' '.join(chosen)})" if chosen else ""))
+    kvm = kvm_pid is not None or kvm_fd is not None
     if raw_input is None and (order is not None or entries is not None):
         raise click.UsageError("--order and --entries go with --raw")
-    if vm_image is None and (bolted_only or start_index or passes != 1 or until_dirty is not None):
-        raise click.UsageError("--bolted-only, --start-index, --passes and --until-dirty go with --vm")
-    with _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
-                 buffer_size, passes, churn, until_dirty, max_passes) as source:
+    if vm_image is None and not kvm and (bolted_only or start_index or passes != 1 or until_dirty is not None):
+        raise click.UsageError("--bolted-only, --start-index, --passes and --until-dirty go with --vm or --kvm")
+    if force and not kvm:
+        raise click.UsageError("--force goes with --kvm or --kvm-fd")
+    if kvm and byte_order is not None:
+        raise click.UsageError("--byte-order does not go with --kvm: the kernel's records are in the host's byte order")
+    if kvm:
+        from htabtool import kvm as kvm_module
+
+        ctx = kvm_module.open_source(kvm_pid, kvm_fd, force=force, bolted_only=bolted_only, start_index=start_index,
+                                     buffer_size=buffer_size, passes=passes, until_dirty=until_dirty,
+                                     max_passes=max_passes)
+    else:
+        ctx = _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only,
+                      start_index, buffer_size, passes, churn, until_dirty, max_passes)
+    with ctx as source:
         with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
             summary = ops.dump(source, out, level=level, progress=advance, output=output)
     if as_json:

@@ -128,6 +128,237 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     return int(fd)
 
 
+# -- system calls made by another process (ptrace) ----------------------------
+
+PTRACE_SYSCALL = 24
+PTRACE_DETACH = 17
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+NT_PRSTATUS = 1
+WALL = 0x40000000  # __WALL
+
+
+@dataclass(frozen=True)
+class SyscallABI:
+    """How a system call is made on an architecture, in ptrace's register
+    set (NT_PRSTATUS): the instruction, where the number, the arguments and
+    the result go, and how a restart of an interrupted call is kept off."""
+
+    words: int  # 64-bit words in the register set
+    instruction: bytes
+    ip: int
+    sp: int
+    number: int
+    args: tuple
+    result: int
+    red_zone: int
+    numbers: dict  # ioctl, close
+
+    def prepare(self, regs: list, nr: int, args) -> None:
+        regs[self.number] = nr
+        for slot, value in zip(self.args, args):
+            regs[slot] = value & ((1 << 64) - 1)
+        self.no_restart(regs)
+
+    def no_restart(self, regs: list) -> None:
+        raise NotImplementedError
+
+    def outcome(self, regs: list) -> int:
+        """The call's return value, or -errno."""
+        raise NotImplementedError
+
+    def restarted(self, regs: list) -> list:
+        """The registers a thread stopped in an interrupted system call
+        resumes with: the call restarted, as the kernel's signal code would
+        have done on the way out of the stop (the calls made in between kept
+        it from doing so)."""
+        raise NotImplementedError
+
+
+_RESTART = {512, 513, 514}  # ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
+_RESTART_BLOCK = 516  # ERESTART_RESTARTBLOCK
+
+
+class _X86_64(SyscallABI):
+    def no_restart(self, regs):
+        regs[15] = (1 << 64) - 1  # orig_rax = -1: not in a system call, nothing to restart
+
+    def outcome(self, regs):
+        r = regs[self.result]
+        return r - (1 << 64) if r >> 63 else r
+
+    def restarted(self, regs):
+        regs = list(regs)
+        if regs[15] >> 63:  # orig_rax < 0: not in a system call
+            return regs
+        err = -self.outcome(regs)
+        if err in _RESTART:
+            regs[10] = regs[15]
+        elif err == _RESTART_BLOCK:
+            regs[10] = 219  # __NR_restart_syscall
+        else:
+            return regs
+        regs[16] -= 2  # back onto the syscall instruction
+        self.no_restart(regs)
+        return regs
+
+
+class _PPC64(SyscallABI):
+    def no_restart(self, regs):
+        regs[40] = 0  # trap: not a system call interrupt
+
+    def outcome(self, regs):
+        if regs[38] & 0x10000000:  # CR0[SO]: r3 is an errno
+            return -regs[3]
+        return regs[3]
+
+    def restarted(self, regs):
+        regs = list(regs)
+        trap = regs[40] & ~0xF
+        if trap == 0xC00 and regs[38] & 0x10000000:  # sc: an error in r3, SO set
+            err = regs[3]
+        elif trap == 0x3000:  # scv: -errno in r3
+            err = (1 << 64) - regs[3]
+        else:
+            return regs
+        if err in _RESTART:
+            regs[3] = regs[34]  # orig_gpr3
+        elif err == _RESTART_BLOCK:
+            regs[0] = 0  # __NR_restart_syscall
+        else:
+            return regs
+        regs[38] &= ~0x10000000
+        regs[32] -= 4  # back onto the sc instruction
+        self.no_restart(regs)
+        return regs
+
+
+SYSCALL_ABIS = {
+    # user_regs_struct: r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ...
+    "x86_64": _X86_64(27, b"\x0f\x05", ip=16, sp=19, number=10, args=(14, 13, 12, 7, 9, 8), result=10,
+                      red_zone=128, numbers={"ioctl": 16, "close": 3}),
+    # user_pt_regs: gpr[32] nip msr orig_gpr3 ctr link xer ccr softe trap dar dsisr result
+    "ppc64le": _PPC64(44, (0x44000002).to_bytes(4, "little"), ip=32, sp=1, number=0, args=(3, 4, 5, 6, 7, 8),
+                      result=3, red_zone=288, numbers={"ioctl": 54, "close": 6}),
+}
+
+
+class RemoteCalls:
+    """System calls made by the main thread of process ``pid``, through
+    ptrace: the thread is stopped (PTRACE_SEIZE + PTRACE_INTERRUPT), a
+    system call instruction is written where it stands, its registers set
+    for the call, run to the call's exit stop, and everything put back
+    (code, registers: an interrupted call of its own restarts) when the
+    block ends.  KVM takes VM ioctls only from the process that made the
+    VM (kvm_vm_ioctl: ``kvm->mm != current->mm`` is EIO), so the VM's own
+    process has to make them."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.abi = SYSCALL_ABIS.get(platform.machine())
+        if self.abi is None:
+            raise KVMError(f"making system calls in another process is not supported on {platform.machine()}")
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.restype = ctypes.c_long
+        self.libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+        self.mem = None
+        self.saved = None
+        self.code = None
+
+    def _ptrace(self, request, addr=None, data=None) -> int:
+        r = self.libc.ptrace(request, self.pid, addr, data)
+        if r == -1:
+            code = ctypes.get_errno()
+            if code:
+                raise OSError(code, os.strerror(code))
+        return r
+
+    def _wait(self) -> None:
+        _, status = os.waitpid(self.pid, WALL)
+        if not os.WIFSTOPPED(status):
+            raise KVMError(f"process {self.pid} ended while htabtool was making a call in it")
+
+    def _regs(self) -> list:
+        buf = (ctypes.c_uint64 * self.abi.words)()
+        iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), ctypes.sizeof(buf))
+        self._ptrace(PTRACE_GETREGSET, NT_PRSTATUS, ctypes.addressof(iov))
+        return list(buf)
+
+    def _set_regs(self, regs: list) -> None:
+        buf = (ctypes.c_uint64 * self.abi.words)(*regs)
+        iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), ctypes.sizeof(buf))
+        self._ptrace(PTRACE_SETREGSET, NT_PRSTATUS, ctypes.addressof(iov))
+
+    def __enter__(self) -> "RemoteCalls":
+        try:
+            self._ptrace(PTRACE_SEIZE)
+        except OSError as exc:
+            raise KVMError(_ptrace_refusal(self.pid, exc)) from None
+        try:
+            self._ptrace(PTRACE_INTERRUPT)
+            self._wait()
+            self.saved = self._regs()
+            self.mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            ip = self.saved[self.abi.ip]
+            self.code = (ip, os.pread(self.mem, len(self.abi.instruction), ip))
+            os.pwrite(self.mem, self.abi.instruction, ip)
+        except BaseException:
+            self._detach()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._detach()
+
+    def _detach(self) -> None:
+        try:
+            if self.code is not None:
+                os.pwrite(self.mem, self.code[1], self.code[0])
+            if self.saved is not None:
+                self._set_regs(self.abi.restarted(self.saved))
+        finally:
+            if self.mem is not None:
+                os.close(self.mem)
+                self.mem = None
+            try:
+                self._ptrace(PTRACE_DETACH, None, None)
+            except OSError:
+                pass
+
+    def scratch(self, data: bytes) -> int:
+        """``data`` put below the thread's stack (past the ABI's red zone): its address there."""
+        addr = (self.saved[self.abi.sp] - self.abi.red_zone - 256 - len(data)) & ~15
+        os.pwrite(self.mem, data, addr)
+        return addr
+
+    def read(self, addr: int, size: int) -> bytes:
+        return os.pread(self.mem, size, addr)
+
+    def call(self, name: str, *args) -> int:
+        """The system call ``name`` made by the process: its return value, or -errno."""
+        regs = list(self.saved)
+        regs[self.abi.ip] = self.code[0]
+        self.abi.prepare(regs, self.abi.numbers[name], args)
+        self._set_regs(regs)
+        self._ptrace(PTRACE_SYSCALL, None, None)  # to the call's entry
+        self._wait()
+        self._ptrace(PTRACE_SYSCALL, None, None)  # to its exit
+        self._wait()
+        return self.abi.outcome(self._regs())
+
+
+def _ptrace_refusal(pid, exc: OSError) -> str:
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return (f"process {pid}: not allowed to trace it (ptrace: {exc.strerror}): KVM takes VM ioctls only "
+                f"from the VM's own process, so htabtool makes them there; that needs ptrace rights over it "
+                f"(its user with kernel.yama.ptrace_scope 0, or root / CAP_SYS_PTRACE), and no other tracer (gdb)")
+    if exc.errno == errno.ESRCH:
+        return f"process {pid}: exited"
+    return f"process {pid}: ptrace failed: {exc.strerror}"
+
+
 # -- finding the fds ---------------------------------------------------------
 
 VM_LINK = "anon_inode:kvm-vm"
@@ -213,52 +444,49 @@ def check_no_reader(pid, links: dict[int, str]) -> None:
 
 
 class KVMVM:
-    """A KVM VM fd in this process (copied from another one, or given), and
-    what the htab fd needs of it."""
+    """A KVM VM: a VM fd of this process (``--kvm-fd``), or one of another
+    process (``--kvm PID``), whose ioctls that process makes
+    (:class:`RemoteCalls`) and whose htab fds are copied into this one
+    (pidfd_getfd)."""
 
-    def __init__(self, fd: int, *, owned: bool, pid: int | None = None, remote_fd: int | None = None,
-                 machine: str | None = None):
-        self.fd = fd
-        self.owned = owned
+    def __init__(self, fd: int, *, pid: int | None = None, remote: bool = False, machine: str | None = None):
+        self.fd = fd  # in this process, or in pid's when remote
         self.pid = pid
-        self.remote_fd = remote_fd
+        self.remote = remote
         self.ioctls = kvm_ioctls(machine)
         self._entries = None
+        self._calls: RemoteCalls | None = None
+        self._pidfd = None
+        if remote:
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except OSError as exc:
+                raise KVMError(f"process {pid}: pidfd_open failed: {exc.strerror}") from None
 
     @classmethod
     def from_pid(cls, target, *, force: bool = False, guard: bool = True) -> "KVMVM":
-        """The VM fd of a process (``PID`` or ``PID:FD``), copied into this one."""
+        """The VM fd of a process (``PID`` or ``PID:FD``)."""
         pid, wanted = parse_target(target)
         links = fd_links(pid)
         fd = choose_vm_fd(pid, links, wanted)
         if guard and not force:
             check_no_reader(pid, links)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError as exc:
-            raise KVMError(f"process {pid}: pidfd_open failed: {exc.strerror}") from None
-        try:
-            mine = pidfd_getfd(pidfd, fd)
-        except OSError as exc:
-            raise KVMError(_getfd_refusal(pid, fd, exc)) from None
-        finally:
-            os.close(pidfd)
-        return cls(mine, owned=True, pid=pid, remote_fd=fd)
+        return cls(fd, pid=pid, remote=True)
 
     @classmethod
     def from_fd(cls, fd: int, *, force: bool = False, guard: bool = True) -> "KVMVM":
-        """A VM fd this process holds (passed in by its caller)."""
+        """A VM fd this process holds (KVM serves it only to the process that made the VM)."""
         links = fd_links("self")
         if links.get(fd) != VM_LINK:
             raise KVMError(f"--kvm-fd {fd}: not a KVM VM fd ({links.get(fd, 'not open')}, not {VM_LINK})")
         if guard and not force:
             check_no_reader("self", links)
-        return cls(fd, owned=False, pid=os.getpid(), remote_fd=fd)
+        return cls(fd, pid=None)
 
     def close(self) -> None:
-        if self.owned and self.fd is not None:
-            os.close(self.fd)
-        self.fd = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def __enter__(self) -> "KVMVM":
         return self
@@ -268,9 +496,36 @@ class KVMVM:
 
     # -- ioctls ------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def calls(self):
+        """One stop of the VM's process for all the ioctls made inside the
+        block (nothing to do for a VM fd of this process)."""
+        if not self.remote or self._calls is not None:
+            yield
+            return
+        with RemoteCalls(self.pid) as calls:
+            self._calls = calls
+            try:
+                yield
+            finally:
+                self._calls = None
+
+    def _ioctl(self, name: str, arg) -> int:
+        """The VM ioctl ``name`` with an int or a bytes argument: its return value."""
+        request = self.ioctls[name]
+        if not self.remote:
+            return fcntl.ioctl(self.fd, request, arg if isinstance(arg, int) else bytearray(arg), True)
+        with self.calls():
+            calls = self._calls
+            where = arg if isinstance(arg, int) else calls.scratch(arg)
+            r = calls.call("ioctl", self.fd, request, where)
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+        return r
+
     def check_htab_capability(self) -> None:
         try:
-            have = fcntl.ioctl(self.fd, self.ioctls["KVM_CHECK_EXTENSION"], KVM_CAP_PPC_HTAB_FD)
+            have = self._ioctl("KVM_CHECK_EXTENSION", KVM_CAP_PPC_HTAB_FD)
         except OSError as exc:
             raise KVMError(f"KVM_CHECK_EXTENSION(KVM_CAP_PPC_HTAB_FD) failed: {exc.strerror}") from None
         if have <= 0:
@@ -278,13 +533,21 @@ class KVMVM:
                            "(not a POWER KVM-HV guest, or a kernel without it)")
 
     def htab_fd(self, flags: int = 0, start_index: int = 0) -> int:
-        """KVM_PPC_GET_HTAB_FD: a new fd (closed by the caller)."""
-        arg = bytearray(HTAB_FD_ARG.pack(flags, start_index, 0, 0))
-        try:
-            return fcntl.ioctl(self.fd, self.ioctls["KVM_PPC_GET_HTAB_FD"], arg, True)
-        except OSError as exc:
-            raise KVMError(f"KVM_PPC_GET_HTAB_FD(flags {flags}, start index {start_index}) failed: "
-                           f"{exc.strerror}") from None
+        """KVM_PPC_GET_HTAB_FD: a new fd in this process (closed by the caller)."""
+        with self.calls():
+            try:
+                fd = self._ioctl("KVM_PPC_GET_HTAB_FD", HTAB_FD_ARG.pack(flags, start_index, 0, 0))
+            except OSError as exc:
+                raise KVMError(f"KVM_PPC_GET_HTAB_FD(flags {flags}, start index {start_index}) failed: "
+                               f"{exc.strerror}") from None
+            if not self.remote:
+                return fd
+            try:
+                return pidfd_getfd(self._pidfd, fd)
+            except OSError as exc:
+                raise KVMError(_getfd_refusal(self.pid, fd, exc)) from None
+            finally:
+                self._calls.call("close", fd)
 
     def _reads_at(self, start_index: int) -> bool:
         """Whether a first read from ``start_index`` returns a record."""
@@ -300,32 +563,33 @@ class KVMVM:
         index is inside the table.  Radix guests (and VMs without an HPT)
         read nothing at all."""
         if self._entries is None:
-            if not self._reads_at(0):
-                raise KVMError("the VM's htab fd reads nothing: a radix guest (its HPT is not used; "
-                               "htabtool handles hash guests only), or no HPT allocated yet")
-            lo, hi = PPC_MIN_HPT_ORDER - 4, PPC_MAX_HPT_ORDER - 4  # 2**lo entries at least
-            if self._reads_at(1 << hi):
-                raise KVMError(f"the VM's HPT reads past {1 << hi} entries, more than order {PPC_MAX_HPT_ORDER}")
-            while lo < hi:  # the table has more than 2**(lo-1) and at most 2**hi entries
-                mid = (lo + hi) // 2
-                if self._reads_at(1 << mid):
-                    lo = mid + 1
-                else:
-                    hi = mid
-            self._entries = 1 << lo
+            with self.calls():
+                self._entries = self._find_entries()
         return self._entries
+
+    def _find_entries(self) -> int:
+        if not self._reads_at(0):
+            raise KVMError("the VM's htab fd reads nothing: a radix guest (its HPT is not used; "
+                           "htabtool handles hash guests only), or no HPT allocated yet")
+        lo, hi = PPC_MIN_HPT_ORDER - 4, PPC_MAX_HPT_ORDER - 4
+        if self._reads_at(1 << hi):
+            raise KVMError(f"the VM's HPT reads past {1 << hi} entries, more than order {PPC_MAX_HPT_ORDER}")
+        while lo < hi:  # more than 2**(lo-1) entries, at most 2**hi
+            mid = (lo + hi) // 2
+            if self._reads_at(1 << mid):
+                lo = mid + 1
+            else:
+                hi = mid
+        return 1 << lo
 
     def order(self) -> int:
         return self.entries().bit_length() - 1 + 4
 
     def host(self) -> dict:
         """What the snapshot records of the host and the process."""
-        info = {"kernel": os.uname().release, "machine": os.uname().machine, "cpu": host_cpu()}
-        if self.pid is not None:
-            info["pid"] = self.pid
-            info["vm_fd"] = self.remote_fd
-            info["cmdline"] = process_cmdline(self.pid)
-        return info
+        pid = self.pid if self.pid is not None else os.getpid()
+        return {"kernel": os.uname().release, "machine": os.uname().machine, "cpu": host_cpu(), "pid": pid,
+                "vm_fd": self.fd, "cmdline": process_cmdline(pid)}
 
 
 def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str | None:
@@ -374,7 +638,9 @@ def open_vm(pid=None, fd: int | None = None, *, force: bool = False, guard: bool
         raise UsageError("give exactly one of --kvm PID and --kvm-fd N")
     vm = KVMVM.from_pid(pid, force=force, guard=guard) if pid is not None else KVMVM.from_fd(fd, force=force, guard=guard)
     with vm:
-        vm.check_htab_capability()
+        with vm.calls():
+            vm.check_htab_capability()
+            vm.entries()
         yield vm
 
 
@@ -566,7 +832,7 @@ def load(snap, vm: KVMVM) -> dict:
                        f"{snap.entries:,} (order {snap.header.order})")
     with KernelWriteFd(vm, snap.byte_order) as fd:
         nbytes, writes = write_records(fd, snap.pieces())
-    return {"target": "kvm", "pid": vm.pid, "vm_fd": vm.remote_fd, "records": fd.records, "bytes": nbytes,
+    return {"target": "kvm", "pid": vm.pid, "vm_fd": vm.fd, "records": fd.records, "bytes": nbytes,
             "writes": writes}
 
 

@@ -43,6 +43,8 @@ KVM_PPC_CONFIGURE_V3_MMU = ENC.iow(KVMIO, 0xAF, 16)
 KVM_REGS_SIZE = 49 * 8  # struct kvm_regs on powerpc: pc .. pid, sprg0-7, gpr[32]
 KVM_GET_REGS = ENC.ioc(ENC.read, KVMIO, 0x81, KVM_REGS_SIZE)
 KVM_SET_REGS = ENC.iow(KVMIO, 0x82, KVM_REGS_SIZE)
+KVM_ENABLE_CAP = ENC.iow(KVMIO, 0xA3, 104)  # struct kvm_enable_cap: cap, flags, args[4], pad[64]
+KVM_CAP_PPC_PAPR = 68
 KVM_VM_PPC_HV = 1
 KVM_GET_HTAB_WRITE = 2
 KVM_PPC_MMUV3_RADIX, KVM_PPC_MMUV3_GTSE = 1, 2
@@ -97,6 +99,8 @@ class VM:
         code = 0x100
         self._mem[code : code + 4] = struct.pack(">I", 0x48000000)  # b .
         self.vcpu = fcntl.ioctl(self.fd, KVM_CREATE_VCPU, 0)
+        # an HV vCPU runs only as a PAPR guest (kvmppc_sanity_check)
+        fcntl.ioctl(self.vcpu, KVM_ENABLE_CAP, struct.pack("=II4Q64x", KVM_CAP_PPC_PAPR, 0, 0, 0, 0, 0))
         regs = bytearray(KVM_REGS_SIZE)
         fcntl.ioctl(self.vcpu, KVM_GET_REGS, regs, True)
         struct.pack_into("=Q", regs, 0, code)  # pc

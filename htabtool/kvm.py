@@ -5,13 +5,18 @@ this module reads and writes the hashed page table of a real KVM-HV guest
 through the fd the kernel's ``KVM_PPC_GET_HTAB_FD`` ioctl returns
 (arch/powerpc/kvm/book3s_64_mmu_hv.c: kvm_htab_read, kvm_htab_write).
 Standard library only: ``fcntl.ioctl``, ``os.read``/``os.write``,
-``os.pidfd_open`` and the ``pidfd_getfd`` system call (Linux 5.6).
+``os.pidfd_open``, and through ctypes the ``pidfd_getfd`` system call
+(Linux 5.6) and ``ptrace``.
 
 - The VM fd: a process (QEMU) holding one is named by its PID; its
-  ``/proc/PID/fd/*`` links to ``anon_inode:kvm-vm`` are found and the one
-  VM fd is copied into this process with pidfd_open + pidfd_getfd (which
-  needs ptrace rights over PID).  A VM fd this process already holds may
-  be given instead (``--kvm-fd N``).
+  ``/proc/PID/fd/*`` links to ``anon_inode:kvm-vm`` are found.  KVM serves
+  a VM's ioctls only to the process that made the VM (kvm_vm_ioctl:
+  ``kvm->mm != current->mm`` is EIO, so a copy of the VM fd is of no use
+  here): the process itself is made to call them (:class:`RemoteCalls`,
+  ptrace), and each htab fd it gets is copied into this process with
+  pidfd_open + pidfd_getfd and closed there again.  The htab fd is served
+  to any process that holds it.  A VM fd of this process may be given
+  instead (``--kvm-fd N``).
 - The guard: every read fd of a VM clears the modified marks that every
   other reader of the same VM needs (QEMU's live migration reads one), so
   a dump refuses to start when PID already holds an ``anon_inode:kvm-htab``
@@ -443,7 +448,17 @@ def check_no_reader(pid, links: dict[int, str]) -> None:
 # -- the VM ----------------------------------------------------------------------
 
 
-class KVMVM:
+class _Closing:
+    """``with obj:`` closes it at the end."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class KVMVM(_Closing):
     """A KVM VM: a VM fd of this process (``--kvm-fd``), or one of another
     process (``--kvm PID``), whose ioctls that process makes
     (:class:`RemoteCalls`) and whose htab fds are copied into this one
@@ -487,12 +502,6 @@ class KVMVM:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-
-    def __enter__(self) -> "KVMVM":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- ioctls ------------------------------------------------------------------
 
@@ -732,7 +741,7 @@ def open_source(pid=None, fd: int | None = None, *, force: bool = False, **kw) -
 # -- the target ------------------------------------------------------------------
 
 
-class KernelWriteFd:
+class KernelWriteFd(_Closing):
     """An htab write fd of the real kernel, written one record per write()
     with every return value checked (the interface of
     :meth:`htabtool.engine.HtabFd.write_records`)."""
@@ -750,12 +759,6 @@ class KernelWriteFd:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-    def __enter__(self) -> "KernelWriteFd":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _check_not_running(self) -> None:
         """A header-only record (index 0, no entries) changes nothing, but

@@ -289,3 +289,72 @@ def test_load_vm_writes_one_record_per_write(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["writes"] == out["records"] > 1 and out["verified"]
+
+
+# -- the KVM source's passes, against the engine's own -----------------------------------------
+
+
+class _ReadsVM:
+    """A stand-in for a KVMVM whose htab fd returns, read by read, what the
+    engine's fd returned: a SOCK_SEQPACKET socket keeps each message whole,
+    as each read(2) of the kernel's fd is whole records."""
+
+    def __init__(self, npte, reads):
+        import socket
+
+        import threading
+
+        self.npte = npte
+        self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+        def feed():  # (the socket holds only so many messages at once)
+            for data in reads:
+                self.a.send(data)
+            self.a.close()  # then reads return 0: the end of whatever pass was being read
+
+        threading.Thread(target=feed, daemon=True).start()
+
+    def entries(self):
+        return self.npte
+
+    def order(self):
+        return self.npte.bit_length() - 1 + 4
+
+    def host(self):
+        return {}
+
+    def htab_fd(self, flags=0, start_index=0):
+        return os.dup(self.b.fileno())
+
+
+@pytest.mark.parametrize("size", [25, 300, 4096, 65536])
+def test_kvm_source_finds_where_each_pass_ends(size):
+    """The engine knows where its passes end; the source, reading the same
+    bytes read by read, must cut them at the same places (later passes
+    included: one that ends with a short read, one that ends empty, one
+    whose first record lies below where the pass before ended)."""
+    e = SimulatedHPT(18, ram_size=64 << 20)
+    rng = np.random.default_rng(size)
+    for i in rng.choice(e.npte, 600, replace=False):
+        e.h_enter(H_EXACT, int(i), (int(i) << 7) | VALID, 0x10012 | (int(i) % 4 << 16))
+    fd = e.htab_fd(byte_order=sys.byteorder)
+    reads, want = [], []
+    for number in range(1, 5):
+        if number in (2, 4):  # changes before passes 2 and 4; pass 3 finds nothing
+            for i in rng.choice(e.npte, 40, replace=False):
+                e.h_remove(0, int(i))
+        while True:
+            data = fd.read(size)
+            reads.append(data)  # an empty one too: the kernel's read of an empty pass returns 0
+            if data:
+                want.append(number)
+            if fd.last_read.wrapped:
+                break
+        if number == 3:
+            assert not [n for n in want if n == 3]  # an empty pass
+    src = kvm.KVMSource(_ReadsVM(e.npte, reads), buffer_size=size, passes=4)
+    pieces = list(src.pieces())
+    assert b"".join(d for _, d in pieces) == b"".join(reads)
+    # an empty pass shows as a pass with no reads: the numbers after it agree
+    assert [number for number, _ in pieces] == want
+    assert src.pass_changes[2] == 0

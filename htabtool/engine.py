@@ -46,12 +46,29 @@ are the places where a simulation must choose):
   hardware entry starts with R and C clear (kvmppc_do_h_enter copies only
   the R/C bits the rmap already holds); the hardware sets them on
   :meth:`~SimulatedHPT.touch`.
-- POWER8 (ISA 2.07): the table is in the old HPTE format; on POWER9 the
-  kernel converts on every access, which changes nothing visible here.
+- The host CPU (``cpu``): on POWER8 (ISA 2.07, the default) the table is
+  in the old HPTE format.  POWER9 and POWER10 (ISA 3.0) store the new
+  format: kvmppc_do_h_enter keeps only ``v & HPTE_V_COMMON_BITS`` of the
+  first doubleword and moves the segment size into the second
+  (hpte_old_to_new_v/r), and every access converts back
+  (hpte_new_to_old_v/r).  So bits 52..61 of v (the top of the AVPN) are
+  lost: a read, H_READ or H_REMOVE reports them clear, and an AVPN
+  compared against them no longer matches.  The engine stores the old
+  format with those bits dropped, which is what every access sees.  The
+  guest view of r is kept as written on both.
 - No concurrency: a hypercall, a read or a write runs to its end, so the
   lock bit HPTE_V_HVLOCK is never seen set at rest -- but it is in every
   entry a read reports, since record_hpte reads the doubleword while
   holding it.
+- Writes are parsed as kvm_htab_write parses them, quirk included
+  (:meth:`HtabFd.write`): only the first record of a write() is read
+  right.  :meth:`HtabFd.write_records` is the way to put many records in:
+  one write() per record, as QEMU writes them.
+- Write-side limit: the kernel checks ``nb + hdr.n_valid * HPTE_SIZE >
+  count`` before it counts the record's header (``nb += sizeof(hdr)`` comes
+  after it), so a record up to 8 bytes short is applied from bytes past the
+  caller's buffer; the engine takes only records whose bytes are all in the
+  buffer and leaves such a record unconsumed.
 """
 
 from __future__ import annotations
@@ -85,9 +102,11 @@ from htabtool.hpte import (
     HPTE_V_1TB_SEG,
     HPTE_V_ABSENT,
     HPTE_V_BOLTED,
+    HPTE_V_COMMON_BITS,
     HPTE_V_HVLOCK,
     HPTE_V_LARGE,
     HPTE_V_SECONDARY,
+    HPTE_V_SSIZE_MASK,
     HPTE_V_SSIZE_SHIFT,
     HPTE_V_VALID,
     VRMA_VSID,
@@ -141,6 +160,13 @@ KVM_GET_HTAB_BOLTED_ONLY = 0x1
 KVM_GET_HTAB_WRITE = 0x2
 PPC_MIN_HPT_ORDER = 18
 PPC_MAX_HPT_ORDER = 46
+
+#: host CPUs: POWER8 stores the old HPTE format, POWER9 and POWER10 the
+#: ISA 3.0 one (CPU_FTR_ARCH_300)
+CPUS = ("POWER8", "POWER9", "POWER10")
+DEFAULT_CPU = "POWER8"
+#: what an ISA 3.0 host keeps of a written v: hpte_new_to_old_v(hpte_old_to_new_v(v))
+ISA300_V_KEPT = HPTE_V_COMMON_BITS | HPTE_V_SSIZE_MASK
 
 # -- SLB and LPCR bits used by the VRMA setup (mmu-hash.h, reg.h) ----------
 SLB_VSID_B_1T = 0x4000000000000000
@@ -277,7 +303,9 @@ class SimulatedHPT:
     ``ram_size`` is the guest RAM (default ``2**(order+7)``, the inverse of
     QEMU's 1/128 sizing rule); ``backing_page_shift`` the host page size
     backing it; ``map_vrma``: whether the first :meth:`cont` maps the
-    virtual real-mode area as KVM does on POWER8/9 (kvmppc_map_vrma).
+    virtual real-mode area as KVM does on POWER8/9 (kvmppc_map_vrma);
+    ``cpu``: the host, ``"POWER8"`` (old HPTE format), ``"POWER9"`` or
+    ``"POWER10"`` (ISA 3.0: v bits 52..61 are not kept).
     ``hpt`` and ``rev`` may be given (arrays in an mmap'd VM image); they
     are used in place, never copied.
     """
@@ -291,7 +319,13 @@ class SimulatedHPT:
         map_vrma: bool = False,
         hpt: np.ndarray | None = None,
         rev: np.ndarray | None = None,
+        cpu: str = DEFAULT_CPU,
     ):
+        if cpu not in CPUS:
+            raise UsageError(f"host CPU must be one of {', '.join(CPUS)}, not {cpu!r}")
+        self.cpu = cpu
+        self.isa300 = cpu != "POWER8"  # cpu_has_feature(CPU_FTR_ARCH_300)
+        self._v_kept = ISA300_V_KEPT if self.isa300 else M64
         if not PPC_MIN_HPT_ORDER <= int(order) <= PPC_MAX_HPT_ORDER:
             raise UsageError(
                 f"HPT order must be between {PPC_MIN_HPT_ORDER} and {PPC_MAX_HPT_ORDER}, not {order}"
@@ -376,7 +410,7 @@ class SimulatedHPT:
         gpa = (ptel & HPTE_R_RPN) & ~(psize - 1)
         if gpa >= self.ram_size:
             # emulated MMIO: key 31 in the hardware copy only
-            return H_SUCCESS, pteh | HPTE_V_ABSENT, ptel | HPTE_R_KEY_HI | HPTE_R_KEY_LO, g_ptel
+            return H_SUCCESS, (pteh | HPTE_V_ABSENT) & self._v_kept, ptel | HPTE_R_KEY_HI | HPTE_R_KEY_LO, g_ptel
         if psize > (1 << HOST_PAGE_SHIFT):  # slot_is_aligned
             mask = (psize >> HOST_PAGE_SHIFT) - 1
             if (self.ram_size >> HOST_PAGE_SHIFT) & mask:
@@ -393,7 +427,7 @@ class SimulatedHPT:
             ptel &= ~(HPTE_R_W | HPTE_R_I | HPTE_R_G) & M64
             ptel |= HPTE_R_M
         ptel &= ~_RC & M64  # the rmap holds no R/C bits
-        return H_SUCCESS, pteh, ptel, g_ptel
+        return H_SUCCESS, pteh & self._v_kept, ptel, g_ptel
 
     def _prepare_enter_array(self, pteh: np.ndarray, ptel: np.ndarray):
         """Vectorised :meth:`_prepare_enter`: (rc, hw_v, hw_r, g) arrays."""
@@ -415,7 +449,7 @@ class SimulatedHPT:
         misaligned = big & (((_U(self.ram_size >> HOST_PAGE_SHIFT)) & mask) != 0)
         too_big = psize > _U(1 << self.backing_page_shift)
         rc[~mmio & (misaligned | too_big) & (rc == 0)] = H_PARAMETER
-        hw_v = np.where(mmio, pteh | _U(HPTE_V_ABSENT), pteh | _U(HPTE_V_VALID))
+        hw_v = np.where(mmio, pteh | _U(HPTE_V_ABSENT), pteh | _U(HPTE_V_VALID)) & _U(self._v_kept)
         keep = _U(HPTE_R_KEY_HI | HPTE_R_KEY_LO | HPTE_R_PP0) | (psize - _U(1))
         ram_r = (ptel & keep) | (_U(HOST_RAM_BASE) + gpa)
         wimg = ram_r & _U(HPTE_R_WIMG)
@@ -844,7 +878,8 @@ class SimulatedHPT:
     def _setup_vrma_from(self, v: int, pshift: int) -> None:
         senc = _slb_pgsize_encoding(1 << pshift)
         self.vrma_slb_v = senc | SLB_VSID_B_1T | (VRMA_VSID << SLB_VSID_SHIFT_1T)
-        self.lpcr = (self.lpcr & ~LPCR_VRMASD) | (senc << (LPCR_VRMASD_SH - 4))
+        if not self.isa300:  # ISA 3.0 sets up the partition table instead
+            self.lpcr = (self.lpcr & ~LPCR_VRMASD) | (senc << (LPCR_VRMASD_SH - 4))
         self.mmu_ready = True
 
     # -- the htab fd ---------------------------------------------------------
@@ -1017,6 +1052,7 @@ class HtabFd:
         self.closed = False
         self._source = _HptSource(hpt, bool(flags & KVM_GET_HTAB_BOLTED_ONLY))
         self.last_read: records.ReadResult | None = None
+        self.write_calls = 0  # write() calls made (write_records: one per record)
         self._unsettled: tuple[int, int] | None = None  # a burst's first-pass side effects not yet applied
         if not self.writable():
             hpt.hpte_mod_interest += 1
@@ -1129,24 +1165,91 @@ class HtabFd:
     # -- write ---------------------------------------------------------------
 
     def write(self, data) -> int:
-        """One write(2): the whole records at the start of ``data`` are applied
-        (a trailing partial record is left: the count returned says how many
-        bytes were consumed).  EBUSY while the vCPUs run; EINVAL for a record
-        past the table, a valid-run entry without HPTE_V_VALID or with a page
-        size that does not decode; EIO when H_ENTER refuses an entry.  Records
-        and entries before the failing one stay applied, as in the kernel."""
+        """One write(2), parsed exactly as kvm_htab_write parses it.
+
+        Quirk included, on purpose: the kernel moves its input pointer past
+        each header (``buf += sizeof(hdr)``) but never past the header's
+        entries (they are read through a copy, ``lbuf``), while its byte
+        count ``nb`` does count them.  So only the first record of a write()
+        is read right: the second "header" is read from the 8 bytes after
+        the first header (the first record's first entry), the third from
+        the 8 after that, and so on, each with its "entries" right after
+        it, until ``nb`` runs past the count.  Records with n_valid = 0
+        happen to chain correctly.  A simulator kinder than the kernel
+        would let a client that writes many records per write() pass its
+        tests and then corrupt a real guest's table; use
+        :meth:`write_records` (one record per write(), as QEMU writes) to
+        put many records in.
+
+        The return value is the kernel's ``nb``; a trailing record whose
+        entries do not fit is left (0 when none fits).  EBUSY while the
+        vCPUs run; EINVAL for a record past the table, a valid-run entry
+        without HPTE_V_VALID or with a page size that does not decode; EIO
+        when H_ENTER refuses an entry.  What was applied before the error
+        stays applied, as in the kernel."""
+        self._check(want_read=False)
+        self.write_calls += 1
+        return self._write(_kernel_parse(memoryview(data).cast("B"), self.byte_order))
+
+    def write_records(self, data) -> int:
+        """write() of each record of ``data`` in turn, one record per call
+        (the way to write several records into the kernel), vectorised: the
+        result that many write() calls give.  Returns the bytes of the whole
+        records consumed (a trailing partial record is left); the first
+        error is raised, the records before it stay applied."""
+        self._check(want_read=False)
+        batch, used = records.decode_batch(memoryview(data).cast("B"), self.byte_order, scan_bound=self.hpt.npte)
+        self.write_calls += len(batch)
+        return self._write((batch, used))
+
+    def _write(self, parsed) -> int:
         self._check(want_read=False)
         e = self.hpt
         if e.mmu_ready and e.vcpus_running:
             raise _oserror(errno.EBUSY, "the VM's vCPUs are running")
-        self.hpt.settle_reads()
-        batch, used = records.decode_batch(memoryview(data).cast("B"), self.byte_order, scan_bound=self.hpt.npte)
+        e.settle_reads()
+        batch, used = parsed
         if not len(batch):
             return used
         err = _apply_records(e, batch)
         if err is not None:
             raise err
         return used
+
+
+def _kernel_parse(mv: memoryview, byte_order: str) -> tuple[records.RecordBatch, int]:
+    """The records kvm_htab_write reads from one write() of ``mv`` and its
+    ``nb`` (see :meth:`HtabFd.write`), without a loop per record: the k-th
+    header it reads lies at byte 8*k, its entries right after it, and the
+    loop goes on while ``nb + 8 <= count`` and ``nb + 16*n_valid <= count``
+    (``nb`` summing 8 + 16*n_valid over the records before).  The one
+    departure: a record whose entries would be read from past the buffer
+    (the kernel's check forgets the header: by up to 8 bytes) ends the
+    loop here."""
+    count = len(mv)
+    n_hdr = count // 8
+    if not n_hdr:
+        return records.RecordBatch.empty(), 0
+    heads = np.frombuffer(mv, dtype=records.header_dtype(byte_order), count=n_hdr)
+    nv = heads["n_valid"].astype(np.int64)
+    nb = np.concatenate(([0], np.cumsum(8 + 16 * nv)))  # nb before each record, and after the last
+    at = 8 * np.arange(n_hdr, dtype=np.int64)
+    go = (nb[:-1] + 8 <= count) & (nb[:-1] + 16 * nv <= count) & (at + 8 + 16 * nv <= count)
+    k = int(np.argmin(go)) if not go.all() else n_hdr
+    nv = nv[:k]
+    words = np.frombuffer(mv, dtype=records.ENTRY_DTYPE, count=n_hdr)
+    first = np.repeat(np.arange(1, k + 1, dtype=np.int64), nv)  # word of each record's first entry
+    within = np.arange(len(first), dtype=np.int64) - np.repeat(np.cumsum(nv) - nv, nv)
+    v_word = first + 2 * within
+    entries = np.stack((words[v_word], words[v_word + 1]), axis=1) if len(v_word) else np.zeros((0, 2), ">u8")
+    batch = records.RecordBatch(
+        offset=at[:k],
+        index=heads["index"][:k].astype(np.int64),
+        n_valid=nv,
+        n_invalid=heads["n_invalid"][:k].astype(np.int64),
+        entries=np.ascontiguousarray(entries, dtype=records.ENTRY_DTYPE),
+    )
+    return batch, int(nb[k])
 
 
 def _apply_records(e: SimulatedHPT, batch: records.RecordBatch) -> OSError | None:

@@ -62,3 +62,9 @@ class QemuStreamError(HtabError):
     def __init__(self, message: str, *, offset: int | None = None):
         super().__init__(message)
         self.offset = offset
+
+
+class KVMError(HtabError):
+    """The real kernel's KVM refused, or cannot serve, what was asked (no
+    rights over the process, no VM fd, no htab fd capability, a radix
+    guest, a write the htab fd refused)."""

@@ -36,6 +36,10 @@ HPTE_V_LOCK = 0x0000000000000008
 HPTE_V_LARGE = 0x0000000000000004
 HPTE_V_SECONDARY = 0x0000000000000002
 HPTE_V_VALID = 0x0000000000000001
+#: ISA 3.0 (POWER9, POWER10) keeps only these bits of the first doubleword;
+#: the segment size moves to the second (hpte_old_to_new_v/hpte_new_to_old_v)
+HPTE_V_COMMON_BITS = 0x000FFFFFFFFFFFFF
+HPTE_V_SSIZE_MASK = 0xC000000000000000
 
 # -- KVM's software bits, arch/powerpc/include/asm/kvm_book3s_64.h ---------
 HPTE_V_HVLOCK = 0x40

@@ -539,30 +539,43 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
 # -- load into a simulated VM ---------------------------------------------------------
 
 
-def write_records(fd, pieces: Iterable[tuple[int, bytes]], buffer_size: int) -> tuple[int, int, int]:
-    """Write whole records through an htab write fd in ``buffer_size``
-    writes, as one would into the kernel: a write consumes the whole records
-    at its start, so what it leaves is written again; a record longer than
-    the buffer is written whole.  Returns (bytes, writes)."""
+def write_records(fd, pieces: Iterable[tuple[int, bytes]], buffer_size: int = 1 << 20) -> tuple[int, int]:
+    """Write whole records through an htab write fd, one record per write():
+    the kernel parses only the first record of a write() right (see
+    :meth:`htabtool.engine.HtabFd.write`).  ``fd.write_records(data)``
+    makes those writes for the records of ``data`` (at most ``buffer_size``
+    bytes of records are handed over at a time; a record longer is handed
+    over whole) and returns the bytes consumed; ``fd.write_calls`` counts
+    the write() calls.  Returns (bytes, writes)."""
     from htabtool.records import HEADER_SIZE, HPTE_SIZE, RecordHeader
 
-    total = writes = 0
+    total = 0
+    calls = fd.write_calls
+    order = "little" if fd.byte_order == "little" else "big"
     for _, data in pieces:
         view = memoryview(data)
         pos = 0
         while pos < len(view):
-            n = fd.write(view[pos : pos + buffer_size])
-            writes += 1
+            n = fd.write_records(view[pos : pos + buffer_size])
             if n == 0:
-                head = RecordHeader.unpack(view, "little" if fd.byte_order == "little" else "big", pos)
-                size = HEADER_SIZE + HPTE_SIZE * head.n_valid
-                n = fd.write(view[pos : pos + size])
-                writes += 1
+                head = RecordHeader.unpack(view, order, pos)
+                n = fd.write_records(view[pos : pos + HEADER_SIZE + HPTE_SIZE * head.n_valid])
                 if n == 0:
                     raise StreamError(f"a record at stream offset {total + pos:#x} was not consumed")
             pos += n
         total += len(view)
-    return total, writes
+    return total, fd.write_calls - calls
+
+
+def load_kvm(snap, pid=None, fd: int | None = None) -> dict:
+    """Replay every chunk of a (checked) snapshot into a real KVM guest (the
+    VM fd of process ``pid``, or this process's ``fd``), one record per
+    write() of the kernel's htab fd (:func:`htabtool.kvm.load`).  The guest
+    must be stopped; its HPT must be the snapshot's size."""
+    from htabtool import kvm
+
+    with kvm.open_vm(pid, fd, guard=False) as vm:
+        return kvm.load(snap, vm)
 
 
 def load_vm(snap, image: str, *, create: bool = False, stop: bool = False, verify: bool = False,

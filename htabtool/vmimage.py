@@ -30,7 +30,8 @@ All header integers are little-endian.  The header is one 4096-byte block::
         24    8 entries: 2**(order-4)
         32    8 guest RAM size in bytes
         40    4 backing page shift (log2 of the host pages backing RAM)
-        44    4 reserved, 0
+        44    4 host CPU: 0 POWER8 (also every image made before this
+                field was used), 9 POWER9, 10 POWER10
         48    8 table offset          56  8 table length   (entries * 16)
         64    8 reverse map offset    72  8 its length     (entries * 8)
         80    8 guest map offset      88  8 its length     (entries * 8)
@@ -93,7 +94,9 @@ import numpy as np
 from htabtool import __version__
 from htabtool.atomic import OutputRefused, check_destination, committed, temp_name, uninterrupted
 from htabtool.engine import (
+    CPUS,
     DEFAULT_BACKING_PAGE_SHIFT,
+    DEFAULT_CPU,
     PPC_MAX_HPT_ORDER,
     PPC_MIN_HPT_ORDER,
     SimulatedHPT,
@@ -111,6 +114,10 @@ assert _HEADER.size == 136
 FLAG_RUNNING = 1
 FLAG_MMU_READY = 2
 FLAG_MAP_VRMA = 4
+
+#: the header's host CPU field (0: POWER8, the only host before the field was used)
+CPU_CODES = {"POWER8": 0, "POWER9": 9, "POWER10": 10}
+assert set(CPU_CODES) == set(CPUS)
 
 
 def _align(x: int) -> int:
@@ -176,6 +183,7 @@ class VMImage:
             map_vrma=bool(flags & FLAG_MAP_VRMA),
             hpt=table,
             rev=rev,
+            cpu=header["cpu"],
         )
         self.hpt.vcpus_running = bool(flags & FLAG_RUNNING)
         self.hpt.mmu_ready = bool(flags & FLAG_MMU_READY)
@@ -225,6 +233,7 @@ class VMImage:
         vrma: bool = False,
         force: bool = False,
         final: bool = True,
+        cpu: str = DEFAULT_CPU,
     ) -> "VMImage":
         """Make a new image and boot its guest.  The table size is ``order``,
         else QEMU's default for ``ram``; RAM defaults to 128 times the table
@@ -234,6 +243,8 @@ class VMImage:
         the command's commit point (htabtool.atomic.committed)."""
         path = os.fspath(path)
         get_profile(profile)
+        if cpu not in CPU_CODES:
+            raise UsageError(f"host CPU must be one of {', '.join(CPU_CODES)}, not {cpu!r}")
         ram, order = _sizes(ram, order)
         try:
             check_destination(path, force=force)
@@ -249,6 +260,7 @@ class VMImage:
             "entries": npte,
             "ram": ram,
             "backing_page_shift": int(backing_page_shift),
+            "cpu": cpu,
             "table_offset": lay["table"],
             "table_length": npte * 16,
             "rev_offset": lay["rev"],
@@ -294,7 +306,8 @@ class VMImage:
                 raise VMImageError(f"{path}: cannot map a table of {npte} entries: {why}") from None
             vm._maps = (table, rev, gmap)
             table, rev, gmap = (m.view(np.ndarray) for m in vm._maps)
-            hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=table, rev=rev)
+            hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=table, rev=rev,
+                               cpu=header["cpu"])
             vm.hpt = hpt
             vm.guest = Guest.boot(hpt, profile, seed, gmap=gmap)
             vm.state = state
@@ -403,6 +416,7 @@ class VMImage:
             "table_bytes": h["table_length"],
             "ram_bytes": h["ram"],
             "backing_page_shift": h["backing_page_shift"],
+            "cpu": h["cpu"],
             "vcpus": "running" if hpt.vcpus_running else "stopped",
             "mmu_ready": hpt.mmu_ready,
             "map_vrma": hpt.map_vrma,
@@ -543,7 +557,7 @@ def _pack_header(h: dict) -> bytes:
         h["entries"],
         h["ram"],
         h["backing_page_shift"],
-        0,
+        CPU_CODES[h["cpu"]],
         h["table_offset"],
         h["table_length"],
         h["rev_offset"],
@@ -574,7 +588,7 @@ def _read_header(fd: int, path: str) -> dict:
         entries,
         ram,
         backing,
-        _reserved,
+        cpu_code,
         t_off,
         t_len,
         r_off,
@@ -596,6 +610,9 @@ def _read_header(fd: int, path: str) -> dict:
         raise VMImageError(f"{path}: the VM image header is corrupted (checksum mismatch)")
     if header_size != HEADER_SIZE:
         raise VMImageError(f"{path}: unexpected header size {header_size}")
+    cpu = {code: name for name, code in CPU_CODES.items()}.get(cpu_code)
+    if cpu is None:
+        raise VMImageError(f"{path}: unknown host CPU code {cpu_code} in the VM image header")
     if not PPC_MIN_HPT_ORDER <= order <= PPC_MAX_HPT_ORDER or entries != 1 << (order - 4):
         raise VMImageError(f"{path}: order {order} and {entries} entries do not agree")
     lay = _layout(entries)
@@ -612,6 +629,7 @@ def _read_header(fd: int, path: str) -> dict:
         "entries": entries,
         "ram": ram,
         "backing_page_shift": backing,
+        "cpu": cpu,
         "table_offset": t_off,
         "table_length": t_len,
         "rev_offset": r_off,
@@ -924,9 +942,11 @@ def _copy_sparse(src: int, dst: int, block: int = 1 << 20) -> None:
     os.ftruncate(dst, size)
 
 
-def create_image(path, *, ram=None, order=None, profile="idle", seed=0, backing_page_shift=DEFAULT_BACKING_PAGE_SHIFT, vrma=False, force=False) -> dict:
+def create_image(path, *, ram=None, order=None, profile="idle", seed=0, backing_page_shift=DEFAULT_BACKING_PAGE_SHIFT, vrma=False, force=False,
+                 cpu=DEFAULT_CPU) -> dict:
     vm = VMImage.create(
-        path, ram=ram, order=order, profile=profile, seed=seed, backing_page_shift=backing_page_shift, vrma=vrma, force=force
+        path, ram=ram, order=order, profile=profile, seed=seed, backing_page_shift=backing_page_shift, vrma=vrma, force=force,
+        cpu=cpu,
     )
     try:
         return vm.info()

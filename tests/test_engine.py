@@ -466,7 +466,7 @@ def test_dump_and_load_round_trip(byte_order):
         data = full_pass(fd)
     dst = SimulatedHPT(18, ram_size=64 << 20)
     with dst.htab_fd(KVM_GET_HTAB_WRITE, byte_order=byte_order) as fd:
-        assert fd.write(data) == len(data)
+        assert fd.write_records(data) == len(data)
     with dst.htab_fd(byte_order=byte_order) as fd:
         assert full_pass(fd) == data
     assert np.array_equal(dst.guest_view(), src.guest_view())
@@ -507,7 +507,7 @@ def test_records_before_the_failing_one_stay_applied(e):
     bad = _record(52, [(v64k(3), r64k(0x30000)), ((3 << 62) | VALID, 0)])  # second: EIO
     fd = e.htab_fd(KVM_GET_HTAB_WRITE)
     with pytest.raises(OSError) as exc:
-        fd.write(good + bad)
+        fd.write_records(good + bad)
     assert exc.value.errno == errno.EIO
     assert e.h_read(0, 50)[1][0] == v64k(1)
     assert e.h_read(0, 51)[1][0] == v64k(2)
@@ -520,10 +520,11 @@ def test_a_partial_trailing_record_is_left_for_the_next_write(e):
     two = _record(16, [(v64k(2), r64k(0x20000)), (v64k(3), r64k(0x30000))])
     fd = e.htab_fd(KVM_GET_HTAB_WRITE)
     # the kernel's own check forgets the header: two[:-8] would pass it
-    assert fd.write(one + two[:-8]) == len(one)
-    assert fd.write(two[:7]) == 0
-    assert fd.write(two) == len(two)
+    assert fd.write_records(one + two[:-8]) == len(one)
+    assert fd.write_records(two[:7]) == 0
+    assert fd.write_records(two) == len(two)
     assert e.count_valid() == 3
+    assert fd.write_calls == 2
 
 
 def test_n_invalid_invalidates(e):

@@ -8,13 +8,19 @@ hpte_dirty, record_hpte, kvm_htab_read and kvm_htab_write
 (arch/powerpc/kvm/book3s_64_mmu_hv.c).  It calls neither the engine nor the
 codec; locks are taken and dropped on the list as the kernel does on the
 table, so the lock bit shows where the kernel's shows.  One deliberate
-change, the one the engine makes too: kvm_htab_write counts the 8 header
-bytes when it checks that a record's entries are all in the buffer.
+change, the one the engine makes too, below.
 
 Hypothesis drives both with the same random hypercall sequences, reads of 1
 byte to 64 KiB, start indexes (past the end too), bolted-only fds and
 writes, and demands the same return codes, the same bytes and the same
 table, reverse map and all.
+
+The write side is the kernel's literally, its pointer quirk included: the
+input pointer moves past each header but not past its entries, so only the
+first record of a write() is read right.  One deliberate change, the one the
+engine makes too: the kernel checks that a record's entries fit before it
+counts the record's header, and so may read up to 8 bytes past the caller's
+buffer; here (and in the engine) such a record ends the write instead.
 """
 
 from __future__ import annotations
@@ -468,11 +474,13 @@ class ModelFd:
                 return -errno.EBUSY
         err = 0
         nb = 0
-        pos = 0
+        pos = 0  # buf: moved past each header, never past its entries
         while nb + 8 <= count:
             index, n_valid, n_invalid = struct.unpack_from(self.hdr, buf, pos)
             err = 0
-            if nb + 8 + n_valid * 16 > count:  # the header counted
+            if nb + n_valid * 16 > count:
+                break
+            if pos + 8 + n_valid * 16 > count:  # entries past the caller's buffer: not read here
                 break
             nb += 8
             pos += 8
@@ -481,8 +489,9 @@ class ModelFd:
             if i >= k.npte or i + n_valid + n_invalid > k.npte:
                 break
             failed = False
+            lbuf = pos
             for _ in range(n_valid):
-                v, r = struct.unpack_from(">QQ", buf, pos)
+                v, r = struct.unpack_from(">QQ", buf, lbuf)
                 err = -errno.EINVAL
                 if not v & VALID:
                     failed = True
@@ -490,7 +499,7 @@ class ModelFd:
                 if (lp_shifts(v, r) & 0xFF) <= 0:
                     failed = True
                     break
-                pos += 16
+                lbuf += 16
                 nb += 16
                 if k.v[i] & (VALID | ABSENT):
                     k.h_remove(0, i, 0)

@@ -68,6 +68,7 @@ for name in ("open", "pwrite", "ftruncate", "fsync", "replace", "rename", "link"
 import htabtool.atomic, htabtool.engine
 wrap(htabtool.atomic._File, "write", "file-write")
 wrap(htabtool.engine.HtabFd, "write", "htab-write")
+wrap(htabtool.engine.HtabFd, "write_records", "htab-write")  # one record per write(), a burst of them
 if not target:
     atexit.register(lambda: sys.stderr.write("\nKILL-POINTS " + " ".join(trace) + "\n"))
 from htabtool.cli import main

@@ -84,7 +84,7 @@ def test_dump_in_one_process_load_in_another(img, tmp_path):
     with open(dump, "rb") as f:
         data = f.read()
     with open_vm(dest) as vm, vm.hpt.htab_fd(KVM_GET_HTAB_WRITE) as fd:
-        assert fd.write(data) == len(data)
+        assert fd.write_records(data) == len(data)
     with open_vm(img, writable=False) as a, open_vm(dest, writable=False) as b:
         assert np.array_equal(a.hpt.guest_view(), b.hpt.guest_view())
 

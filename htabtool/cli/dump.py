@@ -29,28 +29,34 @@ from htabtool.cli.common import (
 @click.option("--raw", "raw_input", metavar="FILE|-", type=PATH, help="Source: a raw kernel record stream captured from an htab fd.")
 @click.option("--qemu", "qemu_input", metavar="FILE|-", type=PATH, help="Source: a QEMU migration stream (its spapr/htab section).")
 @click.option("--qemu-section", "qemu_section", metavar="FILE|-", type=PATH, help="Source: a bare spapr/htab section payload.")
+@click.option("--kvm", "kvm_pid", metavar="PID[:FD]",
+              help="Source: the real KVM guest of process PID (QEMU), through the kernel's htab fd (PID:FD picks its VM fd).")
+@click.option("--kvm-fd", "kvm_fd", type=click.IntRange(0), metavar="N", help="Source: the KVM VM fd N this process was given.")
+@click.option("--ignore-readers", is_flag=True,
+              help="--kvm/--kvm-fd: read even though the process already holds an htab fd (a migration may be running, "
+                   "and this read takes the modified marks it needs).")
 @click.option("--byte-order", type=BYTE_ORDER, default=None,
               help="Header byte order: of the raw stream (--raw, required), of the snapshot (--qemu: default little), "
                    "of the simulated host (--vm: default little).")
 @click.option("--order", type=int, default=None, metavar="N", help="--raw: the table's order (log2 of its bytes).")
 @click.option("--entries", type=int, default=None, metavar="N", help="--raw: the table's size in entries.")
-@click.option("--bolted-only", is_flag=True, help="--vm: read only bolted entries (KVM_GET_HTAB_BOLTED_ONLY).")
-@click.option("--start-index", type=click.IntRange(0), default=0, show_default=True, help="--vm: the first entry to read.")
+@click.option("--bolted-only", is_flag=True, help="--vm, --kvm: read only bolted entries (KVM_GET_HTAB_BOLTED_ONLY).")
+@click.option("--start-index", type=click.IntRange(0), default=0, show_default=True, help="--vm, --kvm: the first entry to read.")
 @buffer_size_option()
 @click.option("--passes", type=click.IntRange(1, 1_000_000), default=1, show_default=True,
-              help="--vm: passes to read; the guest keeps running --churn operations between them (a live snapshot).")
+              help="--vm, --kvm: passes to read; the guest keeps running (--vm: --churn operations) between them (a live snapshot).")
 @click.option("--churn", type=click.IntRange(0), default=1000, show_default=True, metavar="N",
               help="--vm: guest operations between passes.")
 @click.option("--until-dirty", type=click.IntRange(0), default=None, metavar="N",
-              help="--vm: keep making passes until one returns at most N changed entries (at most --max-passes).")
-@click.option("--max-passes", type=click.IntRange(1, 1_000_000), default=30, show_default=True, help="--vm: the cap for --until-dirty.")
+              help="--vm, --kvm: keep making passes until one returns at most N changed entries (at most --max-passes).")
+@click.option("--max-passes", type=click.IntRange(1, 1_000_000), default=30, show_default=True, help="--vm, --kvm: the cap for --until-dirty.")
 @level_option
 @force_option
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
 @click.pass_context
-def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
+def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kvm_fd, ignore_readers, byte_order, order, entries, bolted_only, start_index,
          buffer_size, passes, churn, until_dirty, max_passes, level, force, as_json, quiet):
     """Snapshot an HPT into a compressed snapshot file whose chunks are the
     exact kernel records (zstd -dc prints them).  Give exactly one source.
@@ -63,31 +69,51 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, byte_order,
       htabtool dump --qemu migration.bin -o guest.htab
       htabtool dump --vm guest.img -o - | htabtool stat -
       htabtool dump -f --vm guest.img -o guest.htab     # replace guest.htab
+      htabtool dump --kvm "$(pgrep -f qemu-system-ppc64)" -o guest.htab
     """
     from htabtool import ops
     from htabtool.sources import named_errors, open_output
 
-    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section)) if v is not None]
+    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section),
+                             ("--kvm", kvm_pid), ("--kvm-fd", kvm_fd)) if v is not None]
     if len(chosen) != 1:
-        raise click.UsageError("give exactly one source: --vm IMAGE, --raw FILE, --qemu FILE or --qemu-section FILE"
-                               + (f" (got {' '.join(chosen)})" if chosen else ""))
+        raise click.UsageError("give exactly one source: --vm IMAGE, --raw FILE, --qemu FILE, --qemu-section FILE, "
+                               "--kvm PID or --kvm-fd N" + (f" (got {' '.join(chosen)})" if chosen else ""))
+    kvm = kvm_pid is not None or kvm_fd is not None
     if raw_input is None:
         refuse_options(ctx, ("order", "entries"), "--raw")
+    if vm_image is None and not kvm:
+        refuse_options(ctx, ("bolted_only", "start_index", "buffer_size", "passes", "until_dirty",
+                             "max_passes"), "--vm or --kvm")
     if vm_image is None:
-        refuse_options(ctx, ("bolted_only", "start_index", "buffer_size", "passes", "churn", "until_dirty",
-                             "max_passes"), "--vm")
+        refuse_options(ctx, ("churn",), "--vm (the simulated guest's operations between passes)")
+    if not kvm:
+        refuse_options(ctx, ("ignore_readers",), "--kvm or --kvm-fd")
+    else:
+        if byte_order is not None:
+            raise click.UsageError("--byte-order does not go with --kvm: the kernel's records are in the host's byte order")
     if until_dirty is not None:
-        refuse_options(ctx, ("passes",), "--vm without --until-dirty (which makes passes up to --max-passes)")
+        refuse_options(ctx, ("passes",), "--vm or --kvm without --until-dirty (which makes passes up to --max-passes)")
     else:
         refuse_options(ctx, ("max_passes",), "--until-dirty")
     if passes == 1 and until_dirty is None:
         refuse_options(ctx, ("churn",), "--passes N (N > 1) or --until-dirty (the guest runs between passes)")
     check_files({"--vm": vm_image, "--raw": raw_input, "--qemu": qemu_input, "--qemu-section": qemu_section},
                 {"-o": output}, force=force)
-    given = next(v for v in (vm_image, raw_input, qemu_input, qemu_section) if v is not None)
-    with named_errors("<stdin>" if given == "-" else given):  # a content error names the source
-        with _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only,
-                     start_index, buffer_size, passes, churn, until_dirty, max_passes) as source:
+    if kvm:
+        from htabtool import kvm as kvm_module
+
+        given_name = None  # the kernel's errors name the process and the fd themselves
+        source_cm = kvm_module.open_source(kvm_pid, kvm_fd, ignore_readers=ignore_readers, bolted_only=bolted_only,
+                                           start_index=start_index, buffer_size=buffer_size, passes=passes,
+                                           until_dirty=until_dirty, max_passes=max_passes)
+    else:
+        given_name = next(v for v in (vm_image, raw_input, qemu_input, qemu_section) if v is not None)
+        given_name = "<stdin>" if given_name == "-" else given_name
+        source_cm = _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only,
+                            start_index, buffer_size, passes, churn, until_dirty, max_passes)
+    with named_errors(given_name) if given_name else contextlib.nullcontext():  # a content error names the source
+        with source_cm as source:
             with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
                 summary = ops.dump(source, out, level=level, progress=advance, output=output)
     if summary.converged is False and not quiet:

@@ -26,7 +26,10 @@ from htabtool.cli.common import (
 @click.option("--create", is_flag=True, help="--vm: create the image (of the snapshot's table size) if it does not exist.")
 @click.option("--stop", is_flag=True, help="--vm: stop a running VM first (the kernel refuses writes while vCPUs run: EBUSY).")
 @click.option("--verify", "verify_after", is_flag=True, help="--vm: dump the VM again after loading and compare with the snapshot.")
-@buffer_size_option(help_text="--vm: the write(2) size on the htab fd, in bytes.")
+@buffer_size_option(help_text="--vm: the most bytes of records handed to the htab fd at a time (each record is its own write(2)).")
+@click.option("--kvm", "kvm_pid", metavar="PID[:FD]",
+              help="Target: the real KVM guest of process PID (QEMU, stopped), one record per write(2) of the kernel's htab fd.")
+@click.option("--kvm-fd", "kvm_fd", type=click.IntRange(0), metavar="N", help="Target: the KVM VM fd N this process was given.")
 @click.option("--raw-out", metavar="FILE|-", type=PATH, help="Target: the exact kernel records (all passes), for a kernel write fd.")
 @click.option("--byte-order", type=BYTE_ORDER, default=None, help="--raw-out: turn the record headers to this byte order (default: the snapshot's).")
 @click.option("--qemu-section", metavar="OUT|-", type=PATH, help="Target: QEMU spapr/htab section payloads (START, then one part per pass).")
@@ -37,7 +40,7 @@ from htabtool.cli.common import (
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
 @click.pass_context
-def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, raw_out, byte_order, qemu_section, qemu_splice,
+def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, kvm_pid, kvm_fd, raw_out, byte_order, qemu_section, qemu_splice,
          output, force, as_json, quiet):
     """Replay a snapshot into a target: a simulated VM, a raw record stream,
     or QEMU.  The whole snapshot is checked before the first write, so a
@@ -52,15 +55,17 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, raw_o
       htabtool dump --vm a.img -o - | htabtool load - --vm b.img --create
       htabtool load guest.htab --raw-out records.bin
       htabtool load guest.htab --qemu-splice saved.mig -o restored.mig
+      htabtool load guest.htab --kvm "$(pgrep -f qemu-system-ppc64)"
     """
     from htabtool import ops
     from htabtool.errors import HtabError
     from htabtool.sources import named_errors, open_input, open_output, open_snapshot
 
     chosen = [n for n, v in (("--vm", vm_image), ("--raw-out", raw_out), ("--qemu-section", qemu_section),
-                             ("--qemu-splice", qemu_splice)) if v is not None]
+                             ("--qemu-splice", qemu_splice), ("--kvm", kvm_pid), ("--kvm-fd", kvm_fd)) if v is not None]
     if len(chosen) != 1:
-        raise click.UsageError("give exactly one target: --vm IMAGE, --raw-out FILE, --qemu-section OUT or --qemu-splice MIG -o NEW"
+        raise click.UsageError("give exactly one target: --vm IMAGE, --raw-out FILE, --qemu-section OUT, "
+                               "--qemu-splice MIG -o NEW, --kvm PID or --kvm-fd N"
                                + (f" (got {' '.join(chosen)})" if chosen else ""))
     if (output is not None) != (qemu_splice is not None):
         raise click.UsageError("-o NEW goes with --qemu-splice MIG (and --qemu-splice needs it)")
@@ -76,7 +81,9 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, raw_o
         if not checked.sound:
             raise HtabError(f"{snap.name} is not sound, nothing was written: {checked.problems[0]}"
                             + (f" (and {len(checked.problems) - 1} more; see htabtool verify)" if len(checked.problems) > 1 else ""))
-        if vm_image is not None:
+        if kvm_pid is not None or kvm_fd is not None:
+            report = ops.load_kvm(snap, kvm_pid, kvm_fd)
+        elif vm_image is not None:
             with progress(lambda: snap.trailer().raw_size, "load") as advance:
                 report = ops.load_vm(snap, vm_image, create=create, stop=stop, verify=verify_after,
                                      buffer_size=buffer_size, progress=advance)
@@ -116,7 +123,10 @@ def _summary(r: dict) -> str:
     if r["target"] == "vm":
         extra = "; verified: identical" if r.get("verified") else ""
         return (f"{r['snapshot']} -> {r['image']}: {plural(r['records'], 'record')} in {plural(r['writes'], 'write')} "
-                f"of at most {plural(r['buffer_size'], 'byte')}{extra}")
+                f"(one record each){extra}")
+    if r["target"] == "kvm":
+        return (f"{r['snapshot']} -> process {r['pid']} (VM fd {r['vm_fd']}): {plural(r['records'], 'record')} in "
+                f"{plural(r['writes'], 'write')}")
     if r["target"] == "raw":
         return f"{r['snapshot']} -> {r['output']}: {human_bytes(r['bytes'])} of records"
     if r["target"] == "qemu-section":

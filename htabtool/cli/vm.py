@@ -61,10 +61,12 @@ def vm():
 @click.option("--vrma", is_flag=True, help="Map the real-mode area on the first run, as KVM on POWER8/9 does.")
 @click.option("--backing-page-size", "backing", type=SIZE, default="16M", show_default=True, metavar="SIZE",
               help="Host pages backing guest RAM (guest pages larger than this are refused).")
+@click.option("--cpu", type=click.Choice(["POWER8", "POWER9", "POWER10"]), default="POWER8", show_default=True,
+              help="The host CPU: POWER9 and POWER10 keep only v bits 0..51 and the segment size of an entry (ISA 3.0).")
 @force_option
 @progress_option
 @json_option
-def create(image, ram, order, profile, seed, vrma, backing, force, as_json):
+def create(image, ram, order, profile, seed, vrma, backing, cpu, force, as_json):
     """Create a VM image and boot its guest.  An IMAGE that exists is
     replaced only with -f.
 
@@ -73,6 +75,7 @@ def create(image, ram, order, profile, seed, vrma, backing, force, as_json):
       htabtool vm create guest.img --ram 4G --profile idle --seed 1
       htabtool vm create dest.img --ram 4G --profile empty
       htabtool vm create -f guest.img --ram 4G     # replace guest.img
+      htabtool vm create p9.img --ram 4G --cpu POWER9
     """
     from htabtool.vmimage import create_image
 
@@ -84,7 +87,7 @@ def create(image, ram, order, profile, seed, vrma, backing, force, as_json):
     with progress(None, "vm create"):
         info = create_image(
             image, ram=ram, order=order, profile=profile, seed=seed,
-            backing_page_shift=backing.bit_length() - 1, vrma=vrma, force=force,
+            backing_page_shift=backing.bit_length() - 1, vrma=vrma, force=force, cpu=cpu,
         )
     _emit(info, as_json, _create_lines, INFO_SCHEMA)
 
@@ -95,7 +98,7 @@ def _create_lines(info):
     g = info["guest"]
     yield (
         f"created {info['path']}: order {info['order']} ({plural(info['entries'], 'entry', 'entries')}), "
-        f"{format_size(info['ram_bytes'])} RAM, profile {g['profile']}, seed {g['seed']}: "
+        f"{format_size(info['ram_bytes'])} RAM, {info['cpu']} host, profile {g['profile']}, seed {g['seed']}: "
         f"{plural(info['valid'], 'valid entry', 'valid entries')} ({info['bolted']:,} bolted), vCPUs {info['vcpus']}"
     )
 
@@ -155,6 +158,7 @@ def _info_lines(i):
     yield f"image:        {i['path']} (format {i['format_version']}, generation {i['generation']})"
     yield f"table:        order {i['order']}, {plural(i['entries'], 'entry', 'entries')}, {format_size(i['table_bytes'])}"
     yield f"RAM:          {format_size(i['ram_bytes'])}, backed by {format_size(1 << i['backing_page_shift'])} pages"
+    yield f"host CPU:     {i['cpu']}"
     yield f"vCPUs:        {i['vcpus']}; MMU {'ready' if i['mmu_ready'] else 'not ready'}"
     yield (
         f"entries:      {i['valid']:,} valid ({i['bolted']:,} bolted, {i['absent']:,} absent, "

@@ -585,7 +585,7 @@ CASES += [
     snap_case("empty-records", empty_records, "4096 records hold only 0 entries: mostly empty records"),
     snap_case("empty-records-verify", empty_records, "empty records", "verify {}", 1),
     Bad("option-passes-with-until-dirty", image("idle"), "dump --vm {} --passes 2 --until-dirty 3 -o OUT", 2,
-        "--passes goes with --vm without --until-dirty"),
+        "--passes does not go with --until-dirty"),
     Bad("option-churn-with-qemu", write("vm.mig", lambda: C.qemu_stream()), "dump --qemu {} --churn 5 -o OUT", 2,
         "--churn goes with --vm"),
     Bad("option-buffer-size-with-raw-out", write("s.htab", snap), "load {} --raw-out OUT --buffer-size 4K", 2,

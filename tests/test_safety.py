@@ -868,7 +868,7 @@ def test_a_low_address_space_limit_is_one_line(inputs, tmp_path, limit):
 
 
 @pytest.mark.parametrize("args,message", [
-    (("dump", "--vm", "g.img", "--passes", 2, "--until-dirty", 5, "-o", "x.htab"), "--passes goes with"),
+    (("dump", "--vm", "g.img", "--passes", 2, "--until-dirty", 5, "-o", "x.htab"), "--passes does not go with --until-dirty"),
     (("dump", "--qemu", "vm.mig", "--churn", 5, "-o", "x.htab"), "--churn goes with --vm"),
     (("dump", "--qemu", "vm.mig", "--buffer-size", "64K", "-o", "x.htab"), "--buffer-size goes with --vm"),
     (("dump", "--raw", "a.htab", "--byte-order", "little", "--order", 18, "--max-passes", 3, "-o", "x.htab"),

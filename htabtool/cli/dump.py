@@ -13,6 +13,7 @@ from htabtool.cli.common import (
     check_files,
     emit_json,
     force_option,
+    given,
     human_bytes,
     json_option,
     level_option,
@@ -92,10 +93,10 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kv
     else:
         if byte_order is not None:
             raise click.UsageError("--byte-order does not go with --kvm: the kernel's records are in the host's byte order")
-    if until_dirty is not None:
-        refuse_options(ctx, ("passes",), "--vm or --kvm without --until-dirty (which makes passes up to --max-passes)")
-    else:
+    if until_dirty is None:
         refuse_options(ctx, ("max_passes",), "--until-dirty")
+    elif given(ctx, "passes"):
+        raise click.UsageError("--passes does not go with --until-dirty (which makes passes up to --max-passes)")
     if passes == 1 and until_dirty is None:
         refuse_options(ctx, ("churn",), "--passes N (N > 1) or --until-dirty (the guest runs between passes)")
     check_files({"--vm": vm_image, "--raw": raw_input, "--qemu": qemu_input, "--qemu-section": qemu_section},

@@ -328,6 +328,14 @@ class VMImage:
             _fsync_dir(directory)
             vm.path = path
             return vm
+        except OSError as exc:  # a full disk, a file size limit: named, as any error of a file
+            with uninterrupted():
+                if image is not None:
+                    image._drop()
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise VMImageError(f"{path}: cannot create the VM image ({_short(exc)}); nothing was created") from None
         except BaseException:
             with uninterrupted():
                 if image is not None:
@@ -818,8 +826,12 @@ def transaction(path, check=None) -> Iterator[VMImage]:
             _lock(fd, path, True)
             copy = VMImage._from_fd(path, fd, True, file=tmp)
             yield copy
-            copy.save()
-            os.fsync(fd)
+            try:
+                copy.save()
+                os.fsync(fd)
+            except OSError as exc:
+                raise VMImageError(f"{path}: cannot save the changed image ({_short(exc)}); "
+                                   f"the image is left as it was") from None
             with uninterrupted():
                 os.replace(tmp, real)
                 tmp = None

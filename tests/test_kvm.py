@@ -40,7 +40,21 @@ pytestmark = pytest.mark.kvm
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 KIT = pathlib.Path(os.environ.get("HTABTOOL_KVM_HOST") or REPO.parent / "shared" / "kvm-host" / "kvm-host.sh")
-KIT_DIR = pathlib.Path(os.environ.get("HTABTOOL_KVM_HOST_DIR") or "/tmp/kvm-host")
+
+
+def _kit_dir() -> pathlib.Path | None:
+    """Where the kit keeps its host: $HTABTOOL_KVM_HOST_DIR, else the kit's
+    own default (its DEFAULT_DIR line)."""
+    if os.environ.get("HTABTOOL_KVM_HOST_DIR"):
+        return pathlib.Path(os.environ["HTABTOOL_KVM_HOST_DIR"])
+    try:
+        m = re.search(r"^DEFAULT_DIR=(\S+)", KIT.read_text(), re.M)
+    except OSError:
+        return None
+    return pathlib.Path(m.group(1)) if m else None
+
+
+KIT_DIR = _kit_dir()
 INSIDE = os.path.exists("/dev/kvm") and os.path.exists("/proc/cpuinfo") and "POWER" in open("/proc/cpuinfo").read()
 inside = pytest.mark.skipif(not INSIDE, reason="needs a POWER KVM-HV host (/dev/kvm); run through the kernel kit")
 
@@ -399,7 +413,7 @@ def _kit_skip_reason() -> str | None:
         return "already inside a KVM host"
     if not KIT.is_file():
         return f"the kernel kit is not at {KIT} (set HTABTOOL_KVM_HOST)"
-    if not (KIT_DIR / "base.cpio.zst").is_file():
+    if KIT_DIR is None or not (KIT_DIR / "base.cpio.zst").is_file():
         return f"the kernel kit is not set up in {KIT_DIR} (run kvm-host.sh setup once; HTABTOOL_KVM_HOST_DIR)"
     return None
 

@@ -399,7 +399,7 @@ def test_head_ends_quietly(tmp_path):
                                 shell=True, capture_output=True, text=True, env=env, timeout=60,
                                 executable="/bin/bash")
         assert status.stderr == ""
-        assert int(status.stdout) != 0  # stopped by the broken pipe, not run to the end
+        assert int(status.stdout) == 141  # stopped by the broken pipe (128 + SIGPIPE), not run to the end
 
 
 def test_text_columns_of_the_hand_decoded_entries(hand_snapshot, tmp_path):

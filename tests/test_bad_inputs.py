@@ -473,9 +473,9 @@ CASES = [
     Bad("show-empty-index-range", write("s.htab", snap), "show --index 9..2 {}", 2, "index range 9..2 is empty"),
     Bad("show-bad-avpn", write("s.htab", snap), "show --avpn 12/zz {}", 2, "--avpn '12/zz': give HEX or HEX/MASK"),
     Bad("map-output-exists", lambda d: write("map.png", b"keep")(d) and write("s.htab", snap())(d), "map {} -o map.png",
-        2, "map.png: exists (-f/--force replaces it)"),
+        2, "map.png: already exists; not overwritten (use -f to replace it)"),
     Bad("map-output-is-the-input", write("s.htab", snap), "map {} -o {} --format png --force", 2,
-        "s.htab: is the snapshot being read"),
+        "s.htab: is an input of this command; not overwritten, even with -f"),
     Bad("map-output-suffix", write("s.htab", snap), "map {} -o OUT", 2,
         "the picture's format comes from its suffix, .png or .svg"),
 ]

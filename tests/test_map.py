@@ -193,12 +193,12 @@ def test_outputs_are_refused_unless_forced_and_never_an_input(live, tmp_path):
     out = tmp_path / "map.png"
     out.write_bytes(b"keep me")
     r = cli_run("map", path, "-o", out, cwd=tmp_path)
-    assert r.exit_code == 2 and "exists (-f/--force replaces it)" in r.output
+    assert r.exit_code == 2 and "already exists; not overwritten (use -f to replace it)" in r.output
     assert out.read_bytes() == b"keep me"
     assert cli_run("map", path, "-o", out, "--force", cwd=tmp_path).exit_code == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     r = cli_run("map", path, "-o", path, "--format", "png", "-f", cwd=tmp_path)
-    assert r.exit_code == 2 and "is the snapshot being read" in r.output
+    assert r.exit_code == 2 and "is an input of this command; not overwritten, even with -f" in r.output
     r = cli_run("map", path, "-o", tmp_path / "map.jpg", cwd=tmp_path)
     assert r.exit_code == 2 and ".png or .svg" in r.output
     r = cli_run("map", path, "--format", "svg", cwd=tmp_path)

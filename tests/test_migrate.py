@@ -219,12 +219,12 @@ def test_outputs_are_refused_when_they_exist_or_are_inputs(tmp_path):
     snap = tmp_path / "mig.htab"
     snap.write_bytes(b"keep me")
     r = cli_run("migrate", src, "--snapshot", snap, cwd=tmp_path)
-    assert r.exit_code == 2 and "exists (use -f to replace it)" in r.stderr
+    assert r.exit_code == 2 and "already exists; not overwritten (use -f to replace it)" in r.stderr
     assert snap.read_bytes() == b"keep me"
     r = cli_run("migrate", src, "--to", src, "-f", cwd=tmp_path)
-    assert r.exit_code == 2 and "is the source image" in r.stderr
+    assert r.exit_code == 2 and "is an input of this command; not overwritten, even with -f" in r.stderr
     r = cli_run("migrate", src, "--to", tmp_path / "x.img", "--snapshot", tmp_path / "x.img", cwd=tmp_path)
-    assert r.exit_code == 2 and "also --snapshot's output" in r.stderr
+    assert r.exit_code == 2 and "is also the output of --snapshot" in r.stderr
     r = cli_run("migrate", src, "--snapshot", snap, "-f", cwd=tmp_path)
     assert r.exit_code == 0, r.stderr
     assert stat(snap, tmp_path)["source"]["kind"] == "migrate"

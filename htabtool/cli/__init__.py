@@ -198,7 +198,17 @@ def main(argv=None) -> None:
     # numpy's BLAS, never used here, would allocate a buffer per core at
     # import: one thread is what htabtool needs, and all a low ulimit -v allows
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    cli.main(args=argv, prog_name="htabtool")
+    try:
+        cli.main(args=argv, prog_name="htabtool")
+    except (MemoryError, SystemError) as exc:
+        # short of memory before (or while) the group's own handler could
+        # speak, e.g. a C extension's import under a low ulimit -v (which
+        # fails as SystemError): one line, without allocating, and no exit
+        # handlers (they may need memory too)
+        if not _short_of_memory(exc):
+            raise
+        os.write(2, b"htabtool: error: out of memory (is the address space limited? see ulimit -v)\n")
+        os._exit(EXIT_TROUBLE)
 
 
 def _describe(exc: BaseException) -> str:

@@ -138,6 +138,11 @@ def check_files(inputs: dict | None = None, outputs: dict | None = None, *, forc
     stdout = [k for k, v in outputs.items() if v == "-"]
     if len(stdout) > 1:
         raise OutputRefused(f"only one output can be standard output (-): {' and '.join(stdout)} both are")
+    files = [(k, v) for k, v in outputs.items() if v != "-"]
+    for k, (name, path) in enumerate(files):
+        for other, earlier in files[:k]:
+            if _same_file(path, earlier):
+                raise OutputRefused(f"{path}: is also the output of {other}; give {name} another name")
     if stdin:
         check_stdin(stdin[0])
     for name, path in outputs.items():
@@ -145,6 +150,16 @@ def check_files(inputs: dict | None = None, outputs: dict | None = None, *, forc
             check_stdout(name, force=force, binary=binary)
         else:
             check_destination(path, inputs.values(), force=force)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """The same name, or two names of one file (symlinks, hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def check_stdin(name: str = "-") -> None:

@@ -13,7 +13,7 @@ import textwrap
 
 import click
 
-from htabtool.cli.common import human_bytes, labelled_bars, plain
+from htabtool.cli.common import check_files, force_option, human_bytes, labelled_bars, plain
 
 #: shades of a strip's cell by the fraction of its entries counted: none, up
 #: to 1/8, ..., all (a cell with one entry shows)
@@ -33,7 +33,7 @@ INSTALL_PLOT = "pip install 'htabtool[plot]'"
               help="Write a picture file (PNG or SVG, by its suffix or --format) instead of drawing on the terminal.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS, case_sensitive=False), default=None,
               help="The picture's format (default: from the suffix of -o; needed with -o -).")
-@click.option("-f", "--force", is_flag=True, help="Replace the output file if it exists.")
+@force_option
 @click.option("--width", type=click.IntRange(LABEL_WIDTH + 10, 10000), default=None, metavar="COLUMNS",
               help="Width of the terminal map (default: the terminal's, or COLUMNS, or 80).")
 @click.option("--json", "as_json", is_flag=True, help="Print the map's arrays as JSON (schema in the man page).")
@@ -59,7 +59,7 @@ def map_command(snapshot, output, fmt, force, width, as_json):
         raise click.UsageError("give at most one of -o and --json")
     if output is not None:
         fmt = _picture_format(output, fmt)
-        _check_output(output, [snapshot], force)
+        check_files({"SNAP": snapshot}, {"-o": output}, force=force)
         figure_module, rc_context = _plotting()
     elif fmt is not None:
         raise click.UsageError("--format goes with -o")
@@ -91,21 +91,6 @@ def _picture_format(output: str, fmt: str | None) -> str:
     if suffix not in FORMATS:
         raise click.UsageError(f"-o {output}: the picture's format comes from its suffix, .png or .svg (or give --format)")
     return suffix
-
-
-def _check_output(path: str, inputs: list[str], force: bool) -> None:
-    """Refuse to write over an input, or over an existing file without --force."""
-    from htabtool.errors import UsageError
-
-    if path == "-" or not os.path.lexists(path):
-        return
-    for name in inputs:
-        if name != "-" and os.path.exists(name) and os.path.exists(path) and os.path.samefile(name, path):
-            raise UsageError(f"{path}: is the snapshot being read; write the picture to another file")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a directory")
-    if not force:
-        raise UsageError(f"{path}: exists (-f/--force replaces it)")
 
 
 def _plotting():

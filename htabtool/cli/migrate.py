@@ -6,7 +6,7 @@ import os
 
 import click
 
-from htabtool.cli.common import emit_json, human_bytes, json_option, level_option, plain
+from htabtool.cli.common import check_files, emit_json, force_option, human_bytes, json_option, level_option, plain
 
 
 class _Parsed(click.ParamType):
@@ -63,7 +63,7 @@ DURATION = _Parsed("duration", _duration)
 @click.option("--snapshot", metavar="OUT.htab|-", help="Write every pass as a pass of a snapshot file.")
 @click.option("--to", "to", metavar="DST.img", help="Create a destination VM holding what was sent (as load --vm --create).")
 @click.option("-o", "--output", "plot", metavar="PLOT.png|PLOT.svg", help="Draw the passes (needs matplotlib).")
-@click.option("-f", "--force", is_flag=True, help="Replace outputs that exist.")
+@force_option
 @level_option
 @json_option
 @click.pass_context
@@ -88,8 +88,7 @@ def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_pas
     """
     from htabtool.migrate import migrate as run_migration
 
-    outputs = [(n, v) for n, v in (("--snapshot", snapshot), ("--to", to), ("-o", plot)) if v not in (None, "-")]
-    _check_outputs(image, outputs, force)
+    check_files({"SRC.img": image}, {"--snapshot": snapshot, "--to": to, "-o": plot}, force=force)
     if plot is not None:
         from htabtool.migrate_plot import check_format, pyplot
 
@@ -116,30 +115,6 @@ def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_pas
             click.echo(f"htabtool: not converged: {max_passes} live passes and the dirty data still does not fit "
                        f"the downtime limit", err=True)
         ctx.exit(1)
-
-
-def _check_outputs(image: str, outputs: list[tuple[str, str]], force: bool) -> None:
-    """Every output is a new name (or --force), never an input nor another output."""
-    from htabtool.errors import UsageError
-
-    def same(a: str, b: str) -> bool:
-        if os.path.realpath(a) == os.path.realpath(b):
-            return True
-        try:
-            return os.path.samefile(a, b)
-        except OSError:
-            return False
-
-    for k, (name, path) in enumerate(outputs):
-        if same(path, image):
-            raise UsageError(f"{name} {path}: is the source image; an output never replaces an input")
-        for other, opath in outputs[:k]:
-            if same(path, opath):
-                raise UsageError(f"{name} {path}: is also {other}'s output")
-        if os.path.lexists(path) and not force:
-            raise UsageError(f"{name} {path}: exists (use -f to replace it)")
-        if os.path.isdir(path):
-            raise UsageError(f"{name} {path}: is a directory")
 
 
 def _show(result, err: bool) -> None:

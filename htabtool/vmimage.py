@@ -328,21 +328,15 @@ class VMImage:
             _fsync_dir(directory)
             vm.path = path
             return vm
-        except OSError as exc:  # a full disk, a file size limit: named, as any error of a file
+        except BaseException as exc:
             with uninterrupted():
                 if image is not None:
                     image._drop()
                 os.close(fd)
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-            raise VMImageError(f"{path}: cannot create the VM image ({_short(exc)}); nothing was created") from None
-        except BaseException:
-            with uninterrupted():
-                if image is not None:
-                    image._drop()
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            if isinstance(exc, OSError):  # a full disk, a file size limit: named, as any error of a file
+                raise VMImageError(f"{path}: cannot create the VM image ({_short(exc)}); nothing was created") from None
             raise
 
     # -- saving and closing ------------------------------------------------------

@@ -852,7 +852,7 @@ def test_a_dangling_symlink_as_an_image_gets_one_answer(inputs, tmp_path):
     assert not (d / "nowhere.img").exists()
 
 
-@pytest.mark.parametrize("limit", [30_000, 60_000, 100_000])
+@pytest.mark.parametrize("limit", [30_000, 60_000])  # KiB; near 100 MB a C library can abort on its own
 def test_a_low_address_space_limit_is_one_line(inputs, tmp_path, limit):
     d = workdir(tmp_path, inputs, "a.htab")
     done = run("stat", "a.htab", cwd=d, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit << 10,

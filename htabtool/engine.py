@@ -1264,6 +1264,15 @@ class HtabFd:
         self.last_read = res
         return res.data
 
+    def pending(self) -> records.ReadResult:
+        """What one unbounded read of a later pass from entry 0 would return
+        now (every dirty entry, in its records), without a read's side
+        effects: the fd stays where it is and the table as it is.  Costs
+        what is dirty once reads have gone over the whole table."""
+        self._check(want_read=True)
+        self.hpt.settle_reads()
+        return records.encode_read(self._source, 0, False, records._UNLIMITED, self.byte_order)
+
     def reads(self, size: int):
         """``read(size)`` again and again until a read reaches the end of the
         table (or returns nothing), yielding each read's bytes: exactly what

@@ -31,10 +31,12 @@ from htabtool.cli.common import BYTE_ORDER, buffer_size_option, emit_json, human
               help="--vm: keep making passes until one returns at most N changed entries (at most --max-passes).")
 @click.option("--max-passes", type=click.IntRange(1, 1_000_000), default=30, show_default=True, help="--vm: the cap for --until-dirty.")
 @level_option
+@click.option("-T", "--threads", type=click.IntRange(0, 64), default=0, show_default=True, metavar="N",
+              help="Compression threads, as zstd -T: 0 one per CPU; the records are read and laid out meanwhile.")
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
 def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
-         buffer_size, passes, churn, until_dirty, max_passes, level, as_json, quiet):
+         buffer_size, passes, churn, until_dirty, max_passes, level, threads, as_json, quiet):
     """Snapshot an HPT into a compressed snapshot file whose chunks are the
     exact kernel records (zstd -dc prints them).  Give exactly one source.
 
@@ -45,6 +47,7 @@ def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, orde
       htabtool dump --raw capture.bin --byte-order little --order 24 -o cap.htab
       htabtool dump --qemu migration.bin -o guest.htab
       htabtool dump --vm guest.img -o - | htabtool stat -
+      htabtool dump --raw capture.bin --byte-order little --order 28 -T 1 -o cap.htab
     """
     from htabtool import ops
     from htabtool.sources import open_output
@@ -60,7 +63,7 @@ def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, orde
     with _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
                  buffer_size, passes, churn, until_dirty, max_passes) as source:
         with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
-            summary = ops.dump(source, out, level=level, progress=advance, output=output)
+            summary = ops.dump(source, out, level=level, threads=threads or _cpus(), progress=advance, output=output)
     if as_json:
         emit_json(summary.to_dict(), err=output == "-")
     elif not quiet:
@@ -70,6 +73,16 @@ def dump(output, vm_image, raw_input, qemu_input, qemu_section, byte_order, orde
             f"{human_bytes(summary.file_bytes)} ({summary.seconds:.2f} s)",
             err=True,
         )
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (-T 0)."""
+    import os
+
+    try:
+        return max(1, min(64, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return max(1, min(64, os.cpu_count() or 1))
 
 
 @contextlib.contextmanager

@@ -571,13 +571,14 @@ def split_passes_stated(batch: RecordBatch, pass_number: int, previous_end: int)
     base = int(batch.offset[0])
     bounds = [0, *starts.tolist(), len(batch)]
     offsets = [0] + [int(batch.offset[k]) - base for k in starts] + [len(batch.raw)]
-    valid = np.concatenate(([0], np.cumsum(batch.n_valid))).tolist()
-    invalid = np.concatenate(([0], np.cumsum(batch.n_invalid))).tolist()
+    # the running sums at the bounds only (a batch holds tens of thousands of records)
+    valid = np.concatenate(([0], np.cumsum(batch.n_valid)))[bounds].tolist()
+    invalid = np.concatenate(([0], np.cumsum(batch.n_invalid)))[bounds].tolist()
     ends = batch.end
     pieces = []
     for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         if b > a:
-            stats = (b - a, int(batch.index[a]), int(ends[b - 1]), valid[b] - valid[a], invalid[b] - invalid[a])
+            stats = (b - a, int(batch.index[a]), int(ends[b - 1]), valid[n + 1] - valid[n], invalid[n + 1] - invalid[n])
             pieces.append((pass_number + n, batch.raw[offsets[n] : offsets[n + 1]], stats))
     return pieces, pass_number + len(starts), int(ends[-1])
 

@@ -961,7 +961,7 @@ class _Planner:
         later_rows = None if self.first_pass else getattr(self.source, "later_rows", None)
         while True:
             lo, hi = scan, min(n, scan + self.window)
-            got = later_rows(lo, max(self.window, 1 << 16)) if later_rows else None
+            got = later_rows(lo, self.window) if later_rows else None
             if got is not None:
                 rows, kinds, hi = got
                 idx, nv, ni = plan_sparse_records(rows, kinds)

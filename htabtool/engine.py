@@ -365,12 +365,27 @@ class SimulatedHPT:
         # read fds holding side effects a burst deferred: settled before
         # anything else touches the table
         self._unsettled: set = set()
+        # which entries may be dirty, so that a later pass costs what changed
+        # (see _Suspects); not known until reads have cleaned the whole table
+        self._suspects = _Suspects(self.npte)
 
     def settle_reads(self) -> None:
         """Apply the side effects that suspended bursts of reads deferred (a
         read's side effects happen before anything after it)."""
         for fd in list(self._unsettled):
             fd._settle()
+
+    def dirty_entries(self) -> np.ndarray:
+        """The entries hpte_dirty finds dirty now (what a later pass of a
+        read fd reports), sorted; no side effects.  Costs what changed once
+        reads have gone over the whole table, else one scan of it."""
+        self.settle_reads()
+        source = _HptSource(self, bolted_only=False)
+        rows = source.dirty_rows(0, self.npte)
+        if rows is not None:
+            return rows
+        return np.concatenate([np.flatnonzero(source.dirty(lo, min(self.npte, lo + (1 << 22)))) + lo
+                               for lo in range(0, self.npte, 1 << 22)])
 
     # -- small helpers ------------------------------------------------------
 
@@ -461,6 +476,7 @@ class SimulatedHPT:
         return rc, hw_v, hw_r, g
 
     def _store(self, i: int, hw_v: int, hw_r: int, g: int) -> None:
+        self._suspects.add(i)
         self.rev[i] = g | (HPTE_GR_MODIFIED if self.hpte_mod_interest else 0)
         self.hpt[i, 1] = hw_r
         self.hpt[i, 0] = hw_v
@@ -503,6 +519,7 @@ class SimulatedHPT:
         ):
             return H_NOT_FOUND, 0, 0
         v = pte & ~HPTE_V_HVLOCK
+        self._suspects.add(pte_index)
         if v & HPTE_V_VALID:  # remove_revmap_chain harvests R and C
             self.rev[pte_index] = int(self.rev[pte_index]) | (self._r(pte_index) & _RC)
         r = int(self.rev[pte_index]) & ~HPTE_GR_RESERVED
@@ -545,6 +562,7 @@ class SimulatedHPT:
                 args[j] = ((0x90 | flags) << 56) + pte_index
                 continue
             args[j] = ((0x80 | flags) << 56) + pte_index
+            self._suspects.add(pte_index)
             self._note_mod(pte_index)
             if hp0 & HPTE_V_VALID:
                 self.rev[pte_index] = int(self.rev[pte_index]) | (self._r(pte_index) & _RC)
@@ -569,6 +587,7 @@ class SimulatedHPT:
         bits |= (flags << 48) & HPTE_R_KEY_HI
         bits |= flags & (HPTE_R_PP | HPTE_R_N | HPTE_R_KEY_LO)
         mask = HPTE_R_PP0 | HPTE_R_PP | HPTE_R_N | HPTE_R_KEY_HI | HPTE_R_KEY_LO
+        self._suspects.add(pte_index)
         self.rev[pte_index] = (int(self.rev[pte_index]) & ~mask & M64) | bits
         self._note_mod(pte_index)
         if v & HPTE_V_VALID:
@@ -610,6 +629,7 @@ class SimulatedHPT:
         if not v & (HPTE_V_VALID | HPTE_V_ABSENT):
             return H_NOT_FOUND, 0
         gr = int(self.rev[pte_index])
+        self._suspects.add(pte_index)
         if gr & HPTE_R_R:
             self.rev[pte_index] = gr & ~HPTE_R_R
             self._note_mod(pte_index)
@@ -629,6 +649,7 @@ class SimulatedHPT:
         if not v & (HPTE_V_VALID | HPTE_V_ABSENT):
             return H_NOT_FOUND, 0
         gr = int(self.rev[pte_index])
+        self._suspects.add(pte_index)
         if gr & HPTE_R_C:
             self.rev[pte_index] = gr & ~HPTE_R_C
             self._note_mod(pte_index)
@@ -649,6 +670,7 @@ class SimulatedHPT:
         if not self._in_range(pte_index) or not self._v(pte_index) & HPTE_V_VALID:
             return False
         r = self._r(pte_index)
+        self._suspects.add(pte_index)
         self.hpt[pte_index, 1] = r | HPTE_R_R | (HPTE_R_C if write else 0)
         return True
 
@@ -669,6 +691,7 @@ class SimulatedHPT:
         s, bits = s[order], bits[order]
         uniq, first = np.unique(s, return_index=True)
         bits = np.bitwise_or.reduceat(bits, first) if len(first) else bits
+        self._suspects.add(uniq)
         self.hpt[uniq, 1] = self.hpt[uniq, 1].astype(np.uint64) | bits
         return int(ok.sum())
 
@@ -717,6 +740,7 @@ class SimulatedHPT:
                 k = np.argmax(free & (np.cumsum(free, axis=1) == (rank[:p, None] + 1)), axis=1)
                 s = base[:p] + k
                 e = win[:p]
+                self._suspects.add(s)
                 self.rev[s] = g[e] | mod
                 self.hpt[s, 1] = hw_r[e]
                 self.hpt[s, 0] = hw_v[e]
@@ -781,6 +805,7 @@ class SimulatedHPT:
             valid = (v & _U(HPTE_V_VALID)) != 0
             gr = np.where(valid, gr | (self.hpt[s, 1].astype(np.uint64) & _U(_RC)), gr)
             out_r[pos] = gr & _nm(HPTE_GR_RESERVED)
+            self._suspects.add(s)
             self.rev[s] = gr | mod
             self.hpt[s, 0] = 0
             absent = (v & _U(HPTE_V_ABSENT)) != 0
@@ -811,6 +836,7 @@ class SimulatedHPT:
             s, f, v = s[found], f[found], v[found]
             bits = ((f << _U(55)) & _U(HPTE_R_PP0)) | ((f << _U(48)) & _U(HPTE_R_KEY_HI))
             bits |= f & _U(HPTE_R_PP | HPTE_R_N | HPTE_R_KEY_LO)
+            self._suspects.add(s)
             self.rev[s] = (self.rev[s].astype(np.uint64) & ~mask) | bits | mod
             valid = (v & _U(HPTE_V_VALID)) != 0
             s, bits = s[valid], bits[valid]
@@ -870,6 +896,7 @@ class SimulatedHPT:
         bad = np.flatnonzero(~ok)
         stop = int(bad[0]) if len(bad) else npages  # the kernel stops at the first failure
         idx, hw_v, hw_r, g = idx[:stop], hw_v[:stop], hw_r[:stop], g[:stop]
+        self._suspects.add(idx)
         self.rev[idx] = g | self._mod_bits()
         self.hpt[idx, 1] = hw_r
         self.hpt[idx, 0] = hw_v
@@ -933,30 +960,83 @@ class _HptSource:
         self.e = hpt
         self.n_entries = hpt.npte
         self.bolted_only = bolted_only
+        # what later_rows gathered last: (the table's change count then, the
+        # dirty rows, their entries as V16, their guest views); a later
+        # pass's words and side effects come from it, not from new gathers
+        # (random reads of a large table cost a cache and TLB miss each)
+        self._seen = None
 
     def kinds(self, lo: int, hi: int, first_pass: bool) -> np.ndarray:
-        e = self.e
-        hb = e.hpt[lo:hi].view(np.uint8)  # (n, 16): v then r, big-endian
-        low = hb[:, 7]
-        if self.bolted_only:
-            valid = ((low & (HPTE_V_VALID | HPTE_V_ABSENT)) != 0) & ((low & HPTE_V_BOLTED) != 0)
-        else:
-            valid = (low & (HPTE_V_VALID | HPTE_V_ABSENT)) != 0
-        # KIND_VALID = 1, KIND_INVALID = 2
-        kinds = np.uint8(records.KIND_INVALID) - valid.view(np.uint8)
+        hb = self.e.hpt[lo:hi].view(np.uint8)  # (n, 16): v then r, big-endian
+        kinds = self._kinds_of(hb[:, 7])
         if not first_pass:
-            kinds *= self.dirty(lo, hi, hb).view(np.uint8)  # clean -> KIND_CLEAN (0)
+            kinds *= self._pending(hb, self.e.rev[lo:hi]).view(np.uint8)  # clean -> KIND_CLEAN (0)
         return kinds
 
-    def dirty(self, lo: int, hi: int, hb: np.ndarray | None = None) -> np.ndarray:
+    def _kinds_of(self, low: np.ndarray) -> np.ndarray:
+        """KIND_VALID or KIND_INVALID from the lowest byte of each entry's v."""
+        valid = (low & (HPTE_V_VALID | HPTE_V_ABSENT)) != 0
+        if self.bolted_only:
+            valid &= (low & HPTE_V_BOLTED) != 0
+        # KIND_VALID = 1, KIND_INVALID = 2
+        return np.uint8(records.KIND_INVALID) - valid.view(np.uint8)
+
+    def later_rows(self, lo: int, limit: int):
+        """A later pass's entries from ``lo`` on, from the suspects alone
+        (:class:`_Suspects`): (the dirty entries among the next ``limit``
+        suspects, their kinds, the end of the stretch they cover); None when
+        the suspects are not known (the caller scans :meth:`kinds`)."""
+        known = self.e._suspects.array()
+        if known is None:
+            return None
+        a = int(known.searchsorted(lo))
+        b = min(len(known), a + limit)
+        hi = int(known[b]) if b < len(known) else self.n_entries
+        rows = known[a:b]
+        w = self.e.hpt.view(_ROW)[:, 0][rows]
+        gr = self.e.rev[rows]
+        hb = w.view(np.uint8).reshape(-1, 16)
+        dirty = self._pending(hb, gr)
+        rows = rows[dirty]
+        self._seen = (self.e._suspects.changes, rows, w[dirty], gr[dirty])
+        return rows, self._kinds_of(hb[dirty, 7]), hi
+
+    def _from_seen(self, rows: np.ndarray):
+        """Positions of entries ``rows`` in what later_rows gathered, if it
+        holds them all and nothing changed since; else None."""
+        seen = self._seen
+        if seen is None or seen[0] != self.e._suspects.changes or not len(rows):
+            return None
+        pos = seen[1].searchsorted(rows)
+        if pos[-1] >= len(seen[1]) or not np.array_equal(seen[1][pos], rows):
+            return None
+        return pos
+
+    def dirty_rows(self, lo: int, hi: int) -> np.ndarray | None:
+        """The dirty entries in lo..hi-1 from the suspects alone; None when
+        they are not known."""
+        known = self.e._suspects.array()
+        if known is None:
+            return None
+        rows = known[int(known.searchsorted(lo)) : int(known.searchsorted(hi))]
+        return rows[self._pending(*self._gather(rows))]
+
+    def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Entries ``rows`` as (n, 16) bytes and their guest views."""
+        return self.e.hpt.view(_ROW)[:, 0][rows].view(np.uint8).reshape(-1, 16), self.e.rev[rows]
+
+    def dirty(self, lo: int, hi: int) -> np.ndarray:
+        """hpte_dirty of entries lo..hi-1 (see :meth:`_pending`)."""
+        return self._pending(self.e.hpt[lo:hi].view(np.uint8), self.e.rev[lo:hi])
+
+    @staticmethod
+    def _pending(hb: np.ndarray, gr: np.ndarray) -> np.ndarray:
         """hpte_dirty: modified, or valid with an R/C bit the guest view lacks.
-        Byte-wise: R and C are in the low 16 bits of r (bytes 14-15 of a
-        big-endian entry, bytes 0-1 of the little-endian guest view);
+        ``hb``: the entries as (n, 16) big-endian bytes, ``gr`` their guest
+        views.  Byte-wise: R and C are in the low 16 bits of r (bytes 14-15
+        of a big-endian entry, bytes 0-1 of the little-endian guest view);
         HPTE_GR_MODIFIED is bit 6 of the guest view's byte 7."""
-        e = self.e
-        if hb is None:
-            hb = e.hpt[lo:hi].view(np.uint8)
-        gb = e.rev[lo:hi].view(np.uint8).reshape(-1, 8)
+        gb = gr.view(np.uint8).reshape(-1, 8)
         # HPTE_R_R (0x100): bit 0 of byte 14 of r, bit 0 of the guest view's byte 1;
         # HPTE_R_C (0x80): bit 7 of byte 15, bit 7 of the guest view's byte 0
         pending = hb[:, 14] & ~gb[:, 1] & (HPTE_R_R >> 8)
@@ -976,11 +1056,19 @@ class _HptSource:
         swapping of the table, and rows gathered 16 bytes at a time."""
         e = self.e
         every = rows is None  # invalid rows too: R/C only where HPTE_V_VALID
+        pos = None if every else self._from_seen(rows + lo)
+        if pos is not None:
+            return self._words_of(self._seen[2][pos], self._seen[3][pos], False)
         if every:
             rows = np.arange(hi - lo, dtype=np.int64)
-        w = e.hpt[lo:hi].view(_ROW)[:, 0][rows].view(_LE).reshape(-1, 2)
+        return self._words_of(e.hpt[lo:hi].view(_ROW)[:, 0][rows], e.rev[lo:hi][rows], every)
+
+    @staticmethod
+    def _words_of(w16: np.ndarray, gr: np.ndarray, every: bool) -> np.ndarray:
+        """:meth:`words` of entries given as V16 and their guest views."""
+        w = w16.view(_LE).reshape(-1, 2)
         v, hr = w[:, 0], w[:, 1]
-        out = np.empty((len(rows), 2), dtype=_LE)
+        out = np.empty((len(w), 2), dtype=_LE)
         vo, ro = out[:, 0], out[:, 1]
         np.bitwise_or(v, _SW_HVLOCK, out=vo)
         np.bitwise_and(hr, _SW_RC, out=ro)  # R and C as the hardware set them ...
@@ -991,7 +1079,7 @@ class _HptSource:
             every = True
         if every:  # rows of a valid run have HPTE_V_VALID unless absent
             ro *= (v >> _U(56)) & _U(1)  # ... harvested only for entries with HPTE_V_VALID
-        ro |= e.rev[lo:hi][rows].astype(">u8").view(_LE)  # the guest view, its bytes big-endian
+        ro |= gr.astype(">u8").view(_LE)  # the guest view, its bytes big-endian
         ro &= _SW_NOT_MODIFIED
         return out.view(">u8")
 
@@ -1001,10 +1089,14 @@ class _HptSource:
         HPTE_GR_MODIFIED cleared.  A first pass goes over every entry from
         ``start`` on, each inside one of its records; a later pass skips
         clean entries, so its records hold exactly the dirty ones."""
+        end = self.e.npte if res.wrapped else res.next_index
         if first_pass:
-            self.harvest(start, self.e.npte if res.wrapped else res.next_index)
-        elif len(res.index):
+            self.harvest(start, end)
+            return
+        if len(res.index):
             self._clear(records._expand_ranges(res.index, res.end - res.index))
+        # the read reported every dirty entry from start to end: all clean now
+        self.e._suspects.cleaned(start, end)
 
     def harvest(self, lo: int, hi: int, step: int = 1 << 16) -> None:
         """The side effects of reads that went over entries lo..hi-1: every
@@ -1023,15 +1115,116 @@ class _HptSource:
                 e.rev[a:b] = (gr | harvested) & _nm(HPTE_GR_MODIFIED)
             elif len(rows):
                 self._clear(rows + a)
+        e._suspects.changes += 1
+        e._suspects.cleaned(lo, hi)
 
     def _clear(self, idx: np.ndarray) -> None:
         e = self.e
         e.generation += 1
-        gr = e.rev[idx].astype(np.uint64)
-        v = e.hpt[idx, 0].astype(np.uint64)
-        hr = e.hpt[idx, 1].astype(np.uint64)
-        gr = np.where((v & _U(HPTE_V_VALID)) != 0, gr | (hr & _U(_RC)), gr)
-        e.rev[idx] = gr & _nm(HPTE_GR_MODIFIED)
+        pos = self._from_seen(idx)
+        if pos is not None:
+            w, gr = self._seen[2][pos], self._seen[3][pos]
+        else:
+            w, gr = e.hpt.view(_ROW)[:, 0][idx], e.rev[idx]
+        vr = w.view(">u8").reshape(-1, 2)
+        harvested = (vr[:, 1] & _U(_RC)) * ((vr[:, 0] & _U(HPTE_V_VALID)) != 0)
+        e.rev[idx] = (gr | harvested) & _nm(HPTE_GR_MODIFIED)
+        e._suspects.changes += 1
+        if pos is not None:  # what it gathered holds for the entries not cleared yet
+            self._seen = (e._suspects.changes,) + self._seen[1:]
+
+
+class _Suspects:
+    """Which entries of a table may be dirty (hpte_dirty), so that a later
+    pass looks at those alone: every entry outside the set is clean.  The
+    kernel's later passes scan the whole table; this is the simulation's
+    shortcut to the same records (the entries it skips are the ones that
+    scan finds clean), so that a pass costs what changed.
+
+    Not known at first (an image holds entries modified before it was
+    opened).  Known once reads have left every entry clean in one sweep
+    from entry 0 to the end (a first pass from index 0, or a later pass
+    that scanned), every change made meanwhile added; from then on every
+    change adds the entries it touches (:meth:`add`, called by each
+    hypercall, hardware R/C, write and the bulk forms).  Clean entries may
+    stay in it (those reads leave clean are dropped).  Past an eighth of
+    the table it gives up (a scan costs no more) until the next sweep."""
+
+    def __init__(self, npte: int):
+        self.npte = npte
+        self.known: np.ndarray | None = None  # sorted, unique
+        self.swept: int | None = None  # while not known: a sweep has left 0..swept-1 clean
+        self._arrays: list[np.ndarray] = []  # added since the last merge
+        self._ints: list[int] = []
+        self._count = 0
+        self.changes = 0  # counts what changed the table (hypercalls, writes, reads' side effects)
+
+    def add(self, idx) -> None:
+        """Entries ``idx`` (an int or an array) may have changed."""
+        self.changes += 1
+        if self.known is None and self.swept is None:
+            return
+        if isinstance(idx, (int, np.integer)):
+            self._ints.append(int(idx))
+            self._count += 1
+        else:
+            idx = np.asarray(idx, dtype=np.int64).ravel()
+            self._arrays.append(idx)
+            self._count += len(idx)
+        if self._count > self.npte >> 3:
+            self.forget()
+
+    def add_ranges(self, index: np.ndarray, lengths: np.ndarray) -> None:
+        """Entries index[k] .. index[k] + lengths[k] - 1 (clipped to the table)."""
+        self.changes += 1
+        if self.known is None and self.swept is None:
+            return
+        index = np.asarray(index, dtype=np.int64)
+        inside = index < self.npte
+        index = index[inside]
+        self.add(records._expand_ranges(index, np.minimum(np.asarray(lengths)[inside], self.npte - index)))
+
+    def forget(self) -> None:
+        self.known = self.swept = None
+        self._arrays, self._ints, self._count = [], [], 0
+
+    def cleaned(self, lo: int, hi: int) -> None:
+        """Reads have left entries lo..hi-1 clean."""
+        if self.known is not None:  # they are suspects no more (a later pass: a view, no copy)
+            known = self.known
+            a, b = int(known.searchsorted(lo)), int(known.searchsorted(hi))
+            if a < b:
+                self.known = known[b:] if a == 0 else np.concatenate((known[:a], known[b:]))
+                self._count -= b - a
+            return
+        if self.swept is None:
+            if lo:
+                return
+            self.swept = 0
+        if lo <= self.swept:
+            self.swept = max(self.swept, hi)
+        if self.swept >= self.npte:
+            self.known, self.swept = np.zeros(0, dtype=np.int64), None
+            self._merge()
+
+    def array(self) -> np.ndarray | None:
+        """The suspects, sorted (None: not known)."""
+        if self.known is not None and (self._arrays or self._ints):
+            self._merge()
+        return self.known
+
+    def _merge(self) -> None:
+        parts = [self.known, *self._arrays]
+        if self._ints:
+            parts.append(np.array(self._ints, dtype=np.int64))
+        if len(parts) > 1:
+            # sort and drop repeats (np.unique hashes first: several times slower here)
+            merged = np.sort(np.concatenate(parts))
+            keep = np.ones(len(merged), dtype=bool)
+            np.not_equal(merged[1:], merged[:-1], out=keep[1:])
+            self.known = merged[keep]
+        self._arrays, self._ints = [], []
+        self._count = len(self.known)
 
 
 #: a burst of reads applies its side effects this many entries at a time
@@ -1106,6 +1299,15 @@ class HtabFd:
         self.index = res.next_index
         self.last_read = res
         return res.data
+
+    def pending(self) -> records.ReadResult:
+        """What one unbounded read of a later pass from entry 0 would return
+        now (every dirty entry, in its records), without a read's side
+        effects: the fd stays where it is and the table as it is.  Costs
+        what is dirty once reads have gone over the whole table."""
+        self._check(want_read=True)
+        self.hpt.settle_reads()
+        return records.encode_read(self._source, 0, False, records._UNLIMITED, self.byte_order)
 
     def reads(self, size: int):
         """``read(size)`` again and again until a read reaches the end of the
@@ -1211,6 +1413,7 @@ class HtabFd:
         batch, used = parsed
         if not len(batch):
             return used
+        e._suspects.add_ranges(batch.index, batch.n_valid + batch.n_invalid)
         err = _apply_records(e, batch)
         if err is not None:
             raise err

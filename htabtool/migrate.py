@@ -69,7 +69,7 @@ from typing import Callable
 import numpy as np
 
 from htabtool.errors import HtabError, UsageError
-from htabtool.records import HEADER_SIZE, HPTE_SIZE, encode_read
+from htabtool.records import HEADER_SIZE, HPTE_SIZE
 
 #: hw/ppc/spapr.c: the time one htab_save_iterate() may read, in ns (5 ms)
 MAX_ITERATION_NS = 5_000_000
@@ -82,7 +82,6 @@ DEFAULT_MAX_PASSES = 30
 INDEX_ENTRY_SIZE = 4 + HPTE_SIZE
 
 SCHEMA = "htabtool-migrate/1"
-UNBOUNDED_READ = 1 << 62  # a read budget no table reaches: the whole pass in one read
 
 
 @dataclass(frozen=True)
@@ -390,7 +389,7 @@ class Migration:
     def pending(self, fd) -> tuple[int, int]:
         """(entries, bytes) one read of everything dirty would return now:
         the fd's own view of the table (record_hpte's, no side effects)."""
-        res = encode_read(fd._source, 0, False, UNBOUNDED_READ, self.byte_order)
+        res = fd.pending()
         return res.reported, len(res)
 
     def converged(self, p: PassResult) -> bool:

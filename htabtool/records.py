@@ -571,13 +571,14 @@ def split_passes_stated(batch: RecordBatch, pass_number: int, previous_end: int)
     base = int(batch.offset[0])
     bounds = [0, *starts.tolist(), len(batch)]
     offsets = [0] + [int(batch.offset[k]) - base for k in starts] + [len(batch.raw)]
-    valid = np.concatenate(([0], np.cumsum(batch.n_valid))).tolist()
-    invalid = np.concatenate(([0], np.cumsum(batch.n_invalid))).tolist()
+    # the running sums at the bounds only (a batch holds tens of thousands of records)
+    valid = np.concatenate(([0], np.cumsum(batch.n_valid)))[bounds].tolist()
+    invalid = np.concatenate(([0], np.cumsum(batch.n_invalid)))[bounds].tolist()
     ends = batch.end
     pieces = []
     for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         if b > a:
-            stats = (b - a, int(batch.index[a]), int(ends[b - 1]), valid[b] - valid[a], invalid[b] - invalid[a])
+            stats = (b - a, int(batch.index[a]), int(ends[b - 1]), valid[n + 1] - valid[n], invalid[n + 1] - invalid[n])
             pieces.append((pass_number + n, batch.raw[offsets[n] : offsets[n + 1]], stats))
     return pieces, pass_number + len(starts), int(ends[-1])
 
@@ -633,6 +634,10 @@ class TableSource(Protocol):
     def words(self, lo: int, hi: int, rows: np.ndarray | None = None) -> np.ndarray:
         """(len(rows), 2) '>u8': the doublewords reported for entries lo + rows
         (rows: sorted, relative to lo, all in valid runs; None: lo..hi-1)."""
+
+    # optional: ``later_rows(lo, limit)`` -> (rows, kinds, hi) or None: a
+    # later pass's dirty entries from lo on, without a scan (see
+    # htabtool.engine._HptSource.later_rows); the planner then costs what changed
 
 
 class StaticTable:
@@ -708,6 +713,21 @@ def plan_records(kinds: np.ndarray, base: int = 0) -> tuple[np.ndarray, np.ndarr
             n_valid = np.concatenate(([0], n_valid))
             n_invalid = np.concatenate((lengths[:1], n_invalid))
         return index + base, n_valid, n_invalid
+    if lengths.max() <= MAX_RUN:
+        # a later pass: clean runs between, none needs cutting; a record is
+        # a valid run with the invalid run right after it, or an invalid run
+        # right after a clean one (or at the start)
+        is_v = run_kind == KIND_VALID
+        is_i = run_kind == KIND_INVALID
+        after_v = np.zeros(len(starts), dtype=bool)
+        after_v[1:] = is_v[:-1]
+        rec = np.flatnonzero(is_v | (is_i & ~after_v))
+        v_rec = is_v[rec]
+        nxt = np.minimum(rec + 1, len(starts) - 1)
+        joined = v_rec & is_i[nxt] & (nxt > rec)
+        n_valid = np.where(v_rec, lengths[rec], 0)
+        n_invalid = np.where(v_rec, np.where(joined, lengths[nxt], 0), lengths[rec])
+        return starts[rec] + base, n_valid, n_invalid
     # cut every run into pieces of at most MAX_RUN entries
     pieces = (lengths + MAX_RUN - 1) // MAX_RUN
     p_run = np.repeat(np.arange(len(starts)), pieces)
@@ -732,6 +752,27 @@ def plan_records(kinds: np.ndarray, base: int = 0) -> tuple[np.ndarray, np.ndarr
     n_valid = np.where(is_v, p_len, 0)[keep]
     n_invalid = np.where(is_v, np.where(merge, nxt_len, 0), p_len)[keep]
     return index.astype(np.int64), n_valid.astype(np.int64), n_invalid.astype(np.int64)
+
+
+def plan_sparse_records(rows: np.ndarray, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`plan_records` for a table given by its reported entries alone:
+    ``rows`` (sorted) of kinds ``kinds`` (KIND_VALID or KIND_INVALID), every
+    other entry clean.  The same records, at the cost of len(rows): the
+    entries are planned packed, one clean entry standing for each gap."""
+    n = len(rows)
+    if n == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z
+    rows = np.asarray(rows, dtype=np.int64)
+    gap_after = rows[1:] != rows[:-1] + 1
+    pos = np.arange(n, dtype=np.int64)
+    pos[1:] += np.cumsum(gap_after)  # each gap before an entry moves it one place on
+    packed = np.zeros(int(pos[-1]) + 1, dtype=np.uint8)  # KIND_CLEAN in the gaps
+    packed[pos] = kinds
+    where = np.zeros(len(packed), dtype=np.int64)
+    where[pos] = rows
+    index, n_valid, n_invalid = plan_records(packed)
+    return where[index], n_valid, n_invalid
 
 
 class ReadResult:
@@ -916,9 +957,16 @@ class _Planner:
 
     def _plan(self, scan: int) -> None:
         n = self.n
+        # a later pass over a source that knows which entries may be dirty
+        later_rows = None if self.first_pass else getattr(self.source, "later_rows", None)
         while True:
             lo, hi = scan, min(n, scan + self.window)
-            idx, nv, ni = plan_records(self.source.kinds(lo, hi, self.first_pass), lo)
+            got = later_rows(lo, self.window) if later_rows else None
+            if got is not None:
+                rows, kinds, hi = got
+                idx, nv, ni = plan_sparse_records(rows, kinds)
+            else:
+                idx, nv, ni = plan_records(self.source.kinds(lo, hi, self.first_pass), lo)
             if hi < n:
                 trusted = int(np.searchsorted(idx + nv + ni, hi, side="left"))  # records ending before hi
                 resume = int(idx[trusted]) if trusted < len(idx) else hi

@@ -34,6 +34,22 @@ def snaps(tmp_path):
     return tmp_path, a, b, live
 
 
+def test_dump_threads_make_the_same_snapshot(tmp_path):
+    """-T N: compression on N threads (0: one per CPU); the snapshot's bytes
+    do not depend on how many."""
+    (tmp_path / "a.bin").write_bytes(raw_stream(synthetic(22, 0.5, 3)))  # about 2 MB: several chunks
+    made = []
+    for n in ("0", "1", "3"):
+        out = tmp_path / f"t{n}.htab"
+        r = run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 22, "-T", n, "-o", out, "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["chunks"] > 1
+        made.append(out.read_bytes())
+    assert made[0] == made[1] == made[2]
+    assert run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 22, "-T", "65",
+               "-o", tmp_path / "x.htab").exit_code == 2
+
+
 def test_dump_raw_json_summary_and_mode(snaps):
     d, a, _, live = snaps
     r = run("dump", "--raw", d / "a.bin", "--byte-order", "little", "--order", 18, "-o", d / "c.htab", "--json")

@@ -52,13 +52,15 @@ from htabtool.cli.common import (
               help="--vm, --kvm: keep making passes until one returns at most N changed entries (at most --max-passes).")
 @click.option("--max-passes", type=click.IntRange(1, 1_000_000), default=30, show_default=True, help="--vm, --kvm: the cap for --until-dirty.")
 @level_option
+@click.option("-T", "--threads", type=click.IntRange(0, 64), default=0, show_default=True, metavar="N",
+              help="Compression threads, as zstd -T: 0 one per CPU; the records are read and laid out meanwhile.")
 @force_option
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
 @click.pass_context
 def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kvm_fd, ignore_readers, byte_order, order, entries, bolted_only, start_index,
-         buffer_size, passes, churn, until_dirty, max_passes, level, force, as_json, quiet):
+         buffer_size, passes, churn, until_dirty, max_passes, level, threads, force, as_json, quiet):
     """Snapshot an HPT into a compressed snapshot file whose chunks are the
     exact kernel records (zstd -dc prints them).  Give exactly one source.
 
@@ -71,6 +73,7 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kv
       htabtool dump --vm guest.img -o - | htabtool stat -
       htabtool dump -f --vm guest.img -o guest.htab     # replace guest.htab
       htabtool dump --kvm "$(pgrep -f qemu-system-ppc64)" -o guest.htab
+      htabtool dump --raw capture.bin --byte-order little --order 28 -T 1 -o cap.htab
     """
     from htabtool import ops
     from htabtool.sources import named_errors, open_output
@@ -116,7 +119,8 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kv
     with named_errors(given_name) if given_name else contextlib.nullcontext():  # a content error names the source
         with source_cm as source:
             with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
-                summary = ops.dump(source, out, level=level, progress=advance, output=output)
+                summary = ops.dump(source, out, level=level, threads=threads or _cpus(), progress=advance,
+                                   output=output)
     if summary.converged is False and not quiet:
         click.echo(f"htabtool: {output}: did not converge: {plural(max_passes, 'pass', 'passes')} made, the last "
                    f"with {plural(summary.last_pass_changed, 'changed entry', 'changed entries')} "
@@ -138,6 +142,16 @@ def _summary(s) -> str:
                  f"({s.last_pass_changed:,} in the last)")
     return (f"{plural(s.passes, 'pass', 'passes')}, {plural(s.records, 'record')}, {valid}, "
             f"{human_bytes(s.raw_bytes)} of records in {human_bytes(s.file_bytes)} ({s.seconds:.2f} s)")
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (-T 0)."""
+    import os
+
+    try:
+        return max(1, min(64, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return max(1, min(64, os.cpu_count() or 1))
 
 
 @contextlib.contextmanager

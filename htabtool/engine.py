@@ -1517,7 +1517,7 @@ def _apply_passes(e, idx, nv, ni, v, hw_v, hw_r, g) -> None:
     if not len(idx):
         return
     ends = idx + nv + ni
-    breaks = np.flatnonzero(idx[1:] < ends[:-1]) + 1
+    breaks = records.wrap_starts(idx, ends)  # the one pass rule of the record layer
     bounds = np.concatenate(([0], breaks, [len(idx)]))
     ebounds = np.concatenate(([0], np.cumsum(nv)))
     mod = e._mod_bits()

@@ -13,7 +13,7 @@ import textwrap
 
 import click
 
-from htabtool.cli.common import check_files, force_option, human_bytes, labelled_bars, plain
+from htabtool.cli.common import PATH, check_files, force_option, human_bytes, labelled_bars, plain
 
 #: shades of a strip's cell by the fraction of its entries counted: none, up
 #: to 1/8, ..., all (a cell with one entry shows)
@@ -28,8 +28,8 @@ INSTALL_PLOT = "pip install 'htabtool[plot]'"
 
 
 @click.command(name="map")
-@click.argument("snapshot", metavar="SNAP|-")
-@click.option("-o", "--output", metavar="FILE|-",
+@click.argument("snapshot", metavar="SNAP|-", type=PATH)
+@click.option("-o", "--output", metavar="FILE|-", type=PATH,
               help="Write a picture file (PNG or SVG, by its suffix or --format) instead of drawing on the terminal.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS, case_sensitive=False), default=None,
               help="The picture's format (default: from the suffix of -o; needed with -o -).")

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from htabtool.cli.common import check_files, emit_json, force_option, human_bytes, json_option, level_option, plain
+from htabtool.cli.common import PATH, check_files, emit_json, force_option, human_bytes, json_option, level_option, plain
 
 
 class _Parsed(click.ParamType):
@@ -44,7 +44,7 @@ DURATION = _Parsed("duration", _duration)
 
 
 @click.command()
-@click.argument("image", metavar="SRC.img")
+@click.argument("image", metavar="SRC.img", type=PATH)
 @click.option("--bandwidth", type=BANDWIDTH, default="1G", show_default=True, metavar="BITS/S",
               help="The link, in bits per second with decimal suffixes: 1G = 10^9 bit/s, 10G, 25G, 100M.")
 @click.option("--downtime-limit", type=DURATION, default="300ms", show_default=True, metavar="TIME",
@@ -60,9 +60,9 @@ DURATION = _Parsed("duration", _duration)
               help="Guest events per simulated second (default: the profile's rate).")
 @click.option("--seed", type=click.IntRange(0), default=None,
               help="Draw the guest's events from this seed (default: the image's own generator).")
-@click.option("--snapshot", metavar="OUT.htab|-", help="Write every pass as a pass of a snapshot file.")
-@click.option("--to", "to", metavar="DST.img", help="Create a destination VM holding what was sent (as load --vm --create).")
-@click.option("-o", "--output", "plot", metavar="PLOT.png|PLOT.svg", help="Draw the passes (needs matplotlib).")
+@click.option("--snapshot", metavar="OUT.htab|-", type=PATH, help="Write every pass as a pass of a snapshot file.")
+@click.option("--to", "to", metavar="DST.img", type=PATH, help="Create a destination VM holding what was sent (as load --vm --create).")
+@click.option("-o", "--output", "plot", metavar="PLOT.png|PLOT.svg", type=PATH, help="Draw the passes (needs matplotlib).")
 @force_option
 @level_option
 @json_option

@@ -6,14 +6,14 @@ import sys
 
 import click
 
-from htabtool.cli.common import plain
+from htabtool.cli.common import PATH, plain
 
 #: rows written between flushes (so that ``| head`` stops the command early)
 FLUSH_ROWS = 4096
 
 
 @click.command()
-@click.argument("snapshot", metavar="SNAP|-")
+@click.argument("snapshot", metavar="SNAP|-", type=PATH)
 @click.option("--pass", "pass_number", type=int, default=None, metavar="N",
               help="Show pass N's records as the kernel sent them (headers, then their entries) instead of the final table.")
 @click.option("--index", "index_range", metavar="A..B", help="Entries A to B (inclusive; A.., ..B or one index; 0x... allowed).")

@@ -49,8 +49,8 @@ import os
 import platform
 import struct
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -262,15 +262,16 @@ class RemoteCalls:
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.abi = SYSCALL_ABIS.get(platform.machine())
-        if self.abi is None:
+        abi = SYSCALL_ABIS.get(platform.machine())
+        if abi is None:
             raise KVMError(f"making system calls in another process is not supported on {platform.machine()}")
+        self.abi: SyscallABI = abi
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.libc.ptrace.restype = ctypes.c_long
         self.libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
-        self.mem = None
-        self.saved = None
-        self.code = None
+        self.mem: int | None = None  # /proc/PID/mem while attached
+        self.saved: list[int] = []  # the thread's registers while attached
+        self.code: tuple[int, bytes] | None = None  # (address, the bytes the instruction replaced)
 
     def _ptrace(self, request, addr=None, data=None) -> int:
         r = self.libc.ptrace(request, self.pid, addr, data)
@@ -296,7 +297,7 @@ class RemoteCalls:
         iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), ctypes.sizeof(buf))
         self._ptrace(PTRACE_SETREGSET, NT_PRSTATUS, ctypes.addressof(iov))
 
-    def __enter__(self) -> "RemoteCalls":
+    def __enter__(self) -> RemoteCalls:
         try:
             self._ptrace(PTRACE_SEIZE)
         except OSError as exc:
@@ -305,10 +306,10 @@ class RemoteCalls:
             self._ptrace(PTRACE_INTERRUPT)
             self._wait()
             self.saved = self._regs()
-            self.mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            self.mem = mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
             ip = self.saved[self.abi.ip]
-            self.code = (ip, os.pread(self.mem, len(self.abi.instruction), ip))
-            os.pwrite(self.mem, self.abi.instruction, ip)
+            self.code = (ip, os.pread(mem, len(self.abi.instruction), ip))
+            os.pwrite(mem, self.abi.instruction, ip)
         except BaseException:
             self._detach()
             raise
@@ -319,9 +320,9 @@ class RemoteCalls:
 
     def _detach(self) -> None:
         try:
-            if self.code is not None:
+            if self.code is not None and self.mem is not None:
                 os.pwrite(self.mem, self.code[1], self.code[0])
-            if self.saved is not None:
+            if self.saved:
                 self._set_regs(self.abi.restarted(self.saved))
         finally:
             if self.mem is not None:
@@ -335,14 +336,21 @@ class RemoteCalls:
     def scratch(self, data: bytes) -> int:
         """``data`` put below the thread's stack (past the ABI's red zone): its address there."""
         addr = (self.saved[self.abi.sp] - self.abi.red_zone - 256 - len(data)) & ~15
-        os.pwrite(self.mem, data, addr)
+        os.pwrite(self._mem(), data, addr)
         return addr
 
     def read(self, addr: int, size: int) -> bytes:
-        return os.pread(self.mem, size, addr)
+        return os.pread(self._mem(), size, addr)
+
+    def _mem(self) -> int:
+        if self.mem is None:
+            raise KVMError(f"process {self.pid}: not attached (RemoteCalls used outside its with block)")
+        return self.mem
 
     def call(self, name: str, *args) -> int:
         """The system call ``name`` made by the process: its return value, or -errno."""
+        if self.code is None:
+            raise KVMError(f"process {self.pid}: not attached (RemoteCalls used outside its with block)")
         regs = list(self.saved)
         regs[self.abi.ip] = self.code[0]
         self.abi.prepare(regs, self.abi.numbers[name], args)
@@ -451,6 +459,9 @@ def check_no_reader(pid, links: dict[int, str]) -> None:
 class _Closing:
     """``with obj:`` closes it at the end."""
 
+    def close(self) -> None:
+        raise NotImplementedError
+
     def __enter__(self):
         return self
 
@@ -469,17 +480,19 @@ class KVMVM(_Closing):
         self.pid = pid
         self.remote = remote
         self.ioctls = kvm_ioctls(machine)
-        self._entries = None
+        self._entries: int | None = None
         self._calls: RemoteCalls | None = None
-        self._pidfd = None
+        self._pidfd: int | None = None
         if remote:
+            if pid is None:
+                raise UsageError("a remote VM needs the pid of its process")
             try:
                 self._pidfd = os.pidfd_open(pid)
             except OSError as exc:
                 raise KVMError(f"process {pid}: pidfd_open failed: {exc.strerror}") from None
 
     @classmethod
-    def from_pid(cls, target, *, ignore_readers: bool = False, guard: bool = True) -> "KVMVM":
+    def from_pid(cls, target, *, ignore_readers: bool = False, guard: bool = True) -> KVMVM:
         """The VM fd of a process (``PID`` or ``PID:FD``)."""
         pid, wanted = parse_target(target)
         links = fd_links(pid)
@@ -489,7 +502,7 @@ class KVMVM(_Closing):
         return cls(fd, pid=pid, remote=True)
 
     @classmethod
-    def from_fd(cls, fd: int, *, ignore_readers: bool = False, guard: bool = True) -> "KVMVM":
+    def from_fd(cls, fd: int, *, ignore_readers: bool = False, guard: bool = True) -> KVMVM:
         """A VM fd this process holds (KVM serves it only to the process that made the VM)."""
         links = fd_links("self")
         if links.get(fd) != VM_LINK:
@@ -512,12 +525,23 @@ class KVMVM(_Closing):
         if not self.remote or self._calls is not None:
             yield
             return
-        with RemoteCalls(self.pid) as calls:
+        with RemoteCalls(self._remote_pid()) as calls:
             self._calls = calls
             try:
                 yield
             finally:
                 self._calls = None
+
+    def _remote_pid(self) -> int:
+        if self.pid is None:
+            raise UsageError("a remote VM needs the pid of its process")
+        return self.pid
+
+    def _remote_calls(self) -> RemoteCalls:
+        """The process's calls, inside :meth:`calls`."""
+        if self._calls is None:
+            raise KVMError(f"process {self.pid}: a remote call outside VM.calls()")
+        return self._calls
 
     def _ioctl(self, name: str, arg) -> int:
         """The VM ioctl ``name`` with an int or a bytes argument: its return value."""
@@ -525,7 +549,7 @@ class KVMVM(_Closing):
         if not self.remote:
             return fcntl.ioctl(self.fd, request, arg if isinstance(arg, int) else bytearray(arg), True)
         with self.calls():
-            calls = self._calls
+            calls = self._remote_calls()
             where = arg if isinstance(arg, int) else calls.scratch(arg)
             r = calls.call("ioctl", self.fd, request, where)
         if r < 0:
@@ -552,11 +576,11 @@ class KVMVM(_Closing):
             if not self.remote:
                 return fd
             try:
-                return pidfd_getfd(self._pidfd, fd)
+                return pidfd_getfd(self._pidfd if self._pidfd is not None else -1, fd)
             except OSError as exc:
                 raise KVMError(_getfd_refusal(self.pid, fd, exc)) from None
             finally:
-                self._calls.call("close", fd)
+                self._remote_calls().call("close", fd)
 
     def _reads_at(self, start_index: int) -> bool:
         """Whether a first read from ``start_index`` returns a record."""
@@ -645,7 +669,10 @@ def open_vm(pid=None, fd: int | None = None, *, ignore_readers: bool = False, gu
     """The VM of ``--kvm PID[:FD]`` or ``--kvm-fd N``, its capability checked."""
     if (pid is None) == (fd is None):
         raise UsageError("give exactly one of --kvm PID and --kvm-fd N")
-    vm = KVMVM.from_pid(pid, ignore_readers=ignore_readers, guard=guard) if pid is not None else KVMVM.from_fd(fd, ignore_readers=ignore_readers, guard=guard)
+    if fd is not None:
+        vm = KVMVM.from_fd(fd, ignore_readers=ignore_readers, guard=guard)
+    else:
+        vm = KVMVM.from_pid(pid, ignore_readers=ignore_readers, guard=guard)
     with vm:
         with vm.calls():
             vm.check_htab_capability()
@@ -750,7 +777,7 @@ class KernelWriteFd(_Closing):
         self.vm = vm
         self.byte_order = check_byte_order(byte_order or sys.byteorder)
         self.entries = vm.entries()
-        self.fd = vm.htab_fd(KVM_GET_HTAB_WRITE)
+        self.fd: int | None = vm.htab_fd(KVM_GET_HTAB_WRITE)
         self.write_calls = 0
         self.records = 0  # records written, for messages
         self._check_not_running()
@@ -760,12 +787,17 @@ class KernelWriteFd(_Closing):
             os.close(self.fd)
             self.fd = None
 
+    def _open_fd(self) -> int:
+        if self.fd is None:
+            raise KVMError("the htab fd was closed before the write")
+        return self.fd
+
     def _check_not_running(self) -> None:
         """A header-only record (index 0, no entries) changes nothing, but
         the kernel answers EBUSY to it while vCPUs run: asked before the first
         real write."""
         try:
-            n = os.write(self.fd, struct.pack(("<" if self.byte_order == "little" else ">") + "IHH", 0, 0, 0))
+            n = os.write(self._open_fd(), struct.pack(("<" if self.byte_order == "little" else ">") + "IHH", 0, 0, 0))
         except OSError as exc:
             raise KVMError(self._refusal(exc, None)) from None
         if n != HEADER_SIZE:
@@ -775,9 +807,10 @@ class KernelWriteFd(_Closing):
         mv = memoryview(data).cast("B")
         batch, used = decode_batch(mv, self.byte_order, n_entries=self.entries)
         ends = (batch.offset + HEADER_SIZE + 16 * batch.n_valid).tolist()
+        fd = self._open_fd()
         for k, (start, end) in enumerate(zip(batch.offset.tolist(), ends)):
             try:
-                n = os.write(self.fd, mv[start:end])
+                n = os.write(fd, mv[start:end])
             except OSError as exc:
                 raise KVMError(self._refusal(exc, (batch, k))) from None
             self.write_calls += 1

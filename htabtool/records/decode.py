@@ -25,7 +25,7 @@ from htabtool.records.format import (
     check_byte_order,
     header_dtype,
 )
-from htabtool.sansio import END_OF_STREAM, NEED_DATA
+from htabtool.sansio import END_OF_STREAM, NEED_DATA, ReceiveBuffer
 
 
 def _walk(n_valid: memoryview, n_words: int) -> tuple[list[int], int]:
@@ -132,11 +132,21 @@ def decode_batch(
         n_invalid=headers["n_invalid"].astype(np.int64),
         entries=entries,
         first_record=first_record,
-        raw=bytes(mv[:consumed]),
+        raw=_raw_bytes(mv, consumed),
     )
     if n_entries is not None:
         batch.check(n_entries)
     return batch, consumed
+
+
+def _raw_bytes(mv: memoryview, n: int) -> bytes:
+    """The first ``n`` bytes of ``mv`` as ``bytes``: the viewed object itself
+    when it is a ``bytes`` taken whole (immutable, so sharing it is safe),
+    else a copy."""
+    whole = mv.obj
+    if type(whole) is bytes and n == len(whole) and mv.nbytes == n:
+        return whole
+    return bytes(mv[:n])
 
 
 class RecordDecoder:
@@ -156,46 +166,44 @@ class RecordDecoder:
         self.byte_order = byte_order
         self.n_entries = n_entries
         self.scan_bound = scan_bound
-        self._buf = bytearray()
-        self._offset = 0  # stream offset of _buf[0]
+        self._buf = ReceiveBuffer()  # the bytes after the records handed out
         self._records = 0  # records handed out so far
-        self._eof = False
         self._pending: Iterator[Record] | None = None
 
     @property
     def offset(self) -> int:
         """Bytes of the stream consumed by the records handed out."""
-        return self._offset
+        return self._buf.offset
 
     @property
     def records(self) -> int:
         return self._records
 
     def receive_data(self, data: bytes) -> None:
-        if self._eof:
+        if self._buf.eof:
             raise StreamError("receive_data after the end of the stream")
         if data:
-            self._buf += data
+            self._buf.feed(data)
         else:
-            self._eof = True
+            self._buf.eof = True
 
     def next_batch(self) -> RecordBatch:
         """Every complete record in the buffer (possibly none)."""
         if self._pending is not None:
             raise StreamError("next_batch while next_event has records pending")
+        buf = self._buf
         batch, used = decode_batch(
-            self._buf,
+            buf.view(),
             self.byte_order,
-            base_offset=self._offset,
+            base_offset=buf.offset,
             first_record=self._records,
             n_entries=self.n_entries,
             scan_bound=self.scan_bound,
         )
         if used:
-            del self._buf[:used]
-            self._offset += used
+            buf.consume(used)
             self._records += len(batch)
-        if self._eof and self._buf:
+        if buf.eof and buf:
             self._raise_truncated()
         return batch
 
@@ -210,24 +218,24 @@ class RecordDecoder:
         if len(batch):
             self._pending = batch.records()
             return next(self._pending)
-        return END_OF_STREAM if self._eof else NEED_DATA
+        return END_OF_STREAM if self._buf.eof else NEED_DATA
 
     def close(self) -> None:
         """Declare the end of the stream: a partial record left is an error."""
-        self._eof = True
+        self._buf.eof = True
         if self._buf:
             self.next_batch()
 
     def _raise_truncated(self) -> None:
         have = len(self._buf)
-        at = self._offset
+        at = self._buf.offset
         if have < HEADER_SIZE:
             raise TruncatedStream(
                 f"truncated record header at offset {at:#x}: need {HEADER_SIZE} bytes, got {have}",
                 offset=at,
                 record=self._records,
             )
-        header = RecordHeader.unpack(self._buf, self.byte_order)
+        header = RecordHeader.unpack(self._buf.view(), self.byte_order)
         need = header.n_valid * HPTE_SIZE
         raise TruncatedStream(
             f"truncated record {self._records} at offset {at:#x}: "

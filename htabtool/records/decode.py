@@ -118,7 +118,7 @@ def decode_batch(
     if scanned is not None:
         pos, end_word = scanned
     else:
-        positions, end_word = _walk(memoryview(all_headers["n_valid"].astype(np.uint16)), n_words)
+        positions, end_word = _walk(all_headers["n_valid"].astype(np.uint16).data, n_words)
         pos = np.asarray(positions, dtype=np.int64)
     headers = all_headers[pos]
     consumed = end_word * 8

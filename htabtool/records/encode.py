@@ -447,7 +447,7 @@ class _Window:
         self.off = pos * 8
         self.cum = np.concatenate(([0], np.cumsum(self.nv + self.ni)))  # entries covered before each record
         words = layout_words(self.idx, self.nv, self.ni, self.words, byte_order, pos[:-1])
-        self.data = memoryview(words).cast("B")
+        self.data = words.data.cast("B")
 
 
 def encode_reads(
@@ -485,6 +485,7 @@ def encode_reads(
         while nb < limit:
             if head is not None:
                 h_index, rest, h_ni, boff, wo = head
+                assert w is not None  # a head is the rest of a run of w
                 fit = (limit - nb + HPTE_SIZE - 1) // HPTE_SIZE  # entries the budget takes (>= 1)
                 if not records:
                     first = h_index

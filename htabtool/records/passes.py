@@ -69,10 +69,12 @@ def split_passes_stated(batch: RecordBatch, pass_number: int, previous_end: int)
     record's and the end the last one's)."""
     if not len(batch):
         return [], pass_number, previous_end
+    raw = batch.raw
+    assert raw is not None, "split_passes needs the batch's raw bytes (decode_batch keeps them)"
     starts = pass_starts(batch, previous_end)
     base = int(batch.offset[0])
     bounds = [0, *starts.tolist(), len(batch)]
-    offsets = [0] + [int(batch.offset[k]) - base for k in starts] + [len(batch.raw)]
+    offsets = [0] + [int(batch.offset[k]) - base for k in starts] + [len(raw)]
     # the running sums at the bounds only (a batch holds tens of thousands of records)
     valid = np.concatenate(([0], np.cumsum(batch.n_valid)))[bounds].tolist()
     invalid = np.concatenate(([0], np.cumsum(batch.n_invalid)))[bounds].tolist()
@@ -81,5 +83,5 @@ def split_passes_stated(batch: RecordBatch, pass_number: int, previous_end: int)
     for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         if b > a:
             stats = (b - a, int(batch.index[a]), int(ends[b - 1]), valid[n + 1] - valid[n], invalid[n + 1] - invalid[n])
-            pieces.append((pass_number + n, batch.raw[offsets[n] : offsets[n + 1]], stats))
+            pieces.append((pass_number + n, raw[offsets[n] : offsets[n + 1]], stats))
     return pieces, pass_number + len(starts), int(ends[-1])

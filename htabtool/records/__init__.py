@@ -42,8 +42,6 @@ Every public name is re-exported here: ``from htabtool.records import X``.
 """
 
 from htabtool.hpte import HPTE_SIZE
-from htabtool.records import decode as _decode
-from htabtool.records import encode as _encode
 from htabtool.records.apply import (
     apply_batch,
     new_table,
@@ -57,8 +55,10 @@ from htabtool.records.decode import (
     RecordDecoder,
     decode_batch,
     iter_batches,
+    scan_records,
 )
 from htabtool.records.encode import (
+    UNBOUNDED_READ,
     ReadResult,
     StaticTable,
     TableSource,
@@ -100,12 +100,12 @@ from htabtool.records.passes import (
 from htabtool.sansio import END_OF_STREAM, NEED_DATA
 
 # private names of the single module of old that callers outside the package
-# still reach for (records._expand_ranges, records._layout, records._scan,
-# records._UNLIMITED); the public names are expand_ranges and layout_records
+# still reach for; the public names are expand_ranges, layout_records,
+# scan_records, UNBOUNDED_READ
 _expand_ranges = expand_ranges
 _layout = layout_records
-_scan = _decode._scan
-_UNLIMITED = _encode._UNLIMITED
+_scan = scan_records
+_UNLIMITED = UNBOUNDED_READ
 
 __all__ = [
     "BYTE_ORDERS",
@@ -127,6 +127,7 @@ __all__ = [
     "RecordHeader",
     "StaticTable",
     "TableSource",
+    "UNBOUNDED_READ",
     "apply_batch",
     "begins_pass",
     "check_byte_order",
@@ -149,6 +150,7 @@ __all__ = [
     "plan_records",
     "plan_sparse_records",
     "record_stats",
+    "scan_records",
     "split_passes",
     "split_passes_stated",
     "wrap_starts",

@@ -31,7 +31,8 @@ from htabtool.records.format import (
 )
 
 _ROW = np.dtype("V16")  # one entry as bytes: rows are gathered 16 bytes at a time
-_UNLIMITED = 1 << 62  # a read budget no table reaches
+#: a read budget no table reaches: one read of it returns the rest of the pass
+UNBOUNDED_READ = 1 << 62
 
 
 class TableSource(Protocol):
@@ -587,4 +588,4 @@ def iter_reads(
 
 def encode_pass(source: TableSource, byte_order: str, start: int = 0, first_pass: bool = True) -> bytes:
     """A whole pass in one piece, as one unbounded read returns it."""
-    return encode_read(source, start, first_pass, _UNLIMITED, byte_order).data
+    return encode_read(source, start, first_pass, UNBOUNDED_READ, byte_order).data

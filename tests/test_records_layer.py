@@ -18,6 +18,7 @@ from htabtool.records import (
     encode_pass,
     end_before,
     new_table,
+    pass_bounds,
     pass_starts,
     wrap_starts,
 )
@@ -89,6 +90,8 @@ def test_wrap_starts_and_pass_starts_find_the_same_records():
     assert pass_starts(batch, 1).tolist() == [0, half]  # 0 is below a previous end of 1
     assert end_before(batch, half, 0) == int(batch.end[half - 1]) == 64
     assert end_before(batch, 0, 17) == 17
+    assert pass_bounds(batch.index, batch.end).tolist() == [0, half, len(batch)]
+    assert pass_bounds(batch.index, batch.end, 1).tolist() == [0, 0, half, len(batch)]  # an empty first run
 
 
 def _stream(n_entries: int = 256, step: int = 3) -> bytes:

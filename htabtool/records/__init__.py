@@ -92,6 +92,7 @@ from htabtool.records.format import (
 from htabtool.records.passes import (
     begins_pass,
     end_before,
+    pass_bounds,
     pass_starts,
     split_passes,
     split_passes_stated,
@@ -146,6 +147,7 @@ __all__ = [
     "layout_records",
     "layout_words",
     "new_table",
+    "pass_bounds",
     "pass_starts",
     "plan_records",
     "plan_sparse_records",

@@ -11,7 +11,7 @@ import numpy as np
 
 from htabtool.records.batch import RecordBatch, expand_ranges
 from htabtool.records.format import ENTRY_DTYPE
-from htabtool.records.passes import pass_starts
+from htabtool.records.passes import pass_bounds
 
 
 def new_table(n_entries: int) -> np.ndarray:
@@ -30,7 +30,7 @@ def apply_batch(table: np.ndarray, batch: RecordBatch) -> None:
     if not len(batch):
         return
     # split where the records wrap round (a new pass): each run ascends
-    bounds = np.concatenate(([0], pass_starts(batch, 0), [len(batch)]))
+    bounds = pass_bounds(batch.index, batch.end)
     entry_bounds = np.concatenate(([0], np.cumsum(batch.n_valid)))
     for a, b in zip(bounds[:-1], bounds[1:]):
         idx = batch.index[a:b]

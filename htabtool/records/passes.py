@@ -47,6 +47,14 @@ def pass_starts(batch: RecordBatch, previous_end: int) -> np.ndarray:
     return wrap_starts(batch.index, batch.end, previous_end)
 
 
+def pass_bounds(index: np.ndarray, end: np.ndarray, previous_end: int = 0) -> np.ndarray:
+    """``[0, where passes begin..., len(index)]``: between two bounds the
+    records are one pass's run (ascending, disjoint), so each run can be
+    applied at once.  A bound may repeat (0 when the first record already
+    begins a pass): that run is empty."""
+    return np.concatenate(([0], wrap_starts(index, end, previous_end), [len(index)])).astype(np.int64)
+
+
 def end_before(batch: RecordBatch, k: int, previous_end: int) -> int:
     """The end the rule compared record ``k`` of ``batch`` with: the end of
     the record before it (``previous_end`` for the first), for messages."""
@@ -71,9 +79,9 @@ def split_passes_stated(batch: RecordBatch, pass_number: int, previous_end: int)
         return [], pass_number, previous_end
     raw = batch.raw
     assert raw is not None, "split_passes needs the batch's raw bytes (decode_batch keeps them)"
-    starts = pass_starts(batch, previous_end)
+    bounds = pass_bounds(batch.index, batch.end, previous_end).tolist()
+    starts = bounds[1:-1]
     base = int(batch.offset[0])
-    bounds = [0, *starts.tolist(), len(batch)]
     offsets = [0] + [int(batch.offset[k]) - base for k in starts] + [len(raw)]
     # the running sums at the bounds only (a batch holds tens of thousands of records)
     valid = np.concatenate(([0], np.cumsum(batch.n_valid)))[bounds].tolist()

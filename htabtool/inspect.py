@@ -22,7 +22,7 @@ import numpy as np
 
 from htabtool import hpte
 from htabtool.errors import UsageError
-from htabtool.table import DEFAULT_WINDOW, TableStats, native, valid_mask
+from htabtool.records.table import DEFAULT_WINDOW, TableStats, native, valid_mask
 
 #: entries decoded at a time (a bound on the memory of the decoded columns)
 BATCH = 1 << 16

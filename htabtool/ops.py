@@ -3,7 +3,7 @@
 Strategy: each command of the CLI is one call here (``dump``, ``load_raw``,
 ``stat``, ``diff``, ``verify``), over the layers below: sources and sinks
 give and take ``(pass_number, records)`` pieces, the container stores them,
-the codec decodes them, :mod:`htabtool.table` adds them up.  Nothing here
+the codec decodes them, :mod:`htabtool.records.table` adds them up.  Nothing here
 prints; results are plain dataclasses with ``to_dict()`` for ``--json``.
 
 A snapshot is read through :class:`SnapshotInput`: its header and a way to
@@ -23,8 +23,7 @@ import numpy as np
 
 from htabtool.errors import StreamError, UsageError
 from htabtool.records import RecordDecoder, StaticTable, iter_reads, pass_starts
-from htabtool.sources import named_errors
-from htabtool.table import (
+from htabtool.records.table import (
     DEFAULT_WINDOW,
     Overrides,
     RecordStats,
@@ -34,6 +33,7 @@ from htabtool.table import (
     field_changes,
     final_windows,
 )
+from htabtool.sources import named_errors
 
 
 class SnapshotInput(Protocol):

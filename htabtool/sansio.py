@@ -24,6 +24,7 @@ class Sentinel:
     trip through a queue or a process pool."""
 
     __slots__ = ("_name",)
+    _name: str
     _registry: dict[str, Sentinel] = {}
 
     def __new__(cls, name: str) -> Sentinel:

@@ -16,7 +16,7 @@ from htabtool import qemu
 from htabtool.errors import QemuStreamError, RecordError, TruncatedStream, UsageError
 from htabtool.qemu import END_OF_STREAM, NEED_DATA, MigrationWalker, QemuSource, splice, write_section
 from htabtool.records import StaticTable, apply_batch, decode_batch, encode_pass, new_table
-from htabtool.table import diff_tables
+from htabtool.records.table import diff_tables
 
 from conftest import cli_run
 

@@ -45,7 +45,7 @@ import pytest
 
 from htabtool import qemu
 from htabtool.records import apply_batch, decode_batch, new_table
-from htabtool.table import valid_mask
+from htabtool.records.table import valid_mask
 
 pytestmark = pytest.mark.qemu
 

@@ -5,7 +5,7 @@ import pytest
 
 from htabtool import hpte
 from htabtool.records import StaticTable, decode_batch, encode_pass, new_table
-from htabtool.table import RecordStats, TableStats, diff_tables, field_changes
+from htabtool.records.table import RecordStats, TableStats, diff_tables, field_changes
 
 V64K = hpte.HPTE_V_1TB_SEG | hpte.HPTE_V_BOLTED | hpte.HPTE_V_LARGE | hpte.HPTE_V_VALID
 R64K = 0x1000 | hpte.HPTE_R_M | 0x2
@@ -81,7 +81,7 @@ def _batches(stream, size=64):
 
 def test_final_windows_equal_applying_every_pass():
     from htabtool.records import apply_batch, encode_pass
-    from htabtool.table import Overrides, final_windows
+    from htabtool.records.table import Overrides, final_windows
 
     rng = np.random.default_rng(3)
     n = 4096
@@ -113,7 +113,7 @@ def test_final_windows_equal_applying_every_pass():
 
 def test_final_windows_refuse_a_first_pass_that_goes_back():
     from htabtool.errors import StreamError
-    from htabtool.table import Overrides, final_windows
+    from htabtool.records.table import Overrides, final_windows
     import struct
 
     stream = struct.pack("<IHH", 4, 0, 2) + struct.pack("<IHH", 2, 0, 1)

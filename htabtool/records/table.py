@@ -1,7 +1,7 @@
 """Table states: what records add up to, their statistics, their differences.
 
 Strategy: a table state is an (N, 2) array of big-endian doublewords
-(:func:`htabtool.records.new_table`), an entry valid when HPTE_V_VALID is
+(:func:`htabtool.records.apply.new_table`), an entry valid when HPTE_V_VALID is
 set in its first doubleword and all zero when invalid.  Everything here is
 a numpy expression over whole arrays (no loop per entry): statistics of a
 state, statistics of the records that built it, and the comparison of two
@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from htabtool import hpte
-from htabtool.records import RecordBatch
+from htabtool.errors import StreamError, UsageError
+from htabtool.records.apply import new_table
+from htabtool.records.batch import RecordBatch, expand_ranges
+from htabtool.records.passes import end_before, pass_starts
 
 #: n_valid / n_invalid distribution buckets: (label, low, high) inclusive
 RUN_BUCKETS = (
@@ -61,11 +64,11 @@ class TableStats:
         return self.entries - self.valid
 
     @classmethod
-    def empty(cls) -> "TableStats":
+    def empty(cls) -> TableStats:
         return cls(0, 0, 0, 0, 0, 0, 0, 0, {}, {}, [0] * 9)
 
     @classmethod
-    def of(cls, table: np.ndarray, chunk: int = 1 << 20) -> "TableStats":
+    def of(cls, table: np.ndarray, chunk: int = 1 << 20) -> TableStats:
         """Statistics of a whole table, in slices of ``chunk`` entries."""
         stats = cls.empty()
         for lo in range(0, len(table), chunk):
@@ -120,7 +123,13 @@ class PassStats:
     bytes: int = 0
 
     def to_dict(self) -> dict:
-        return {"pass": self.number, "records": self.records, "valid": self.valid, "invalid": self.invalid, "bytes": self.bytes}
+        return {
+            "pass": self.number,
+            "records": self.records,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "bytes": self.bytes,
+        }
 
 
 @dataclass
@@ -248,11 +257,17 @@ class TableDiffer:
         return part
 
 
-def diff_tables(a: np.ndarray, b: np.ndarray, *, ignore_rc: bool = False, ignore_software: bool = True, limit: int = 10, chunk: int = 1 << 20) -> TableDiff:
+def diff_tables(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    ignore_rc: bool = False,
+    ignore_software: bool = True,
+    limit: int = 10,
+    chunk: int = 1 << 20,
+) -> TableDiff:
     """Compare two whole table states of the same size."""
     if len(a) != len(b):
-        from htabtool.errors import UsageError
-
         raise UsageError(f"the tables differ in size: {len(a)} and {len(b)} entries")
     differ = TableDiffer(ignore_rc=ignore_rc, ignore_software=ignore_software, limit=limit)
     masks = [differ.add(lo, a[lo : lo + chunk], b[lo : lo + chunk]) for lo in range(0, len(a), chunk)]
@@ -294,7 +309,7 @@ class Overrides:
         self._index.append(inv)
         self._words.append(np.zeros((len(inv), 2), dtype=np.uint64))
 
-    def finish(self) -> "Overrides":
+    def finish(self) -> Overrides:
         """Keep the last write of each entry, sorted by index."""
         if self._index:
             idx = np.concatenate(self._index)
@@ -316,9 +331,7 @@ class Overrides:
 
 
 def _expand_invalid(batch: RecordBatch) -> np.ndarray:
-    from htabtool.records import _expand_ranges
-
-    return _expand_ranges(batch.index + batch.n_valid, batch.n_invalid)
+    return expand_ranges(batch.index + batch.n_valid, batch.n_invalid)
 
 
 def final_windows(first_pass, overrides: Overrides, n_entries: int, window: int = DEFAULT_WINDOW):
@@ -330,9 +343,6 @@ def final_windows(first_pass, overrides: Overrides, n_entries: int, window: int 
     kernel's pass does; ``overrides``: the later passes (:class:`Overrides`,
     finished).  Memory: one window plus the overrides, whatever the table's
     size."""
-    from htabtool.errors import StreamError
-    from htabtool.records import new_table, pass_starts
-
     window = max(8, min(window, n_entries))
     lo = 0
     buf = new_table(min(window, n_entries))
@@ -343,7 +353,7 @@ def final_windows(first_pass, overrides: Overrides, n_entries: int, window: int 
         back = pass_starts(batch, previous_end)
         if len(back):
             k = int(back[0])
-            below = int(batch.end[k - 1]) if k else previous_end
+            below = end_before(batch, k, previous_end)
             raise StreamError(
                 f"record {batch.first_record + k} at offset {int(batch.offset[k]):#x}: index "
                 f"{int(batch.index[k])} goes back within the first pass (below {below})",

@@ -7,10 +7,17 @@ from htabtool.records import StaticTable, apply_batch, decode_batch, encode_pass
 
 
 class MemorySnapshot:
+    """A SnapshotInput held in memory: no name, no trailer (the records are counted)."""
+
+    name = None
+
     def __init__(self, pieces, entries, byte_order="little"):
         self._pieces = pieces
         self.entries = entries
         self.byte_order = byte_order
+
+    def trailer(self):
+        return None
 
     def pieces(self, passes=None):
         for number, data in self._pieces:

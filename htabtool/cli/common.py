@@ -28,6 +28,10 @@ nothing of its own:
   forced; ``NO_COLOR`` takes its colour, not the bar.
 - :data:`SIZE` (a click type) and :func:`parse_size`: every size option
   takes ``64K``, ``1M``, ``4G``, ``4GiB`` or plain bytes.
+- :class:`Command` (every command's class, ``@click.command(cls=Command)``)
+  and :class:`Group`: a library error that names a parameter of the call
+  (``HtabError.param``, by its Python name) is said with the option's name
+  in its place (:func:`flag_message`, one mapping: :data:`FLAGS`).
 """
 
 from __future__ import annotations
@@ -42,11 +46,65 @@ import sys
 
 import click
 
+from htabtool.errors import HtabError
+
 BYTE_ORDER = click.Choice(["little", "big"])
 #: a file argument or option (``-`` for a standard stream): click completes file names for it
 PATH = click.Path(allow_dash=True, readable=False)  # the commands say what is wrong with a file
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 HANDLED_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
+
+
+# -- the library's parameter names, said as the options' -----------------------------
+
+#: a library parameter whose option is not the parameter's name with dashes (``start_index``: ``--start-index``)
+FLAGS = {"pass_number": "--pass"}
+
+
+def flag_name(param: str) -> str:
+    """The command-line option of the library parameter ``param``."""
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def flag_message(exc: HtabError) -> str:
+    """The message of a library error with its parameters (``exc.param``)
+    named as the options that set them: the first mention of each."""
+    import re
+
+    message = str(exc)
+    params = exc.param
+    for param in (params,) if isinstance(params, str) else (params or ()):
+        message = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag_name(param), message, count=1)
+    return message
+
+
+@contextlib.contextmanager
+def flag_names():
+    """Library errors raised in the block that name a parameter name its
+    option instead (:func:`flag_message`)."""
+    from htabtool.errors import HtabError
+
+    try:
+        yield
+    except HtabError as exc:
+        if exc.param is not None and exc.args:
+            exc.args = (flag_message(exc), *exc.args[1:])
+            exc.param = None  # said once
+        raise
+
+
+class Command(click.Command):
+    """A command whose library errors name the options (:func:`flag_names`)."""
+
+    def invoke(self, ctx: click.Context):
+        with flag_names():
+            return super().invoke(ctx)
+
+
+class Group(click.Group):
+    """A group of :class:`Command` s."""
+
+    command_class = Command
 
 
 # -- sizes -------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING, Iterator
 
 import click
 
 from htabtool.cli.common import (
     BYTE_ORDER,
     PATH,
+    Command,
     buffer_size_option,
     check_files,
     emit_json,
@@ -23,8 +25,11 @@ from htabtool.cli.common import (
     refuse_options,
 )
 
+if TYPE_CHECKING:
+    from htabtool.sources import RecordSource
 
-@click.command()
+
+@click.command(cls=Command)
 @click.option("-o", "--output", required=True, metavar="OUT|-", type=PATH, help="The snapshot file to write (- for standard output).")
 @click.option("--vm", "vm_image", metavar="IMAGE", type=PATH, help="Source: a simulated VM image (htabtool vm create).")
 @click.option("--raw", "raw_input", metavar="FILE|-", type=PATH, help="Source: a raw kernel record stream captured from an htab fd.")
@@ -76,7 +81,7 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kv
       htabtool dump --raw capture.bin --byte-order little --order 28 -T 1 -o cap.htab
     """
     from htabtool import ops
-    from htabtool.sources import named_errors, open_output
+    from htabtool.sources import VMReadOptions, WriteOptions, named_errors, open_output
 
     chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section),
                              ("--kvm", kvm_pid), ("--kvm-fd", kvm_fd)) if v is not None]
@@ -104,29 +109,30 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kv
         refuse_options(ctx, ("churn",), "--passes N (N > 1) or --until-dirty (the guest runs between passes)")
     check_files({"--vm": vm_image, "--raw": raw_input, "--qemu": qemu_input, "--qemu-section": qemu_section},
                 {"-o": output}, force=force)
+    write = WriteOptions(level=level, threads=threads or _cpus())
+    read = VMReadOptions(byte_order=byte_order or "little", bolted_only=bolted_only, start_index=start_index,
+                         buffer_size=buffer_size, passes=passes, churn=churn, until_dirty=until_dirty,
+                         max_passes=max_passes)
     if kvm:
         from htabtool import kvm as kvm_module
 
         given_name = None  # the kernel's errors name the process and the fd themselves
-        source_cm = kvm_module.open_source(kvm_pid, kvm_fd, ignore_readers=ignore_readers, bolted_only=bolted_only,
-                                           start_index=start_index, buffer_size=buffer_size, passes=passes,
-                                           until_dirty=until_dirty, max_passes=max_passes)
+        source_cm = _kernel(kvm_module.open_source(kvm_pid, kvm_fd, ignore_readers=ignore_readers, **read.kernel()))
     else:
         given_name = next(v for v in (vm_image, raw_input, qemu_input, qemu_section) if v is not None)
         given_name = "<stdin>" if given_name == "-" else given_name
-        source_cm = _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only,
-                            start_index, buffer_size, passes, churn, until_dirty, max_passes)
+        source_cm = _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, read)
     with named_errors(given_name) if given_name else contextlib.nullcontext():  # a content error names the source
         with source_cm as source:
-            with open_output(output) as out, progress(getattr(source, "progress_total", None), "dump") as advance:
-                summary = ops.dump(source, out, level=level, threads=threads or _cpus(), progress=advance,
+            with open_output(output) as out, progress(source.progress_total, "dump") as advance:
+                summary = ops.dump(source, out, write, progress=advance, on_pass=_pass_label(advance),
                                    output=output)
     if summary.converged is False and not quiet:
         click.echo(f"htabtool: {output}: did not converge: {plural(max_passes, 'pass', 'passes')} made, the last "
                    f"with {plural(summary.last_pass_changed, 'changed entry', 'changed entries')} "
                    f"(--until-dirty {until_dirty})", err=True)
     if as_json:
-        emit_json(summary.to_dict(), err=output == "-")
+        emit_json(summary.to_json(), err=output == "-")
     elif not quiet:
         click.echo(f"{output}: {_summary(summary)}", err=True)
 
@@ -154,18 +160,27 @@ def _cpus() -> int:
         return max(1, min(64, os.cpu_count() or 1))
 
 
+def _pass_label(advance):
+    """The bar's pass counter: ``dump: pass N``; a pass after the first is
+    incremental, its size not known."""
+    def on_pass(number: int) -> None:
+        advance.label(f"dump: pass {number}")
+        if number > 1:
+            advance.total(None)
+
+    return on_pass
+
+
 @contextlib.contextmanager
-def _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, bolted_only, start_index,
-            buffer_size, passes, churn, until_dirty, max_passes):
-    """The one source the options name, open for the dump."""
+def _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, entries, read) -> Iterator[RecordSource]:
+    """The one source the options name, open for the dump (``read``: the
+    VMReadOptions of a VM)."""
     from htabtool.sources import RawStreamSource, open_input, order_for
 
     if vm_image is not None:
         from htabtool.sources import VMSource
 
-        with VMSource.open(vm_image, byte_order=byte_order or "little", bolted_only=bolted_only,
-                           start_index=start_index, buffer_size=buffer_size, passes=passes, churn=churn,
-                           until_dirty=until_dirty, max_passes=max_passes) as src:
+        with VMSource.open(vm_image, read) as src:
             yield src
         return
     if raw_input is not None:
@@ -176,7 +191,18 @@ def _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, en
             yield RawStreamSource(f, byte_order=byte_order, order=size, name=raw_input)
         return
     from htabtool.qemu import QemuSource
+    from htabtool.sources import DeclaredSource
 
     path = qemu_input if qemu_input is not None else qemu_section
     with open_input(path) as f:
-        yield QemuSource(f, byte_order=byte_order or "little", section_only=qemu_section is not None, name=path)
+        qemu = QemuSource(f, byte_order=byte_order or "little", section_only=qemu_section is not None, name=path)
+        yield DeclaredSource(qemu, notes=qemu.snapshot_notes)
+
+
+@contextlib.contextmanager
+def _kernel(opened) -> Iterator[RecordSource]:
+    """The kernel's source (``opened``: kvm.open_source's) as a RecordSource."""
+    from htabtool.sources import DeclaredSource
+
+    with opened as src:
+        yield DeclaredSource(src)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from htabtool.cli.common import (
     BYTE_ORDER,
     PATH,
+    Command,
     buffer_size_option,
     check_files,
     emit_json,
@@ -20,7 +23,7 @@ from htabtool.cli.common import (
 )
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("snapshot", metavar="SNAP|-", type=PATH)
 @click.option("--vm", "vm_image", metavar="IMAGE", type=PATH, help="Target: a simulated VM image, through its htab write fd.")
 @click.option("--create", is_flag=True, help="--vm: create the image (of the snapshot's table size) if it does not exist.")
@@ -59,7 +62,7 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, kvm_p
     """
     from htabtool import ops
     from htabtool.errors import HtabError
-    from htabtool.sources import named_errors, open_input, open_output, open_snapshot
+    from htabtool.sources import open_snapshot
 
     chosen = [n for n, v in (("--vm", vm_image), ("--raw-out", raw_out), ("--qemu-section", qemu_section),
                              ("--qemu-splice", qemu_splice), ("--kvm", kvm_pid), ("--kvm-fd", kvm_fd)) if v is not None]
@@ -75,48 +78,30 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, kvm_p
         refuse_options(ctx, ("byte_order",), "--raw-out")
     check_files({"SNAP": snapshot, "--qemu-splice": qemu_splice},
                 {"--raw-out": raw_out, "--qemu-section": qemu_section, "-o": output}, force=force)
-
+    target: ops.Target
+    if kvm_pid is not None or kvm_fd is not None:
+        target = ops.KVMTarget(kvm_pid, kvm_fd)
+    elif vm_image is not None:
+        target = ops.VMTarget(vm_image, create=create, stop=stop, verify=verify_after, buffer_size=buffer_size)
+    elif raw_out is not None:
+        target = ops.RawTarget(raw_out, byte_order)
+    elif qemu_section is not None:
+        target = ops.QemuSectionTarget(qemu_section)
+    else:
+        target = ops.QemuSpliceTarget(qemu_splice, output)
     with open_snapshot(snapshot) as snap:
-        checked = ops.verify(snap)
-        if not checked.sound:
-            raise HtabError(f"{snap.name} is not sound, nothing was written: {checked.problems[0]}"
-                            + (f" (and {len(checked.problems) - 1} more; see htabtool verify)" if len(checked.problems) > 1 else ""))
-        if kvm_pid is not None or kvm_fd is not None:
-            report = ops.load_kvm(snap, kvm_pid, kvm_fd)
-        elif vm_image is not None:
-            with progress(lambda: snap.trailer().raw_size, "load") as advance:
-                report = ops.load_vm(snap, vm_image, create=create, stop=stop, verify=verify_after,
-                                     buffer_size=buffer_size, progress=advance)
-        elif raw_out is not None:
-            with open_output(raw_out) as out:
-                written = ops.records_out(snap, out.write, byte_order=byte_order)
-            report = {"target": "raw", "output": raw_out, "bytes": written}
-        else:
-            from htabtool import qemu
-
-            pieces = snap.pieces()
-            if qemu_section is not None:
-                with open_output(qemu_section) as out:
-                    stats = qemu.write_section(pieces, snap.header.order, out, byte_order=snap.byte_order)
-                report = {"target": "qemu-section", "output": qemu_section, "parts": stats.parts,
-                          "records": stats.records, "bytes": stats.nbytes}
-            else:
-                with named_errors("<stdin>" if qemu_splice == "-" else qemu_splice), open_input(qemu_splice) as mig, \
-                        open_output(output) as out:
-                    stats = qemu.splice(mig, snap.header.order, pieces, out, byte_order=snap.byte_order,
-                                        passes=sum(1 for p in snap.trailer().passes if p.chunks))
-                report = {"target": "qemu-splice", "input": qemu_splice, "output": output,
-                          "records": stats.htab.records, "parts": stats.htab.parts, "dropped_parts": stats.dropped_parts,
-                          "bytes": stats.output_bytes}
-        report = {"schema": "htabtool-load/1", "snapshot": snap.name, **report}
+        ops.check_sound(snap)
+        bar = progress(lambda: snap.trailer().raw_size, "load") if vm_image is not None else contextlib.nullcontext()
+        with bar as advance:
+            report = ops.load(snap, target, progress=advance, checked=True)
     to_stderr = "-" in (raw_out, qemu_section, output)
     if as_json:
-        emit_json(report, err=to_stderr)
+        emit_json(report.to_json(), err=to_stderr)
     elif not quiet:
-        click.echo(_summary(report), err=True)
-    verified = report.get("verified")
-    if verified is False:
-        raise HtabError(f"--verify: the VM's table differs from the snapshot ({report.get('differences')} entries)")
+        click.echo(_summary(report.to_json()), err=True)
+    if report.verified is False:
+        raise HtabError(f"--verify: the VM's table differs from the snapshot "
+                        f"({report.to_json().get('differences')} entries)")
 
 
 def _summary(r: dict) -> str:

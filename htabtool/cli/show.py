@@ -6,13 +6,13 @@ import sys
 
 import click
 
-from htabtool.cli.common import PATH, plain
+from htabtool.cli.common import PATH, Command, plain
 
 #: rows written between flushes (so that ``| head`` stops the command early)
 FLUSH_ROWS = 4096
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("snapshot", metavar="SNAP|-", type=PATH)
 @click.option("--pass", "pass_number", type=int, default=None, metavar="N",
               help="Show pass N's records as the kernel sent them (headers, then their entries) instead of the final table.")
@@ -49,19 +49,20 @@ def show(snapshot, pass_number, index_range, validity, bolted, page_size, segmen
       htabtool show --pass 2 --limit 20 live.htab
       htabtool show --csv guest.htab > entries.csv
     """
-    from htabtool import inspect, ops
+    from htabtool import ops
+    from htabtool.ops.show import parse_index_range, parse_masked_hex
     from htabtool.sources import open_snapshot
 
     if as_json and as_csv:
         raise click.UsageError("give at most one of --json and --csv")
-    filters = inspect.Filters(
-        index=inspect.parse_index_range(index_range) if index_range is not None else None,
+    filters = ops.Filters(
+        index=parse_index_range(index_range) if index_range is not None else None,
         valid={"valid": True, "invalid": False, "all": None}[validity if validity is not True else "valid"],
         bolted=bolted,
         page_size=page_size.upper() if page_size else None,
         segment=segment.upper() if segment else None,
-        avpn=inspect.parse_masked_hex(avpn, "--avpn") if avpn is not None else None,
-        rpn=inspect.parse_masked_hex(rpn, "--rpn") if rpn is not None else None,
+        avpn=parse_masked_hex(avpn, "--avpn") if avpn is not None else None,
+        rpn=parse_masked_hex(rpn, "--rpn") if rpn is not None else None,
         vrma=vrma,
         changed_in=changed_in,
     )
@@ -91,7 +92,7 @@ def _write_json(rows) -> None:
 def _write_csv(rows, with_records: bool) -> None:
     import csv
 
-    from htabtool.inspect import ENTRY_KEYS, RECORD_KEYS
+    from htabtool.ops.show import ENTRY_KEYS, RECORD_KEYS
 
     keys = list(RECORD_KEYS) + [k for k in ENTRY_KEYS if k not in RECORD_KEYS] if with_records else list(ENTRY_KEYS)
     writer = csv.writer(sys.stdout, lineterminator="\n")

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import PATH, check_files, emit_json, human_bytes, json_option, labelled_bars, plural, progress, progress_option, show
+from htabtool.cli.common import (
+    PATH,
+    Command,
+    check_files,
+    emit_json,
+    human_bytes,
+    json_option,
+    labelled_bars,
+    plural,
+    progress,
+    progress_option,
+    show,
+)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("snapshot", metavar="SNAP|-", type=PATH)
 @progress_option
 @json_option
@@ -28,7 +40,8 @@ def stat(snapshot, as_json):
     check_files({"SNAP": snapshot})
     with open_snapshot(snapshot) as snap:
         with progress(lambda: snap.entries, "stat") as advance:
-            report = ops.stat_report(snap, progress=advance)
+            result = ops.stat_result(snap, progress=advance)
+    report = result.to_json()
     if as_json:
         emit_json(report)
         return

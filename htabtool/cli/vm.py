@@ -6,6 +6,7 @@ import click
 
 from htabtool.cli.common import (
     SIZE,
+    Group,
     check_files,
     emit_json,
     force_option,
@@ -16,20 +17,17 @@ from htabtool.cli.common import (
     progress_option,
 )
 
-INFO_SCHEMA = "htabtool-vm-info/1"
-RUN_SCHEMA = "htabtool-vm-run/1"
-STATE_SCHEMA = "htabtool-vm-state/1"
-
-
-def _emit(data: dict, as_json: bool, lines, schema: str) -> None:
+def _emit(data: dict, as_json: bool, lines, kind: str) -> None:
     if as_json:
-        emit_json({"schema": schema, **data})
+        from htabtool.ops.results import VMReport
+
+        emit_json(VMReport(kind, data).to_json())
     else:
         for line in lines(data):
             click.echo(printable(line))  # names and strings from the image's state: no escapes to the terminal
 
 
-@click.group("vm")
+@click.group("vm", cls=Group)
 def vm():
     """Create, run and inspect simulated VMs.
 
@@ -89,7 +87,7 @@ def create(image, ram, order, profile, seed, vrma, backing, cpu, force, as_json)
             image, ram=ram, order=order, profile=profile, seed=seed,
             backing_page_shift=backing.bit_length() - 1, vrma=vrma, force=force, cpu=cpu,
         )
-    _emit(info, as_json, _create_lines, INFO_SCHEMA)
+    _emit(info, as_json, _create_lines, "info")
 
 
 def _create_lines(info):
@@ -123,7 +121,7 @@ def run(image, ops, seconds, as_json):
         raise click.UsageError("give exactly one of --ops N or --seconds S")
     with progress(None, "vm run"):
         stats = run_image(image, ops=ops, seconds=seconds)
-    _emit(stats, as_json, _run_lines, RUN_SCHEMA)
+    _emit(stats, as_json, _run_lines, "run")
 
 
 def _run_lines(s):
@@ -148,7 +146,7 @@ def info(image, as_json):
     """
     from htabtool.vmimage import image_info
 
-    _emit(image_info(image), as_json, _info_lines, INFO_SCHEMA)
+    _emit(image_info(image), as_json, _info_lines, "info")
 
 
 def _info_lines(i):
@@ -185,7 +183,7 @@ def stop(image, as_json):
     """
     from htabtool.vmimage import set_running
 
-    _emit(set_running(image, False), as_json, _state_lines, STATE_SCHEMA)
+    _emit(set_running(image, False), as_json, _state_lines, "state")
 
 
 @vm.command("cont")
@@ -201,7 +199,7 @@ def cont(image, as_json):
     """
     from htabtool.vmimage import set_running
 
-    _emit(set_running(image, True), as_json, _state_lines, STATE_SCHEMA)
+    _emit(set_running(image, True), as_json, _state_lines, "state")
 
 
 def _state_lines(r):

@@ -14,15 +14,16 @@ import contextlib
 import os
 import stat as stat_module
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from htabtool.atomic import atomic_write
 from htabtool.errors import HtabError, UsageError
 from htabtool.records import RecordDecoder, check_byte_order, check_indexable_order, split_passes_stated
 
 if TYPE_CHECKING:  # types only: the container is imported when a snapshot is opened
-    from htabtool.container import SnapshotHeader, SnapshotReader, SnapshotWriter, Trailer
+    from htabtool.container import SnapshotHeader, SnapshotReader, SnapshotTrailer, SnapshotWriter
 
 DEFAULT_READ_SIZE = 1 << 20
 
@@ -51,6 +52,7 @@ def order_for(order: int | None, entries: int | None) -> int:
         if entries < 8 or entries & (entries - 1):
             raise UsageError(f"entries must be a power of two of at least 8, not {entries}", param="entries")
         order = entries.bit_length() - 1 + 4
+    assert order is not None  # one of the two was given
     if not 7 <= order <= 46:
         raise UsageError(f"order must be between 7 and 46 (the kernel allows 18 to 46), not {order}", param="order")
     try:
@@ -158,7 +160,7 @@ class SnapshotInput(Protocol):
         """(pass number, whole records) of every chunk whose pass ``passes``
         accepts (all when None), in file order."""
 
-    def trailer(self) -> Trailer | None: ...
+    def trailer(self) -> SnapshotTrailer | None: ...
 
 
 class SnapshotFileInput(SnapshotInput, Protocol):
@@ -171,7 +173,7 @@ class SnapshotFileInput(SnapshotInput, Protocol):
     @property
     def file_size(self) -> int: ...
 
-    def trailer(self) -> Trailer: ...
+    def trailer(self) -> SnapshotTrailer: ...
 
     def reader(self, **kw: Any) -> SnapshotReader: ...
 
@@ -381,7 +383,7 @@ class SnapshotFile:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "SnapshotFile":
+    def __enter__(self) -> SnapshotFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -393,7 +395,9 @@ class SnapshotFile:
 
     @property
     def entries(self) -> int:
-        return self.header.entries
+        entries = self.header.entries
+        assert entries is not None  # the header derives it from the order
+        return entries
 
     @property
     def file_size(self) -> int:
@@ -535,7 +539,7 @@ class VMSource(SourceBase):
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, path: str, options: VMReadOptions | None = None) -> Iterator["VMSource"]:
+    def open(cls, path: str, options: VMReadOptions | None = None) -> Iterator[VMSource]:
         """A source over the image at ``path``, locked for the dump.  With
         more than one pass the guest runs between them: the image is changed
         all or nothing (a copy renamed over it).  One pass changes only the

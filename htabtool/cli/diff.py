@@ -24,7 +24,8 @@ from htabtool.cli.common import (
 @click.argument("b", metavar="B", type=PATH)
 @click.option("--ignore-rc", is_flag=True, help="Changes of only the R and C bits do not count as differences.")
 @click.option("--strict", is_flag=True, help="Compare KVM's software bits (HPTE_V_HVLOCK, HPTE_V_ABSENT, bit 62) too.")
-@click.option("--limit", type=click.IntRange(0, 1_000_000), default=10, show_default=True, help="How many differences to show decoded.")
+@click.option("--limit", type=click.IntRange(0, 1_000_000), default=10, show_default=True,
+              help="How many differences to show decoded.")
 @click.option("--delta", metavar="OUT|-", type=PATH,
               help="Write a snapshot of the records that turn A's table into B's.")
 @level_option

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
@@ -30,14 +31,20 @@ if TYPE_CHECKING:
 
 
 @click.command(cls=Command)
-@click.option("-o", "--output", required=True, metavar="OUT|-", type=PATH, help="The snapshot file to write (- for standard output).")
+@click.option("-o", "--output", required=True, metavar="OUT|-", type=PATH,
+              help="The snapshot file to write (- for standard output).")
 @click.option("--vm", "vm_image", metavar="IMAGE", type=PATH, help="Source: a simulated VM image (htabtool vm create).")
-@click.option("--raw", "raw_input", metavar="FILE|-", type=PATH, help="Source: a raw kernel record stream captured from an htab fd.")
-@click.option("--qemu", "qemu_input", metavar="FILE|-", type=PATH, help="Source: a QEMU migration stream (its spapr/htab section).")
-@click.option("--qemu-section", "qemu_section", metavar="FILE|-", type=PATH, help="Source: a bare spapr/htab section payload.")
+@click.option("--raw", "raw_input", metavar="FILE|-", type=PATH,
+              help="Source: a raw kernel record stream captured from an htab fd.")
+@click.option("--qemu", "qemu_input", metavar="FILE|-", type=PATH,
+              help="Source: a QEMU migration stream (its spapr/htab section).")
+@click.option("--qemu-section", "qemu_section", metavar="FILE|-", type=PATH,
+              help="Source: a bare spapr/htab section payload.")
 @click.option("--kvm", "kvm_pid", metavar="PID[:FD]",
-              help="Source: the real KVM guest of process PID (QEMU), through the kernel's htab fd (PID:FD picks its VM fd).")
-@click.option("--kvm-fd", "kvm_fd", type=click.IntRange(0), metavar="N", help="Source: the KVM VM fd N this process was given.")
+              help="Source: the real KVM guest of process PID (QEMU), through the kernel's htab fd (PID:FD "
+                   "picks its VM fd).")
+@click.option("--kvm-fd", "kvm_fd", type=click.IntRange(0), metavar="N",
+              help="Source: the KVM VM fd N this process was given.")
 @click.option("--ignore-readers", is_flag=True,
               help="--kvm/--kvm-fd: read even though the process already holds an htab fd (a migration may be running, "
                    "and this read takes the modified marks it needs).")
@@ -47,15 +54,19 @@ if TYPE_CHECKING:
 @click.option("--order", type=int, default=None, metavar="N", help="--raw: the table's order (log2 of its bytes).")
 @click.option("--entries", type=int, default=None, metavar="N", help="--raw: the table's size in entries.")
 @click.option("--bolted-only", is_flag=True, help="--vm, --kvm: read only bolted entries (KVM_GET_HTAB_BOLTED_ONLY).")
-@click.option("--start-index", type=click.IntRange(0), default=0, show_default=True, help="--vm, --kvm: the first entry to read.")
+@click.option("--start-index", type=click.IntRange(0), default=0, show_default=True,
+              help="--vm, --kvm: the first entry to read.")
 @buffer_size_option()
 @click.option("--passes", type=click.IntRange(1, 1_000_000), default=1, show_default=True,
-              help="--vm, --kvm: passes to read; the guest keeps running (--vm: --churn operations) between them (a live snapshot).")
+              help="--vm, --kvm: passes to read; the guest keeps running (--vm: --churn operations) between "
+                   "them (a live snapshot).")
 @click.option("--churn", type=click.IntRange(0), default=1000, show_default=True, metavar="N",
               help="--vm: guest operations between passes.")
 @click.option("--until-dirty", type=click.IntRange(0), default=None, metavar="N",
-              help="--vm, --kvm: keep making passes until one returns at most N changed entries (at most --max-passes).")
-@click.option("--max-passes", type=click.IntRange(1, 1_000_000), default=30, show_default=True, help="--vm, --kvm: the cap for --until-dirty.")
+              help="--vm, --kvm: keep making passes until one returns at most N changed entries (at most "
+                   "--max-passes).")
+@click.option("--max-passes", type=click.IntRange(1, 1_000_000), default=30, show_default=True,
+              help="--vm, --kvm: the cap for --until-dirty.")
 @level_option
 @click.option("-T", "--threads", type=click.IntRange(0, 64), default=0, show_default=True, metavar="N",
               help="Compression threads, as zstd -T: 0 one per CPU; the records are read and laid out meanwhile.")
@@ -64,7 +75,8 @@ if TYPE_CHECKING:
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
 @click.pass_context
-def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kvm_fd, ignore_readers, byte_order, order, entries, bolted_only, start_index,
+def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kvm_fd, ignore_readers, byte_order, order,
+         entries, bolted_only, start_index,
          buffer_size, passes, churn, until_dirty, max_passes, level, threads, force, as_json, quiet):
     """Snapshot an HPT into a compressed snapshot file whose chunks are the
     exact kernel records (zstd -dc prints them).  Give exactly one source.
@@ -83,7 +95,8 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kv
     from htabtool import ops
     from htabtool.sources import VMReadOptions, WriteOptions, named_errors, open_output
 
-    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input), ("--qemu-section", qemu_section),
+    chosen = [n for n, v in (("--vm", vm_image), ("--raw", raw_input), ("--qemu", qemu_input),
+                             ("--qemu-section", qemu_section),
                              ("--kvm", kvm_pid), ("--kvm-fd", kvm_fd)) if v is not None]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one source: --vm IMAGE, --raw FILE, --qemu FILE, --qemu-section FILE, "
@@ -100,7 +113,8 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kv
         refuse_options(ctx, ("ignore_readers",), "--kvm or --kvm-fd")
     else:
         if byte_order is not None:
-            raise click.UsageError("--byte-order does not go with --kvm: the kernel's records are in the host's byte order")
+            raise click.UsageError("--byte-order does not go with --kvm: the kernel's records are in the host's "
+                                   "byte order")
     if until_dirty is None:
         refuse_options(ctx, ("max_passes",), "--until-dirty")
     elif given(ctx, "passes"):

@@ -25,25 +25,37 @@ from htabtool.cli.common import (
 
 @click.command(cls=Command)
 @click.argument("snapshot", metavar="SNAP|-", type=PATH)
-@click.option("--vm", "vm_image", metavar="IMAGE", type=PATH, help="Target: a simulated VM image, through its htab write fd.")
-@click.option("--create", is_flag=True, help="--vm: create the image (of the snapshot's table size) if it does not exist.")
-@click.option("--stop", is_flag=True, help="--vm: stop a running VM first (the kernel refuses writes while vCPUs run: EBUSY).")
-@click.option("--verify", "verify_after", is_flag=True, help="--vm: dump the VM again after loading and compare with the snapshot.")
-@buffer_size_option(help_text="--vm: the most bytes of records handed to the htab fd at a time (each record is its own write(2)).")
+@click.option("--vm", "vm_image", metavar="IMAGE", type=PATH,
+              help="Target: a simulated VM image, through its htab write fd.")
+@click.option("--create", is_flag=True,
+              help="--vm: create the image (of the snapshot's table size) if it does not exist.")
+@click.option("--stop", is_flag=True,
+              help="--vm: stop a running VM first (the kernel refuses writes while vCPUs run: EBUSY).")
+@click.option("--verify", "verify_after", is_flag=True,
+              help="--vm: dump the VM again after loading and compare with the snapshot.")
+@buffer_size_option(help_text="--vm: the most bytes of records handed to the htab fd at a time "
+                               "(each record is its own write(2)).")
 @click.option("--kvm", "kvm_pid", metavar="PID[:FD]",
-              help="Target: the real KVM guest of process PID (QEMU, stopped), one record per write(2) of the kernel's htab fd.")
-@click.option("--kvm-fd", "kvm_fd", type=click.IntRange(0), metavar="N", help="Target: the KVM VM fd N this process was given.")
-@click.option("--raw-out", metavar="FILE|-", type=PATH, help="Target: the exact kernel records (all passes), for a kernel write fd.")
-@click.option("--byte-order", type=BYTE_ORDER, default=None, help="--raw-out: turn the record headers to this byte order (default: the snapshot's).")
-@click.option("--qemu-section", metavar="OUT|-", type=PATH, help="Target: QEMU spapr/htab section payloads (START, then one part per pass).")
-@click.option("--qemu-splice", metavar="MIG", type=PATH, help="Target: a copy of the QEMU migration stream MIG with its htab replaced (needs -o).")
+              help="Target: the real KVM guest of process PID (QEMU, stopped), one record per write(2) of "
+                   "the kernel's htab fd.")
+@click.option("--kvm-fd", "kvm_fd", type=click.IntRange(0), metavar="N",
+              help="Target: the KVM VM fd N this process was given.")
+@click.option("--raw-out", metavar="FILE|-", type=PATH,
+              help="Target: the exact kernel records (all passes), for a kernel write fd.")
+@click.option("--byte-order", type=BYTE_ORDER, default=None,
+              help="--raw-out: turn the record headers to this byte order (default: the snapshot's).")
+@click.option("--qemu-section", metavar="OUT|-", type=PATH,
+              help="Target: QEMU spapr/htab section payloads (START, then one part per pass).")
+@click.option("--qemu-splice", metavar="MIG", type=PATH,
+              help="Target: a copy of the QEMU migration stream MIG with its htab replaced (needs -o).")
 @click.option("-o", "--output", metavar="NEW|-", type=PATH, help="--qemu-splice: the new migration stream.")
 @force_option
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
 @click.pass_context
-def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, kvm_pid, kvm_fd, raw_out, byte_order, qemu_section, qemu_splice,
+def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, kvm_pid, kvm_fd, raw_out, byte_order,
+         qemu_section, qemu_splice,
          output, force, as_json, quiet):
     """Replay a snapshot into a target: a simulated VM, a raw record stream,
     or QEMU.  The whole snapshot is checked before the first write, so a

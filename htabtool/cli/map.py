@@ -89,7 +89,8 @@ def _picture_format(output: str, fmt: str | None) -> str:
         return fmt.lower()
     suffix = os.path.splitext(output)[1].lower().lstrip(".")
     if suffix not in FORMATS:
-        raise click.UsageError(f"-o {output}: the picture's format comes from its suffix, .png or .svg (or give --format)")
+        raise click.UsageError(f"-o {output}: the picture's format comes from its suffix, .png or .svg "
+                               f"(or give --format)")
     return suffix
 
 
@@ -138,7 +139,8 @@ def _draw_terminal(m, name: str, order: int, width: int) -> None:
     last = f"{m.entries - 1:,}"
     lines.append((" " * (LABEL_WIDTH + 1) + "0" + last.rjust(cells - 1), None))
     ramp = PLAIN_SHADES if plain_text else SHADES
-    lines.append((f"shade: a cell's share of entries, '{ramp[-1]}' as in the strip's fullest cell, '{ramp[1]}' any", None))
+    lines.append((f"shade: a cell's share of entries, '{ramp[-1]}' as in the strip's fullest cell, "
+                  f"'{ramp[1]}' any", None))
     for part in textwrap.wrap("fullest cells: " + ", ".join(peaks), width, subsequent_indent="  "):
         lines.append((part, None))
     lines.append(("", None))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from htabtool.cli.common import (
@@ -71,13 +69,16 @@ DURATION = _Parsed("duration", _duration)
 @click.option("--seed", type=click.IntRange(0), default=None,
               help="Draw the guest's events from this seed (default: the image's own generator).")
 @click.option("--snapshot", metavar="OUT.htab|-", type=PATH, help="Write every pass as a pass of a snapshot file.")
-@click.option("--to", "to", metavar="DST.img", type=PATH, help="Create a destination VM holding what was sent (as load --vm --create).")
-@click.option("-o", "--output", "plot", metavar="PLOT.png|PLOT.svg", type=PATH, help="Draw the passes (needs matplotlib).")
+@click.option("--to", "to", metavar="DST.img", type=PATH,
+              help="Create a destination VM holding what was sent (as load --vm --create).")
+@click.option("-o", "--output", "plot", metavar="PLOT.png|PLOT.svg", type=PATH,
+              help="Draw the passes (needs matplotlib).")
 @force_option
 @level_option
 @json_option
 @click.pass_context
-def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_passes, ops_per_second, seed, snapshot, to, plot,
+def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_passes, ops_per_second, seed, snapshot,
+            to, plot,
             force, level, as_json):
     """Simulate a live migration of SRC.img's HPT as QEMU drives the
     kernel's htab fd, in simulated time: the guest runs its profile while
@@ -157,7 +158,8 @@ def _show(result, err: bool) -> None:
             f"{p.dirty_after:,}",
         ))
     verdict = (f"converged after {len(result.live)} live pass{'es' if len(result.live) != 1 else ''}"
-               if result.converged else f"NOT converged within {link.max_passes} live pass{'es' if link.max_passes != 1 else ''}")
+               if result.converged
+               else f"NOT converged within {link.max_passes} live pass{'es' if link.max_passes != 1 else ''}")
     last = result.stopped
     tail = (f"{verdict}; stopped phase: {last.entries:,} entries, {last.record_bytes:,} bytes "
             f"({last.index_bytes:,} with an index per entry); the HPT's downtime {format_duration(result.hpt_downtime)}"

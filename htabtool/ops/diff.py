@@ -7,7 +7,7 @@ comparison, the record encoder (for the delta), the result types.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -8,7 +8,8 @@ source comes through :class:`htabtool.sources.RecordSource`.
 from __future__ import annotations
 
 import time
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from htabtool.ops.results import DumpSummary
 from htabtool.sources import RecordSource, WriteOptions

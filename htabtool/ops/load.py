@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Union
 
 from htabtool.errors import HtabError, StreamError, VMImageError
 from htabtool.ops.results import (
@@ -87,7 +87,7 @@ class QemuSpliceTarget:
     output: str
 
 
-Target = Union[VMTarget, KVMTarget, RawTarget, QemuSectionTarget, QemuSpliceTarget]
+Target = VMTarget | KVMTarget | RawTarget | QemuSectionTarget | QemuSpliceTarget
 
 
 def load(snap: SnapshotFileInput, target: Target, *, progress: Callable[[int], None] | None = None,
@@ -147,7 +147,7 @@ def load_qemu_splice(snap: SnapshotFileInput, migration: str, output: str) -> Qe
     with named_errors("<stdin>" if migration == "-" else migration), open_input(migration) as mig, \
             open_output(output) as out:
         stats = qemu.splice(mig, snap.header.order, snap.pieces(), out, byte_order=snap.byte_order,
-                            passes=sum(1 for p in snap.trailer().passes if p.chunks))
+                            passes=sum(1 for p in snap.trailer().passes if p.chunks > 0))
     return QemuSpliceLoad(migration, output, stats.htab.records, stats.htab.parts, stats.dropped_parts,
                           stats.output_bytes)
 
@@ -160,9 +160,12 @@ def records_out(snap: SnapshotInput, write: Callable[[bytes], object], byte_orde
     ``byte_order`` if given; returns the bytes written.  The chunks are the
     stream as it was read (the container checked them); they are decoded only
     to turn their headers."""
-    turn = byte_order not in (None, snap.byte_order)
     total = 0
-    pieces = ((n, b.to_bytes(byte_order)) for n, b in batches(snap)) if turn else snap.pieces()
+    pieces: Iterable[tuple[int, bytes]]
+    if byte_order is not None and byte_order != snap.byte_order:
+        pieces = ((n, b.to_bytes(byte_order)) for n, b in batches(snap))
+    else:
+        pieces = snap.pieces()
     for _, data in pieces:
         write(data)
         total += len(data)

@@ -63,8 +63,8 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -143,7 +143,7 @@ def scratch_copy(vm):
 # -- the simulation --------------------------------------------------------------
 
 
-Sink = Callable[[int, bytes, tuple | None], None]
+Sink = Callable[[int, bytes, tuple | None], object]
 
 
 class Migration:
@@ -361,15 +361,16 @@ def _make_destination(snapshot_path: str, to: str, source_hpt) -> bool:
 
     directory, base = os.path.split(os.path.abspath(to))
     staging = temp_name(directory, base)
+    placed = False
     try:
         with open_snapshot(snapshot_path) as snap:
             load_vm(snap, staging, create=True, buffer_size=1 << 16)
         with open_vm(staging, writable=False) as dst:
             equal = same_table(source_hpt, dst.hpt)
         os.replace(staging, to)
-        staging = None
+        placed = True
     finally:
-        if staging is not None and os.path.exists(staging):
+        if not placed and os.path.exists(staging):
             os.unlink(staging)
     return equal
 

@@ -352,7 +352,7 @@ class LoadReport:
     """What ``htabtool load`` did (htabtool-load/1): the snapshot, and the
     target's own fields (``target`` names which)."""
 
-    snapshot: str
+    snapshot: str | None
     result: LoadTarget
 
     @property

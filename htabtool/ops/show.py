@@ -17,8 +17,8 @@ the table's word views; nothing of the CLI.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -193,7 +193,8 @@ def _rows(columns: dict[str, np.ndarray]) -> Iterator[dict]:
 # -- show ---------------------------------------------------------------------------
 
 
-def show(snap: SnapshotInput, filters: Filters | None = None, *, limit: int | None = None, pass_number: int | None = None,
+def show(snap: SnapshotInput, filters: Filters | None = None, *, limit: int | None = None,
+         pass_number: int | None = None,
          window: int = WINDOW) -> Iterator[dict]:
     """The entries of a snapshot's final table that pass ``filters``, decoded,
     one dict each (JSON-ready: the htabtool-show/1 objects), in index order,
@@ -330,7 +331,7 @@ class Ranges:
     ends: np.ndarray
 
     @classmethod
-    def of(cls, starts: np.ndarray, ends: np.ndarray) -> "Ranges":
+    def of(cls, starts: np.ndarray, ends: np.ndarray) -> Ranges:
         order = np.argsort(starts, kind="stable")
         s, e = np.asarray(starts, np.int64)[order], np.asarray(ends, np.int64)[order]
         keep = (e > s)

@@ -8,7 +8,7 @@ list when a snapshot has one.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from htabtool.errors import ContainerError
 from htabtool.ops.results import Stat, StatReport

@@ -9,7 +9,7 @@ Imports: the record layer and the table states; the snapshot comes through
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 

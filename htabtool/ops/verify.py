@@ -8,7 +8,7 @@ result types.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from htabtool.errors import ContainerError, StreamError
 from htabtool.ops.results import Problem, Verification

@@ -6,6 +6,19 @@ kernel records, in the header byte order it states, as read(2) of an htab
 fd returned them, numbered by pass (1 = the first pass).  A *sink* takes
 the same pieces.  Paths are opened here and nowhere else below the CLI;
 ``-`` means standard input or output.
+
+The interfaces are declared, not probed: :class:`RecordSource` (what a dump
+reads; :class:`SourceBase` declares what a source lacks, and
+:class:`DeclaredSource` wraps a source of another layer that has only
+``info`` and ``pieces()``), :class:`SnapshotInput` (what the operations
+read a snapshot through; :class:`SnapshotFileInput` adds the header, the
+trailer and the container's reader) and :class:`Sink`.  The options a
+command gives are made once, at the edge, and passed down whole:
+:class:`WriteOptions` (how a snapshot is written) and
+:class:`VMReadOptions` (how a VM's table is read).
+
+Imports: the record layer, :mod:`htabtool.atomic` and the error tree; the
+container, the VM image and the engine when a snapshot or a VM is opened.
 """
 
 from __future__ import annotations

@@ -11,7 +11,19 @@ from __future__ import annotations
 
 
 class HtabError(Exception):
-    """Base of every error htabtool reports about its input."""
+    """Base of every error htabtool reports about its input.
+
+    ``param``: the parameter (or parameters, a tuple) of the library call
+    the message names, by its Python name (``order``, ``start_index``); the
+    message writes it so, and the CLI puts its option's name in its place
+    (:func:`htabtool.cli.common.flag_message`).  None: no parameter named."""
+
+    param: str | tuple[str, ...] | None = None
+
+    def __init__(self, *args: object, param: str | tuple[str, ...] | None = None):
+        super().__init__(*args)
+        if param is not None:
+            self.param = param
 
 
 class UsageError(HtabError):
@@ -21,8 +33,9 @@ class UsageError(HtabError):
 class StreamError(HtabError):
     """A kernel record stream that cannot be decoded."""
 
-    def __init__(self, message: str, *, offset: int | None = None, record: int | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, offset: int | None = None, record: int | None = None,
+                 param: str | None = None):
+        super().__init__(message, param=param)
         self.offset = offset
         self.record = record
 
@@ -38,8 +51,9 @@ class RecordError(StreamError):
 class ContainerError(HtabError):
     """A snapshot file that is not sound: bad magic, version, checksum, size."""
 
-    def __init__(self, message: str, *, offset: int | None = None, chunk: int | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, offset: int | None = None, chunk: int | None = None,
+                 param: str | None = None):
+        super().__init__(message, param=param)
         self.offset = offset
         self.chunk = chunk
 
@@ -59,8 +73,8 @@ class VMImageError(HtabError):
 class QemuStreamError(HtabError):
     """A QEMU migration stream that cannot be walked."""
 
-    def __init__(self, message: str, *, offset: int | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, offset: int | None = None, param: str | None = None):
+        super().__init__(message, param=param)
         self.offset = offset
 
 

@@ -6,6 +6,19 @@ kernel records, in the header byte order it states, as read(2) of an htab
 fd returned them, numbered by pass (1 = the first pass).  A *sink* takes
 the same pieces.  Paths are opened here and nowhere else below the CLI;
 ``-`` means standard input or output.
+
+The interfaces are declared, not probed: :class:`RecordSource` (what a dump
+reads; :class:`SourceBase` declares what a source lacks, and
+:class:`DeclaredSource` wraps a source of another layer that has only
+``info`` and ``pieces()``), :class:`SnapshotInput` (what the operations
+read a snapshot through; :class:`SnapshotFileInput` adds the header, the
+trailer and the container's reader) and :class:`Sink`.  The options a
+command gives are made once, at the edge, and passed down whole:
+:class:`WriteOptions` (how a snapshot is written) and
+:class:`VMReadOptions` (how a VM's table is read).
+
+Imports: the record layer, :mod:`htabtool.atomic` and the error tree; the
+container, the VM image and the engine when a snapshot or a VM is opened.
 """
 
 from __future__ import annotations
@@ -14,12 +27,16 @@ import contextlib
 import os
 import stat as stat_module
 import sys
-from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from htabtool.atomic import atomic_write
 from htabtool.errors import HtabError, UsageError
 from htabtool.records import RecordDecoder, check_byte_order, check_indexable_order, split_passes_stated
+
+if TYPE_CHECKING:  # types only: the container is imported when a snapshot is opened
+    from htabtool.container import SnapshotHeader, SnapshotReader, SnapshotTrailer, SnapshotWriter
 
 DEFAULT_READ_SIZE = 1 << 20
 
@@ -40,16 +57,201 @@ class StreamInfo:
 
 
 def order_for(order: int | None, entries: int | None) -> int:
-    """The table order (log2 of its bytes) from --order or --entries."""
+    """The table order (log2 of its bytes) from ``order`` or ``entries``
+    (exactly one given); the errors name the parameter (``param``)."""
     if (order is None) == (entries is None):
-        raise UsageError("give the table size as exactly one of --order N or --entries N")
+        raise UsageError("give the table size as exactly one of order N or entries N", param=("order", "entries"))
     if entries is not None:
         if entries < 8 or entries & (entries - 1):
-            raise UsageError(f"--entries must be a power of two of at least 8, not {entries}")
+            raise UsageError(f"entries must be a power of two of at least 8, not {entries}", param="entries")
         order = entries.bit_length() - 1 + 4
+    assert order is not None  # one of the two was given
     if not 7 <= order <= 46:
-        raise UsageError(f"--order must be between 7 and 46 (the kernel allows 18 to 46), not {order}")
-    return check_indexable_order(order, "--order")
+        raise UsageError(f"order must be between 7 and 46 (the kernel allows 18 to 46), not {order}", param="order")
+    try:
+        return check_indexable_order(order, "order")
+    except UsageError as exc:
+        exc.param = "order"
+        raise
+
+
+# -- the interfaces -------------------------------------------------------------
+
+
+class RecordSource(Protocol):
+    """Where a dump's records come from (a raw stream, a simulated VM, QEMU,
+    the kernel).  Every member is there: a source without a capability
+    declares it so (:class:`SourceBase` has the declarations)."""
+
+    @property
+    def info(self) -> StreamInfo:
+        """What the snapshot's header says of the stream."""
+
+    def pieces(self) -> Iterator[tuple[int, bytes]]:
+        """(pass number, whole records), in stream order."""
+
+    def stated_pieces(self) -> Iterator[tuple[int, bytes, tuple | None]]:
+        """(pass number, whole records, their statistics or None when the
+        source does not know them)."""
+
+    def progress_total(self) -> int | None:
+        """About the bytes the source yields (None: not known)."""
+
+    def snapshot_notes(self) -> list[tuple[bytes, bytes]]:
+        """(tag, body) of what the source keeps apart from the passes, for
+        the snapshot's optional frames (QEMU's parts); none for most."""
+
+    @property
+    def final_valid(self) -> int | None:
+        """Valid entries of the table the passes add up to (None: not known
+        without reading the snapshot again)."""
+
+    @property
+    def converged(self) -> bool | None:
+        """Did a pass come down to ``until_dirty`` (None: not asked)."""
+
+
+class SourceBase:
+    """The declarations of a source that has only ``info`` and
+    ``pieces()``: no statistics of its own, no size known in advance, no
+    notes, no final count, no convergence asked.  A source overrides what it
+    has."""
+
+    info: StreamInfo
+    final_valid: int | None = None
+    converged: bool | None = None
+
+    def pieces(self) -> Iterator[tuple[int, bytes]]:
+        raise NotImplementedError
+
+    def stated_pieces(self) -> Iterator[tuple[int, bytes, tuple | None]]:
+        for number, data in self.pieces():
+            yield number, data, None
+
+    def progress_total(self) -> int | None:
+        return None
+
+    def snapshot_notes(self) -> list[tuple[bytes, bytes]]:
+        return []
+
+
+class DeclaredSource(SourceBase):
+    """A source of another layer that has only ``info`` and ``pieces()``
+    (and, if given, ``notes``: its snapshot notes), as a whole
+    :class:`RecordSource`: what it lacks declared absent (QEMU's source and
+    the kernel's, :class:`htabtool.qemu.QemuSource` and
+    :class:`htabtool.kvm.KVMSource`, which do not derive from
+    :class:`SourceBase`)."""
+
+    def __init__(self, inner: Any, notes: Callable[[], list[tuple[bytes, bytes]]] | None = None):
+        self.inner = inner
+        self.info = inner.info
+        self._notes = notes
+
+    def pieces(self) -> Iterator[tuple[int, bytes]]:
+        return self.inner.pieces()
+
+    def snapshot_notes(self) -> list[tuple[bytes, bytes]]:
+        return self._notes() if self._notes is not None else []
+
+
+class SnapshotInput(Protocol):
+    """A snapshot's records to read: its size, its chunks streamable as many
+    times as needed, its name (None: unnamed) and its trailer (None: not
+    known, as for records held in memory; the records are counted instead)."""
+
+    @property
+    def byte_order(self) -> str: ...
+
+    @property
+    def entries(self) -> int: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+    def pieces(self, passes: Callable[[int], bool] | None = None) -> Iterator[tuple[int, bytes]]:
+        """(pass number, whole records) of every chunk whose pass ``passes``
+        accepts (all when None), in file order."""
+
+    def trailer(self) -> SnapshotTrailer | None: ...
+
+
+class SnapshotFileInput(SnapshotInput, Protocol):
+    """A snapshot file: a SnapshotInput with its header, its trailer (always
+    known), its optional frames and a container reader over it."""
+
+    @property
+    def header(self) -> SnapshotHeader: ...
+
+    @property
+    def file_size(self) -> int: ...
+
+    def trailer(self) -> SnapshotTrailer: ...
+
+    def reader(self, **kw: Any) -> SnapshotReader: ...
+
+    def optional_frames(self, tag: bytes) -> list[bytes]: ...
+
+
+class Sink(Protocol):
+    """Where records go: called with each (pass number, whole records)."""
+
+    def __call__(self, pass_number: int, data: bytes) -> object: ...
+
+
+# -- options made once, at the edge ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a snapshot is written: zstd ``level``, compression ``threads``
+    and ``chunk_size`` (None: the container's default).  The one object
+    the CLI makes and the operations pass down to the container writer."""
+
+    level: int | None = None
+    threads: int | None = None
+    chunk_size: int | None = None
+
+    def writer(self, out: BinaryIO, header: SnapshotHeader) -> SnapshotWriter:
+        """The container's writer over ``out`` with these options."""
+        from htabtool import container
+
+        given = {k: v for k, v in asdict(self).items() if v is not None}
+        return container.SnapshotWriter(out, header, **given)
+
+
+@dataclass(frozen=True)
+class VMReadOptions:
+    """How a VM's table is read through its htab fd (the simulated VM's and
+    the kernel's): header ``byte_order`` (the simulated host's; the kernel's
+    is the host's own), ``bolted_only`` (KVM_GET_HTAB_BOLTED_ONLY), the first
+    entry ``start_index``, ``buffer_size``-byte reads, ``passes``, the guest's
+    ``churn`` operations between them (simulated VM), ``until_dirty`` and
+    its cap ``max_passes``."""
+
+    byte_order: str = "little"
+    bolted_only: bool = False
+    start_index: int = 0
+    buffer_size: int = 65536
+    passes: int = 1
+    churn: int = 1000
+    until_dirty: int | None = None
+    max_passes: int = 30
+
+    @property
+    def live(self) -> bool:
+        """More than one pass (the guest runs between them)."""
+        return self.passes > 1 or self.until_dirty is not None
+
+    @property
+    def pass_count(self) -> int:
+        """The passes to make at most."""
+        return self.max_passes if self.until_dirty is not None else self.passes
+
+    def kernel(self) -> dict:
+        """The options of the kernel's htab fd (:func:`htabtool.kvm.open_source`)."""
+        return {"bolted_only": self.bolted_only, "start_index": self.start_index, "buffer_size": self.buffer_size,
+                "passes": self.passes, "until_dirty": self.until_dirty, "max_passes": self.max_passes}
 
 
 # -- files at the edge ---------------------------------------------------------
@@ -97,7 +299,7 @@ def read_blocks(f: BinaryIO, read_size: int = DEFAULT_READ_SIZE) -> Iterator[byt
 # -- sources -------------------------------------------------------------------
 
 
-class RawStreamSource:
+class RawStreamSource(SourceBase):
     """A kernel record stream someone captured from an htab fd (a file or a
     pipe): records in ``byte_order``, for a table of ``2**(order-4)`` entries.
 
@@ -147,6 +349,14 @@ __all__ = [
     "StreamInfo",
     "RawStreamSource",
     "VMSource",
+    "VMReadOptions",
+    "WriteOptions",
+    "RecordSource",
+    "SourceBase",
+    "DeclaredSource",
+    "SnapshotInput",
+    "SnapshotFileInput",
+    "Sink",
     "SnapshotFile",
     "open_input",
     "open_output",
@@ -162,7 +372,7 @@ __all__ = [
 
 class SnapshotFile:
     """A snapshot opened for reading: its header, its trailer, and its chunks
-    streamable as often as needed (:class:`htabtool.ops.SnapshotInput`).
+    streamable as often as needed (:class:`SnapshotFileInput`).
 
     A pipe (``-``) is spooled to an unnamed temporary file first, so that it
     too can be read twice (the passes after the first, then the first) and
@@ -186,7 +396,7 @@ class SnapshotFile:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "SnapshotFile":
+    def __enter__(self) -> SnapshotFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -198,7 +408,9 @@ class SnapshotFile:
 
     @property
     def entries(self) -> int:
-        return self.header.entries
+        entries = self.header.entries
+        assert entries is not None  # the header derives it from the order
+        return entries
 
     @property
     def file_size(self) -> int:
@@ -295,7 +507,7 @@ def named_errors(name: str) -> Iterator[None]:
 # -- simulated VMs --------------------------------------------------------------------
 
 
-class VMSource:
+class VMSource(SourceBase):
     """The HPT of a simulated VM image, read through its htab fd exactly as
     from the kernel: ``buffer_size``-byte reads, the first pass from
     ``start_index`` to the end, then incremental passes.
@@ -307,27 +519,29 @@ class VMSource:
     real kernel does not tell them.  Reading clears the entries' modified
     marks and harvests R/C, as in the kernel; the image is saved after."""
 
-    def __init__(self, vm, *, byte_order="little", bolted_only=False, start_index=0, buffer_size=65536, passes=1,
-                 churn=1000, until_dirty=None, max_passes=30):
-        check_byte_order(byte_order)
-        if start_index >= vm.hpt.npte:
-            raise UsageError(f"--start-index {start_index} is past the table of {vm.hpt.npte} entries")
+    def __init__(self, vm, options: VMReadOptions | None = None):
+        options = options or VMReadOptions()
+        check_byte_order(options.byte_order)
+        if options.start_index >= vm.hpt.npte:
+            raise UsageError(f"start_index {options.start_index} is past the table of {vm.hpt.npte} entries",
+                             param="start_index")
         self.vm = vm
-        self.buffer_size = buffer_size
-        self.passes = max_passes if until_dirty is not None else passes
-        self.churn = churn
-        self.until_dirty = until_dirty
-        guest = vm.guest.summary() if hasattr(vm.guest, "summary") else {}
+        self.options = options
+        self.buffer_size = options.buffer_size
+        self.passes = options.pass_count
+        self.churn = options.churn
+        self.until_dirty = options.until_dirty
+        guest = vm.guest.summary()
         self.info = StreamInfo(
-            byte_order,
-            vm.hpt.order if hasattr(vm.hpt, "order") else vm.header["order"],
-            bolted_only=bolted_only,
-            start_index=start_index,
+            options.byte_order,
+            vm.hpt.order,
+            bolted_only=options.bolted_only,
+            start_index=options.start_index,
             source={"kind": "vm", "image": os.path.basename(vm.path), "profile": guest.get("profile"),
                     "seed": guest.get("seed"), "generation": vm.header.get("generation")},
         )
         self.pass_changes: list[int] = []  # entries reported by each pass (n_valid + n_invalid)
-        self.converged: bool | None = None  # --until-dirty: did a pass come down to it?
+        self.converged: bool | None = None  # until_dirty: did a pass come down to it?
         self.final_valid: int | None = None  # valid entries of the table the passes add up to
 
     def progress_total(self) -> int:
@@ -338,7 +552,7 @@ class VMSource:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, path: str, **kw):
+    def open(cls, path: str, options: VMReadOptions | None = None) -> Iterator[VMSource]:
         """A source over the image at ``path``, locked for the dump.  With
         more than one pass the guest runs between them: the image is changed
         all or nothing (a copy renamed over it).  One pass changes only the
@@ -347,13 +561,14 @@ class VMSource:
         is not rewritten."""
         from htabtool.vmimage import VMImage, transaction
 
-        if kw.get("passes", 1) > 1 or kw.get("until_dirty") is not None:
+        options = options or VMReadOptions()
+        if options.live:
             with transaction(path) as vm:
-                yield cls(vm, **kw)
+                yield cls(vm, options)
             return
         vm = VMImage.open(path)
         try:
-            yield cls(vm, **kw)
+            yield cls(vm, options)
             vm.flush()
         finally:
             vm.close(save=False)

@@ -10,7 +10,7 @@ from htabtool import ops
 from htabtool.engine import H_EXACT, H_SUCCESS, SimulatedHPT
 from htabtool.errors import UsageError
 from htabtool.guest import PROFILES
-from htabtool.migrate import INDEX_ENTRY_SIZE, Link, Migration, MigrationResult
+from htabtool.ops.migrate import INDEX_ENTRY_SIZE, Link, Migration, MigrationResult
 from htabtool.units import parse_bandwidth, parse_duration
 
 

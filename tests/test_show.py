@@ -209,7 +209,7 @@ def test_limit_and_small_windows(mixed):
 
 
 def test_bad_filters_are_usage_errors():
-    from htabtool.inspect import parse_index_range, parse_masked_hex
+    from htabtool.ops.show import parse_index_range, parse_masked_hex
 
     assert parse_index_range("10..20") == (10, 20)
     assert parse_index_range("0x10..") == (16, (1 << 63) - 1)

@@ -28,6 +28,10 @@ nothing of its own:
   forced; ``NO_COLOR`` takes its colour, not the bar.
 - :data:`SIZE` (a click type) and :func:`parse_size`: every size option
   takes ``64K``, ``1M``, ``4G``, ``4GiB`` or plain bytes.
+- :class:`Command` (every command's class, ``@click.command(cls=Command)``)
+  and :class:`Group`: a library error that names a parameter of the call
+  (``HtabError.param``, by its Python name) is said with the option's name
+  in its place (:func:`flag_message`, one mapping: :data:`FLAGS`).
 """
 
 from __future__ import annotations
@@ -39,14 +43,69 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator, Sequence
 
 import click
+
+from htabtool.errors import HtabError
 
 BYTE_ORDER = click.Choice(["little", "big"])
 #: a file argument or option (``-`` for a standard stream): click completes file names for it
 PATH = click.Path(allow_dash=True, readable=False)  # the commands say what is wrong with a file
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 HANDLED_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
+
+
+# -- the library's parameter names, said as the options' -----------------------------
+
+#: a library parameter whose option is not the parameter's name with dashes (``start_index``: ``--start-index``)
+FLAGS = {"pass_number": "--pass"}
+
+
+def flag_name(param: str) -> str:
+    """The command-line option of the library parameter ``param``."""
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def flag_message(exc: HtabError) -> str:
+    """The message of a library error with its parameters (``exc.param``)
+    named as the options that set them: the first mention of each."""
+    import re
+
+    message = str(exc)
+    params = exc.param
+    for param in (params,) if isinstance(params, str) else (params or ()):
+        message = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag_name(param), message, count=1)
+    return message
+
+
+@contextlib.contextmanager
+def flag_names():
+    """Library errors raised in the block that name a parameter name its
+    option instead (:func:`flag_message`)."""
+    from htabtool.errors import HtabError
+
+    try:
+        yield
+    except HtabError as exc:
+        if exc.param is not None and exc.args:
+            exc.args = (flag_message(exc), *exc.args[1:])
+            exc.param = None  # said once
+        raise
+
+
+class Command(click.Command):
+    """A command whose library errors name the options (:func:`flag_names`)."""
+
+    def invoke(self, ctx: click.Context):
+        with flag_names():
+            return super().invoke(ctx)
+
+
+class Group(click.Group):
+    """A group of :class:`Command` s."""
+
+    command_class = Command
 
 
 # -- sizes -------------------------------------------------------------------------
@@ -227,8 +286,7 @@ def guard_streams() -> None:
     output, and using them is an error that names them (never a
     traceback, never a report silently lost)."""
     _CLOSED.clear()
-    for fd, name, attr in ((0, "standard input", "stdin"), (1, "standard output", "stdout"),
-                           (2, "standard error", "stderr")):
+    for fd, name in ((0, "standard input"), (1, "standard output"), (2, "standard error")):
         try:
             os.fstat(fd)
             continue
@@ -310,7 +368,8 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (schema in the man page).")(f)
 
 
-def buffer_size_option(default: int = 65536, help_text: str = "The read(2)/write(2) size on the htab fd (64K, 1M, ...)."):
+def buffer_size_option(default: int = 65536,
+                       help_text: str = "The read(2)/write(2) size on the htab fd (64K, 1M, ...)."):
     return click.option(
         "--buffer-size",
         type=SizeType(25, 1 << 30),
@@ -366,38 +425,55 @@ def progress_wanted() -> bool:
     return os.environ.get("TERM") != "dumb" and _isatty(sys.stderr)
 
 
-@contextlib.contextmanager
-def progress(total, label: str):
-    """A progress bar on stderr (see :func:`progress_wanted`); otherwise
-    nothing.  Yields ``advance(n)``; ``advance.label(text)`` changes the
-    label (dump's pass counter), ``advance.total(n)`` the total.  ``total``
-    may be a callable: it is asked only when a bar is shown."""
-    def nothing(n):
+class Advance:
+    """What :func:`progress` yields: ``advance(n)`` counts ``n`` more,
+    ``advance.label(text)`` changes the label (dump's pass counter),
+    ``advance.total(n)`` the total (None: not known).  This one, without a
+    bar, does nothing."""
+
+    def __call__(self, n: int) -> None:
         return None
 
-    nothing.label = nothing.total = lambda x: None
+    def label(self, text: str) -> None:
+        return None
+
+    def total(self, n: int | None) -> None:
+        return None
+
+
+class _BarAdvance(Advance):
+    def __init__(self, bar, task):
+        self._bar, self._task = bar, task
+
+    def __call__(self, n: int) -> None:
+        self._bar.advance(self._task, n)
+
+    def label(self, text: str) -> None:
+        self._bar.update(self._task, description=text)
+
+    def total(self, n: int | None) -> None:
+        self._bar.update(self._task, total=n or None, completed=0)
+
+
+@contextlib.contextmanager
+def progress(total, label: str) -> Iterator[Advance]:
+    """A progress bar on stderr (see :func:`progress_wanted`); otherwise
+    nothing.  Yields an :class:`Advance`.  ``total`` may be a callable: it
+    is asked only when a bar is shown."""
     if not progress_wanted():
-        yield nothing
+        yield Advance()
         return
     if callable(total):
         total = total()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     con = Console(stderr=True, highlight=False, force_terminal=True, no_color=bool(os.environ.get("NO_COLOR")))
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn(),
         console=con, transient=True,
     ) as bar:
-        task = bar.add_task(label, total=total or None)
-
-        def advance(n):
-            bar.advance(task, n)
-
-        advance.label = lambda text: bar.update(task, description=text)
-        advance.total = lambda n: bar.update(task, total=n or None, completed=0)
-        yield advance
+        yield _BarAdvance(bar, bar.add_task(label, total=total or None))
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -406,7 +482,7 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -414,7 +490,7 @@ def human_bytes(n: int) -> str:
     return str(n)
 
 
-def table_lines(rows: list[tuple[str, object]]) -> str:
+def table_lines(rows: Sequence[tuple[str, object]]) -> str:
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -430,11 +506,11 @@ def printable(value: object) -> str:
 
 def show(rows: list[tuple[str, object]], title: str | None = None) -> None:
     """Key/value rows: a rich table on a terminal, aligned text otherwise."""
-    rows = [(k, printable(v)) for k, v in rows]
+    text = [(k, printable(v)) for k, v in rows]
     if plain():
         if title:
             click.echo(title)
-        click.echo(table_lines(rows))
+        click.echo(table_lines(text))
         return
     from rich.table import Table
 
@@ -443,7 +519,7 @@ def show(rows: list[tuple[str, object]], title: str | None = None) -> None:
     t.add_column()
     from rich.markup import escape
 
-    for k, v in rows:
+    for k, v in text:
         t.add_row(k, escape(v))
     console().print(t)
 

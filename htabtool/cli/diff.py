@@ -6,6 +6,7 @@ import click
 
 from htabtool.cli.common import (
     PATH,
+    Command,
     check_files,
     echo_summary,
     emit_json,
@@ -18,12 +19,13 @@ from htabtool.cli.common import (
 )
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("a", metavar="A", type=PATH)
 @click.argument("b", metavar="B", type=PATH)
 @click.option("--ignore-rc", is_flag=True, help="Changes of only the R and C bits do not count as differences.")
 @click.option("--strict", is_flag=True, help="Compare KVM's software bits (HPTE_V_HVLOCK, HPTE_V_ABSENT, bit 62) too.")
-@click.option("--limit", type=click.IntRange(0, 1_000_000), default=10, show_default=True, help="How many differences to show decoded.")
+@click.option("--limit", type=click.IntRange(0, 1_000_000), default=10, show_default=True,
+              help="How many differences to show decoded.")
 @click.option("--delta", metavar="OUT|-", type=PATH,
               help="Write a snapshot of the records that turn A's table into B's.")
 @level_option
@@ -50,7 +52,7 @@ def diff(ctx, a, b, ignore_rc, strict, limit, delta, level, force, as_json, quie
       htabtool diff a.htab b.htab --delta - | htabtool load - --vm a.img
     """
     from htabtool import ops
-    from htabtool.sources import open_snapshot
+    from htabtool.sources import WriteOptions, open_snapshot
 
     if a == "-" and b == "-":
         raise click.UsageError("only one of A and B can be standard input")
@@ -62,11 +64,11 @@ def diff(ctx, a, b, ignore_rc, strict, limit, delta, level, force, as_json, quie
                                   progress=advance)
             else:
                 result = ops.diff_with_delta(sa, sb, delta, ignore_rc=ignore_rc, ignore_software=not strict,
-                                             limit=limit, level=level, progress=advance)
+                                             limit=limit, options=WriteOptions(level=level), progress=advance)
         names = (sa.name, sb.name)
     on_stdout = delta == "-"
     if as_json:
-        emit_json({"schema": "htabtool-diff/1", "a": names[0], "b": names[1], **result.to_dict()}, err=on_stdout)
+        emit_json(result.to_json(), err=on_stdout)
     elif not quiet:
         for line in _lines(result, names):
             echo_summary(line, on_stdout)

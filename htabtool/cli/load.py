@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from htabtool.cli.common import (
     BYTE_ORDER,
     PATH,
+    Command,
     buffer_size_option,
     check_files,
     emit_json,
@@ -20,27 +23,39 @@ from htabtool.cli.common import (
 )
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("snapshot", metavar="SNAP|-", type=PATH)
-@click.option("--vm", "vm_image", metavar="IMAGE", type=PATH, help="Target: a simulated VM image, through its htab write fd.")
-@click.option("--create", is_flag=True, help="--vm: create the image (of the snapshot's table size) if it does not exist.")
-@click.option("--stop", is_flag=True, help="--vm: stop a running VM first (the kernel refuses writes while vCPUs run: EBUSY).")
-@click.option("--verify", "verify_after", is_flag=True, help="--vm: dump the VM again after loading and compare with the snapshot.")
-@buffer_size_option(help_text="--vm: the most bytes of records handed to the htab fd at a time (each record is its own write(2)).")
+@click.option("--vm", "vm_image", metavar="IMAGE", type=PATH,
+              help="Target: a simulated VM image, through its htab write fd.")
+@click.option("--create", is_flag=True,
+              help="--vm: create the image (of the snapshot's table size) if it does not exist.")
+@click.option("--stop", is_flag=True,
+              help="--vm: stop a running VM first (the kernel refuses writes while vCPUs run: EBUSY).")
+@click.option("--verify", "verify_after", is_flag=True,
+              help="--vm: dump the VM again after loading and compare with the snapshot.")
+@buffer_size_option(help_text="--vm: the most bytes of records handed to the htab fd at a time "
+                               "(each record is its own write(2)).")
 @click.option("--kvm", "kvm_pid", metavar="PID[:FD]",
-              help="Target: the real KVM guest of process PID (QEMU, stopped), one record per write(2) of the kernel's htab fd.")
-@click.option("--kvm-fd", "kvm_fd", type=click.IntRange(0), metavar="N", help="Target: the KVM VM fd N this process was given.")
-@click.option("--raw-out", metavar="FILE|-", type=PATH, help="Target: the exact kernel records (all passes), for a kernel write fd.")
-@click.option("--byte-order", type=BYTE_ORDER, default=None, help="--raw-out: turn the record headers to this byte order (default: the snapshot's).")
-@click.option("--qemu-section", metavar="OUT|-", type=PATH, help="Target: QEMU spapr/htab section payloads (START, then one part per pass).")
-@click.option("--qemu-splice", metavar="MIG", type=PATH, help="Target: a copy of the QEMU migration stream MIG with its htab replaced (needs -o).")
+              help="Target: the real KVM guest of process PID (QEMU, stopped), one record per write(2) of "
+                   "the kernel's htab fd.")
+@click.option("--kvm-fd", "kvm_fd", type=click.IntRange(0), metavar="N",
+              help="Target: the KVM VM fd N this process was given.")
+@click.option("--raw-out", metavar="FILE|-", type=PATH,
+              help="Target: the exact kernel records (all passes), for a kernel write fd.")
+@click.option("--byte-order", type=BYTE_ORDER, default=None,
+              help="--raw-out: turn the record headers to this byte order (default: the snapshot's).")
+@click.option("--qemu-section", metavar="OUT|-", type=PATH,
+              help="Target: QEMU spapr/htab section payloads (START, then one part per pass).")
+@click.option("--qemu-splice", metavar="MIG", type=PATH,
+              help="Target: a copy of the QEMU migration stream MIG with its htab replaced (needs -o).")
 @click.option("-o", "--output", metavar="NEW|-", type=PATH, help="--qemu-splice: the new migration stream.")
 @force_option
 @progress_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
 @click.pass_context
-def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, kvm_pid, kvm_fd, raw_out, byte_order, qemu_section, qemu_splice,
+def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, kvm_pid, kvm_fd, raw_out, byte_order,
+         qemu_section, qemu_splice,
          output, force, as_json, quiet):
     """Replay a snapshot into a target: a simulated VM, a raw record stream,
     or QEMU.  The whole snapshot is checked before the first write, so a
@@ -59,7 +74,7 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, kvm_p
     """
     from htabtool import ops
     from htabtool.errors import HtabError
-    from htabtool.sources import named_errors, open_input, open_output, open_snapshot
+    from htabtool.sources import open_snapshot
 
     chosen = [n for n, v in (("--vm", vm_image), ("--raw-out", raw_out), ("--qemu-section", qemu_section),
                              ("--qemu-splice", qemu_splice), ("--kvm", kvm_pid), ("--kvm-fd", kvm_fd)) if v is not None]
@@ -75,48 +90,30 @@ def load(ctx, snapshot, vm_image, create, stop, verify_after, buffer_size, kvm_p
         refuse_options(ctx, ("byte_order",), "--raw-out")
     check_files({"SNAP": snapshot, "--qemu-splice": qemu_splice},
                 {"--raw-out": raw_out, "--qemu-section": qemu_section, "-o": output}, force=force)
-
+    target: ops.Target
+    if kvm_pid is not None or kvm_fd is not None:
+        target = ops.KVMTarget(kvm_pid, kvm_fd)
+    elif vm_image is not None:
+        target = ops.VMTarget(vm_image, create=create, stop=stop, verify=verify_after, buffer_size=buffer_size)
+    elif raw_out is not None:
+        target = ops.RawTarget(raw_out, byte_order)
+    elif qemu_section is not None:
+        target = ops.QemuSectionTarget(qemu_section)
+    else:
+        target = ops.QemuSpliceTarget(qemu_splice, output)
     with open_snapshot(snapshot) as snap:
-        checked = ops.verify(snap)
-        if not checked.sound:
-            raise HtabError(f"{snap.name} is not sound, nothing was written: {checked.problems[0]}"
-                            + (f" (and {len(checked.problems) - 1} more; see htabtool verify)" if len(checked.problems) > 1 else ""))
-        if kvm_pid is not None or kvm_fd is not None:
-            report = ops.load_kvm(snap, kvm_pid, kvm_fd)
-        elif vm_image is not None:
-            with progress(lambda: snap.trailer().raw_size, "load") as advance:
-                report = ops.load_vm(snap, vm_image, create=create, stop=stop, verify=verify_after,
-                                     buffer_size=buffer_size, progress=advance)
-        elif raw_out is not None:
-            with open_output(raw_out) as out:
-                written = ops.records_out(snap, out.write, byte_order=byte_order)
-            report = {"target": "raw", "output": raw_out, "bytes": written}
-        else:
-            from htabtool import qemu
-
-            pieces = snap.pieces()
-            if qemu_section is not None:
-                with open_output(qemu_section) as out:
-                    stats = qemu.write_section(pieces, snap.header.order, out, byte_order=snap.byte_order)
-                report = {"target": "qemu-section", "output": qemu_section, "parts": stats.parts,
-                          "records": stats.records, "bytes": stats.nbytes}
-            else:
-                with named_errors("<stdin>" if qemu_splice == "-" else qemu_splice), open_input(qemu_splice) as mig, \
-                        open_output(output) as out:
-                    stats = qemu.splice(mig, snap.header.order, pieces, out, byte_order=snap.byte_order,
-                                        passes=sum(1 for p in snap.trailer().passes if p.chunks))
-                report = {"target": "qemu-splice", "input": qemu_splice, "output": output,
-                          "records": stats.htab.records, "parts": stats.htab.parts, "dropped_parts": stats.dropped_parts,
-                          "bytes": stats.output_bytes}
-        report = {"schema": "htabtool-load/1", "snapshot": snap.name, **report}
+        ops.check_sound(snap)
+        bar = progress(lambda: snap.trailer().raw_size, "load") if vm_image is not None else contextlib.nullcontext()
+        with bar as advance:
+            report = ops.load(snap, target, progress=advance, checked=True)
     to_stderr = "-" in (raw_out, qemu_section, output)
     if as_json:
-        emit_json(report, err=to_stderr)
+        emit_json(report.to_json(), err=to_stderr)
     elif not quiet:
-        click.echo(_summary(report), err=True)
-    verified = report.get("verified")
-    if verified is False:
-        raise HtabError(f"--verify: the VM's table differs from the snapshot ({report.get('differences')} entries)")
+        click.echo(_summary(report.to_json()), err=True)
+    if report.verified is False:
+        raise HtabError(f"--verify: the VM's table differs from the snapshot "
+                        f"({report.to_json().get('differences')} entries)")
 
 
 def _summary(r: dict) -> str:

@@ -13,7 +13,7 @@ import textwrap
 
 import click
 
-from htabtool.cli.common import PATH, check_files, force_option, human_bytes, labelled_bars, plain
+from htabtool.cli.common import PATH, Command, check_files, force_option, human_bytes, labelled_bars, plain
 
 #: shades of a strip's cell by the fraction of its entries counted: none, up
 #: to 1/8, ..., all (a cell with one entry shows)
@@ -27,7 +27,7 @@ FORMATS = ("png", "svg")
 INSTALL_PLOT = "pip install 'htabtool[plot]'"
 
 
-@click.command(name="map")
+@click.command(name="map", cls=Command)
 @click.argument("snapshot", metavar="SNAP|-", type=PATH)
 @click.option("-o", "--output", metavar="FILE|-", type=PATH,
               help="Write a picture file (PNG or SVG, by its suffix or --format) instead of drawing on the terminal.")
@@ -79,7 +79,7 @@ def map_command(snapshot, output, fmt, force, width, as_json):
     if as_json:
         from htabtool.cli.common import emit_json
 
-        emit_json(_json(m, columns - LABEL_WIDTH - 2))
+        emit_json(m.report(columns - LABEL_WIDTH - 2).to_json())
         return
     _draw_terminal(m, name, header.order, columns)
 
@@ -89,7 +89,8 @@ def _picture_format(output: str, fmt: str | None) -> str:
         return fmt.lower()
     suffix = os.path.splitext(output)[1].lower().lstrip(".")
     if suffix not in FORMATS:
-        raise click.UsageError(f"-o {output}: the picture's format comes from its suffix, .png or .svg (or give --format)")
+        raise click.UsageError(f"-o {output}: the picture's format comes from its suffix, .png or .svg "
+                               f"(or give --format)")
     return suffix
 
 
@@ -113,14 +114,6 @@ def _metadata(fmt: str) -> dict:
 # -- the terminal ---------------------------------------------------------------------
 
 
-def strips(m, columns: int) -> list[tuple[str, object]]:
-    """(label, fractions) rows of the map's strip, ``columns`` cells each."""
-    rows = [("valid", m.strip(m.valid, columns)), ("bolted", m.strip(m.bolted, columns)),
-            ("non-bolted", m.strip(m.non_bolted, columns))]
-    rows += [(f"pass {p}", m.strip(c, columns)) for p, c in zip(m.passes, m.changed)]
-    return rows
-
-
 def shade(fractions, plain_text: bool) -> str:
     import numpy as np
 
@@ -138,7 +131,7 @@ def _draw_terminal(m, name: str, order: int, width: int) -> None:
                   f"{int(m.valid.sum()):,} valid; a cell is {per_cell:,.0f} entries", "bold"))
     styles = {"valid": "green", "bolted": "yellow", "non-bolted": "cyan"}
     peaks = []
-    for label, fractions in strips(m, cells):
+    for label, fractions in m.strips(cells):
         peak = float(fractions.max()) if len(fractions) else 0.0
         peaks.append(f"{label} {100 * peak:.3g} %")
         lines.append((f"{label:<{LABEL_WIDTH}}│{shade(fractions / (peak or 1), plain_text)}│",
@@ -146,7 +139,8 @@ def _draw_terminal(m, name: str, order: int, width: int) -> None:
     last = f"{m.entries - 1:,}"
     lines.append((" " * (LABEL_WIDTH + 1) + "0" + last.rjust(cells - 1), None))
     ramp = PLAIN_SHADES if plain_text else SHADES
-    lines.append((f"shade: a cell's share of entries, '{ramp[-1]}' as in the strip's fullest cell, '{ramp[1]}' any", None))
+    lines.append((f"shade: a cell's share of entries, '{ramp[-1]}' as in the strip's fullest cell, "
+                  f"'{ramp[1]}' any", None))
     for part in textwrap.wrap("fullest cells: " + ", ".join(peaks), width, subsequent_indent="  "):
         lines.append((part, None))
     lines.append(("", None))
@@ -171,18 +165,6 @@ def _draw_terminal(m, name: str, order: int, width: int) -> None:
     con = console()
     for line, style in lines:
         con.print(Text(line, style=style or ""), no_wrap=True, overflow="crop", crop=False)
-
-
-def _json(m, cells: int) -> dict:
-    return {
-        "schema": "htabtool-map/1",
-        "entries": m.entries,
-        "columns": cells,
-        "strips": {label: [round(float(x), 6) for x in fractions] for label, fractions in strips(m, cells)},
-        "pteg_fill": [int(n) for n in m.pteg_fill],
-        "page_sizes": m.page_sizes,
-        "passes": [{"pass": p, "entries": m.pass_entries[p]} for p in m.passes],
-    }
 
 
 # -- picture files -------------------------------------------------------------------
@@ -217,7 +199,7 @@ def _figure(Figure, m, title: str):
     sizes.set_ylabel("valid entries")
     sizes.set_title("page sizes (base)", fontsize=9)
     churn = fig.add_subplot(grid[2, :])
-    rows = strips(m, min(m.bins, 1000))
+    rows = m.strips(min(m.bins, 1000))
     peaks = [float(f.max()) or 1.0 for _, f in rows]
     churn.imshow(np.vstack([f / p for (_, f), p in zip(rows, peaks)]), aspect="auto", cmap="magma", vmin=0, vmax=1,
                  interpolation="nearest")

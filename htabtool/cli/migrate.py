@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from htabtool.cli.common import PATH, check_files, emit_json, force_option, human_bytes, json_option, level_option, plain
+from htabtool.cli.common import (
+    PATH,
+    Command,
+    check_files,
+    emit_json,
+    force_option,
+    human_bytes,
+    json_option,
+    level_option,
+    plain,
+)
 
 
 class _Parsed(click.ParamType):
@@ -43,7 +51,7 @@ BANDWIDTH = _Parsed("bandwidth", _bandwidth)
 DURATION = _Parsed("duration", _duration)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("image", metavar="SRC.img", type=PATH)
 @click.option("--bandwidth", type=BANDWIDTH, default="1G", show_default=True, metavar="BITS/S",
               help="The link, in bits per second with decimal suffixes: 1G = 10^9 bit/s, 10G, 25G, 100M.")
@@ -61,13 +69,16 @@ DURATION = _Parsed("duration", _duration)
 @click.option("--seed", type=click.IntRange(0), default=None,
               help="Draw the guest's events from this seed (default: the image's own generator).")
 @click.option("--snapshot", metavar="OUT.htab|-", type=PATH, help="Write every pass as a pass of a snapshot file.")
-@click.option("--to", "to", metavar="DST.img", type=PATH, help="Create a destination VM holding what was sent (as load --vm --create).")
-@click.option("-o", "--output", "plot", metavar="PLOT.png|PLOT.svg", type=PATH, help="Draw the passes (needs matplotlib).")
+@click.option("--to", "to", metavar="DST.img", type=PATH,
+              help="Create a destination VM holding what was sent (as load --vm --create).")
+@click.option("-o", "--output", "plot", metavar="PLOT.png|PLOT.svg", type=PATH,
+              help="Draw the passes (needs matplotlib).")
 @force_option
 @level_option
 @json_option
 @click.pass_context
-def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_passes, ops_per_second, seed, snapshot, to, plot,
+def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_passes, ops_per_second, seed, snapshot,
+            to, plot,
             force, level, as_json):
     """Simulate a live migration of SRC.img's HPT as QEMU drives the
     kernel's htab fd, in simulated time: the guest runs its profile while
@@ -86,24 +97,26 @@ def migrate(ctx, image, bandwidth, downtime_limit, ram_share, ram_round, max_pas
       htabtool migrate guest.img --snapshot mig.htab --to dst.img
       htabtool migrate guest.img --ops-per-second 5000 --max-passes 10 -o passes.png
     """
-    from htabtool.migrate import migrate as run_migration
+    from htabtool.ops.migrate import migrate as run_migration
+    from htabtool.sources import WriteOptions
 
     check_files({"SRC.img": image}, {"--snapshot": snapshot, "--to": to, "-o": plot}, force=force)
     if plot is not None:
-        from htabtool.migrate_plot import check_format, pyplot
+        from htabtool.ops.migrate_plot import check_format, pyplot
 
         check_format(plot)
         pyplot()  # matplotlib missing: said before anything runs or is written
     result = run_migration(image, bandwidth=bandwidth, downtime_limit=downtime_limit, ram_share=ram_share,
                            ram_round=ram_round, max_passes=max_passes, ops_per_second=ops_per_second,
-                           seed=seed, snapshot=snapshot, to=to, level=level)
+                           seed=seed, snapshot=snapshot, to=to,
+                           options=WriteOptions(level=level))
     if plot is not None:
-        from htabtool.migrate_plot import plot_migration
+        from htabtool.ops.migrate_plot import plot_migration
 
         plot_migration(result, plot)
     to_stderr = snapshot == "-"
     if as_json:
-        emit_json(result.to_dict(), err=to_stderr)
+        emit_json(result.to_json(), err=to_stderr)
     else:
         _show(result, err=to_stderr)
     if result.destination_equal is False:
@@ -145,7 +158,8 @@ def _show(result, err: bool) -> None:
             f"{p.dirty_after:,}",
         ))
     verdict = (f"converged after {len(result.live)} live pass{'es' if len(result.live) != 1 else ''}"
-               if result.converged else f"NOT converged within {link.max_passes} live pass{'es' if link.max_passes != 1 else ''}")
+               if result.converged
+               else f"NOT converged within {link.max_passes} live pass{'es' if link.max_passes != 1 else ''}")
     last = result.stopped
     tail = (f"{verdict}; stopped phase: {last.entries:,} entries, {last.record_bytes:,} bytes "
             f"({last.index_bytes:,} with an index per entry); the HPT's downtime {format_duration(result.hpt_downtime)}"

@@ -6,21 +6,25 @@ import sys
 
 import click
 
-from htabtool.cli.common import PATH, plain
+from htabtool.cli.common import PATH, Command, plain
 
 #: rows written between flushes (so that ``| head`` stops the command early)
 FLUSH_ROWS = 4096
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("snapshot", metavar="SNAP|-", type=PATH)
 @click.option("--pass", "pass_number", type=int, default=None, metavar="N",
-              help="Show pass N's records as the kernel sent them (headers, then their entries) instead of the final table.")
-@click.option("--index", "index_range", metavar="A..B", help="Entries A to B (inclusive; A.., ..B or one index; 0x... allowed).")
+              help="Show pass N's records as the kernel sent them (headers, then their entries) instead of "
+                   "the final table.")
+@click.option("--index", "index_range", metavar="A..B",
+              help="Entries A to B (inclusive; A.., ..B or one index; 0x... allowed).")
 @click.option("--valid", "validity", flag_value="valid", default=True, help="Valid entries only (the default).")
-@click.option("--invalid", "validity", flag_value="invalid", help="Invalid entries only (--pass: records with an invalid run).")
+@click.option("--invalid", "validity", flag_value="invalid",
+              help="Invalid entries only (--pass: records with an invalid run).")
 @click.option("--all", "validity", flag_value="all", help="Valid and invalid entries.")
-@click.option("--bolted/--not-bolted", default=None, help="Bolted entries only, or non-bolted ones only (HPTE_V_BOLTED).")
+@click.option("--bolted/--not-bolted", default=None,
+              help="Bolted entries only, or non-bolted ones only (HPTE_V_BOLTED).")
 @click.option("--page-size", type=click.Choice(["4K", "64K", "16M", "16G"], case_sensitive=False), default=None,
               help="Entries of this base page size.")
 @click.option("--segment", type=click.Choice(["256M", "1T"], case_sensitive=False), default=None,
@@ -30,7 +34,8 @@ FLUSH_ROWS = 4096
 @click.option("--vrma", is_flag=True, help="Entries of the virtual real-mode area only (VRMA_VSID, 1T).")
 @click.option("--changed-in", type=int, default=None, metavar="PASS",
               help="Entries a later pass PASS wrote (sent valid or counted invalid).")
-@click.option("--limit", type=click.IntRange(0), default=None, metavar="N", help="At most N lines (entries; records too with --pass).")
+@click.option("--limit", type=click.IntRange(0), default=None, metavar="N",
+              help="At most N lines (entries; records too with --pass).")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per entry (schema in the man page).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line (the JSON keys as columns).")
 def show(snapshot, pass_number, index_range, validity, bolted, page_size, segment, avpn, rpn, vrma, changed_in, limit,
@@ -49,19 +54,20 @@ def show(snapshot, pass_number, index_range, validity, bolted, page_size, segmen
       htabtool show --pass 2 --limit 20 live.htab
       htabtool show --csv guest.htab > entries.csv
     """
-    from htabtool import inspect, ops
+    from htabtool import ops
+    from htabtool.ops.show import parse_index_range, parse_masked_hex
     from htabtool.sources import open_snapshot
 
     if as_json and as_csv:
         raise click.UsageError("give at most one of --json and --csv")
-    filters = inspect.Filters(
-        index=inspect.parse_index_range(index_range) if index_range is not None else None,
+    filters = ops.Filters(
+        index=parse_index_range(index_range) if index_range is not None else None,
         valid={"valid": True, "invalid": False, "all": None}[validity if validity is not True else "valid"],
         bolted=bolted,
         page_size=page_size.upper() if page_size else None,
         segment=segment.upper() if segment else None,
-        avpn=inspect.parse_masked_hex(avpn, "--avpn") if avpn is not None else None,
-        rpn=inspect.parse_masked_hex(rpn, "--rpn") if rpn is not None else None,
+        avpn=parse_masked_hex(avpn, "--avpn") if avpn is not None else None,
+        rpn=parse_masked_hex(rpn, "--rpn") if rpn is not None else None,
         vrma=vrma,
         changed_in=changed_in,
     )
@@ -91,7 +97,7 @@ def _write_json(rows) -> None:
 def _write_csv(rows, with_records: bool) -> None:
     import csv
 
-    from htabtool.inspect import ENTRY_KEYS, RECORD_KEYS
+    from htabtool.ops.show import ENTRY_KEYS, RECORD_KEYS
 
     keys = list(RECORD_KEYS) + [k for k in ENTRY_KEYS if k not in RECORD_KEYS] if with_records else list(ENTRY_KEYS)
     writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -140,7 +146,8 @@ class _Columns:
 
     def entry(self, e: dict) -> str:
         flags = _FLAGS[e["valid"] | e["bolted"] << 1 | e["secondary"] << 2 | e["large"] << 3]
-        page = e["page_size"] if e["page_size"] == e["actual_page_size"] else f"{e['page_size']}/{e['actual_page_size']}"
+        page = (e["page_size"] if e["page_size"] == e["actual_page_size"]
+                else f"{e['page_size']}/{e['actual_page_size']}")
         return (f"{e['index']:>{self.iw}} {e['pteg']:>{self.gw}}:{e['slot']} {flags} {e['segment_size']:<4} "
                 f"{e['avpn']:#016x} {page:<7} {e['rpn']:#014x} {e['real_address']:#018x} {e['wimg']:04b} "
                 f"{e['pp'] >> 2}:{e['pp'] & 3} {e['no_execute']:d} {e['key']:>3} "
@@ -173,5 +180,5 @@ def _write_text(rows, entries: int, with_records: bool) -> None:
         if row["kind"] == "record":
             con.print(Text(cols.record(row), style="cyan"), no_wrap=True, overflow="ignore", crop=False)
         else:
-            con.print(Text(indent + cols.entry(row), style=None if row["valid"] else "dim"),
+            con.print(Text(indent + cols.entry(row), style="" if row["valid"] else "dim"),
                       no_wrap=True, overflow="ignore", crop=False)

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import PATH, check_files, emit_json, human_bytes, json_option, labelled_bars, plural, progress, progress_option, show
+from htabtool.cli.common import (
+    PATH,
+    Command,
+    check_files,
+    emit_json,
+    human_bytes,
+    json_option,
+    labelled_bars,
+    plural,
+    progress,
+    progress_option,
+    show,
+)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("snapshot", metavar="SNAP|-", type=PATH)
 @progress_option
 @json_option
@@ -28,7 +40,8 @@ def stat(snapshot, as_json):
     check_files({"SNAP": snapshot})
     with open_snapshot(snapshot) as snap:
         with progress(lambda: snap.entries, "stat") as advance:
-            report = ops.stat_report(snap, progress=advance)
+            result = ops.stat_result(snap, progress=advance)
+    report = result.to_json()
     if as_json:
         emit_json(report)
         return
@@ -39,8 +52,10 @@ def stat(snapshot, as_json):
             ("format", f"version {report['format_version']}, headers {report['byte_order']}-endian"),
             ("source", ", ".join(f"{k}={v}" for k, v in src.items())),
             ("created", f"{report['created']} by htabtool {report['tool_version']}"),
-            ("table", f"order {report['order']}: {report['entries']:,} entries ({human_bytes(report['entries'] * 16)})"),
-            ("read flags", f"bolted-only {'yes' if report['bolted_only'] else 'no'}, start index {report['start_index']}"),
+            ("table", f"order {report['order']}: {report['entries']:,} entries "
+                      f"({human_bytes(report['entries'] * 16)})"),
+            ("read flags", f"bolted-only {'yes' if report['bolted_only'] else 'no'}, "
+                           f"start index {report['start_index']}"),
             ("valid", f"{report['valid']:,} ({100 * report['valid'] / report['entries']:.2f} %)"),
             ("invalid", f"{report['invalid']:,}"),
             ("bolted", f"{report['bolted']:,}"),
@@ -52,14 +67,16 @@ def stat(snapshot, as_json):
             ("segment sizes", _mix(report["segment_sizes"])),
             ("PTEG fill", "8-entry groups by valid entries"),
             *_bars({f"{k} valid": n for k, n in enumerate(report["pteg_fill"])}),
-            ("records", f"{report['records']:,}, mean n_valid {report['mean_n_valid']}, mean n_invalid {report['mean_n_invalid']}"),
+            ("records", f"{report['records']:,}, mean n_valid {report['mean_n_valid']}, "
+                        f"mean n_invalid {report['mean_n_invalid']}"),
             ("n_valid", "records by the entries of their valid run"),
             *_bars(report["n_valid_distribution"]),
             ("n_invalid", "records by the entries of their invalid run"),
             *_bars(report["n_invalid_distribution"]),
             ("passes", f"{report['passes']} (sweeps of the table)"),
             *[
-                (f"  pass {p['pass']}", f"{p['records']:,} records, {p['valid']:,} valid + {p['invalid']:,} invalid entries, "
+                (f"  pass {p['pass']}", f"{p['records']:,} records, {p['valid']:,} valid + "
+                 f"{p['invalid']:,} invalid entries, "
                  f"{human_bytes(p['raw_bytes'])} raw, {human_bytes(p['compressed_bytes'])} compressed"
                  + (f", QEMU parts {_numbers(p['qemu_parts'])}" if p.get("qemu_parts") else ""))
                 for p in report["per_pass"]

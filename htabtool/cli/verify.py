@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from htabtool.cli.common import PATH, check_files, emit_json, json_option, plural, progress, progress_option
+from htabtool.cli.common import PATH, Command, check_files, emit_json, json_option, plural, progress, progress_option
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("snapshot", metavar="SNAP|-", type=PATH)
 @progress_option
 @json_option
@@ -38,13 +38,10 @@ def verify(ctx, snapshot, as_json):
         from htabtool.cli import EXIT_TROUBLE, _describe
 
         # a script still gets its JSON: unreadable, and why
-        name = "<stdin>" if snapshot == "-" else snapshot
-        emit_json({"schema": "htabtool-verify/1", "sound": False, "readable": False, "file": name,
-                   "error": _describe(exc), "chunks": 0, "records": 0,
-                   "problems": [{"where": "file", "what": _describe(exc)}]})
+        emit_json(ops.Unreadable("<stdin>" if snapshot == "-" else snapshot, _describe(exc)).to_json())
         ctx.exit(EXIT_TROUBLE)
     if as_json:
-        emit_json({**result.to_dict(), "file": name})
+        emit_json(result.to_json())
     elif result.sound:
         click.echo(f"{name}: sound ({plural(result.chunks, 'chunk')}, {plural(result.records, 'record')})")
     else:

@@ -6,6 +6,7 @@ import click
 
 from htabtool.cli.common import (
     SIZE,
+    Group,
     check_files,
     emit_json,
     force_option,
@@ -16,20 +17,18 @@ from htabtool.cli.common import (
     progress_option,
 )
 
-INFO_SCHEMA = "htabtool-vm-info/1"
-RUN_SCHEMA = "htabtool-vm-run/1"
-STATE_SCHEMA = "htabtool-vm-state/1"
 
-
-def _emit(data: dict, as_json: bool, lines, schema: str) -> None:
+def _emit(data: dict, as_json: bool, lines, kind: str) -> None:
     if as_json:
-        emit_json({"schema": schema, **data})
+        from htabtool.ops.results import VMReport
+
+        emit_json(VMReport(kind, data).to_json())
     else:
         for line in lines(data):
             click.echo(printable(line))  # names and strings from the image's state: no escapes to the terminal
 
 
-@click.group("vm")
+@click.group("vm", cls=Group)
 def vm():
     """Create, run and inspect simulated VMs.
 
@@ -48,8 +47,10 @@ def vm():
 
 @vm.command("create")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--ram", type=SIZE, metavar="SIZE", help="Guest RAM, e.g. 4G (sets the table size as QEMU does: 1/128 of RAM).")
-@click.option("--order", type=click.IntRange(18, 46), help="log2 of the table's bytes (18..46); RAM defaults to 128 times the table.")
+@click.option("--ram", type=SIZE, metavar="SIZE",
+              help="Guest RAM, e.g. 4G (sets the table size as QEMU does: 1/128 of RAM).")
+@click.option("--order", type=click.IntRange(18, 46),
+              help="log2 of the table's bytes (18..46); RAM defaults to 128 times the table.")
 @click.option(
     "--profile",
     type=click.Choice(["idle", "kernel-build", "database", "empty"]),
@@ -62,7 +63,8 @@ def vm():
 @click.option("--backing-page-size", "backing", type=SIZE, default="16M", show_default=True, metavar="SIZE",
               help="Host pages backing guest RAM (guest pages larger than this are refused).")
 @click.option("--cpu", type=click.Choice(["POWER8", "POWER9", "POWER10"]), default="POWER8", show_default=True,
-              help="The host CPU: POWER9 and POWER10 keep only v bits 0..51 and the segment size of an entry (ISA 3.0).")
+              help="The host CPU: POWER9 and POWER10 keep only v bits 0..51 and the segment size of an "
+                   "entry (ISA 3.0).")
 @force_option
 @progress_option
 @json_option
@@ -89,7 +91,7 @@ def create(image, ram, order, profile, seed, vrma, backing, cpu, force, as_json)
             image, ram=ram, order=order, profile=profile, seed=seed,
             backing_page_shift=backing.bit_length() - 1, vrma=vrma, force=force, cpu=cpu,
         )
-    _emit(info, as_json, _create_lines, INFO_SCHEMA)
+    _emit(info, as_json, _create_lines, "info")
 
 
 def _create_lines(info):
@@ -105,7 +107,8 @@ def _create_lines(info):
 
 @vm.command("run")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--ops", type=click.IntRange(min=0), help="Run this many guest events (fork, exec, exit, mmap, faults, ...).")
+@click.option("--ops", type=click.IntRange(min=0),
+              help="Run this many guest events (fork, exec, exit, mmap, faults, ...).")
 @click.option("--seconds", type=click.FloatRange(min=0), help="Run this much guest time at the profile's rate.")
 @progress_option
 @json_option
@@ -123,7 +126,7 @@ def run(image, ops, seconds, as_json):
         raise click.UsageError("give exactly one of --ops N or --seconds S")
     with progress(None, "vm run"):
         stats = run_image(image, ops=ops, seconds=seconds)
-    _emit(stats, as_json, _run_lines, RUN_SCHEMA)
+    _emit(stats, as_json, _run_lines, "run")
 
 
 def _run_lines(s):
@@ -148,7 +151,7 @@ def info(image, as_json):
     """
     from htabtool.vmimage import image_info
 
-    _emit(image_info(image), as_json, _info_lines, INFO_SCHEMA)
+    _emit(image_info(image), as_json, _info_lines, "info")
 
 
 def _info_lines(i):
@@ -156,7 +159,8 @@ def _info_lines(i):
 
     g = i["guest"]
     yield f"image:        {i['path']} (format {i['format_version']}, generation {i['generation']})"
-    yield f"table:        order {i['order']}, {plural(i['entries'], 'entry', 'entries')}, {format_size(i['table_bytes'])}"
+    yield (f"table:        order {i['order']}, {plural(i['entries'], 'entry', 'entries')}, "
+           f"{format_size(i['table_bytes'])}")
     yield f"RAM:          {format_size(i['ram_bytes'])}, backed by {format_size(1 << i['backing_page_shift'])} pages"
     yield f"host CPU:     {i['cpu']}"
     yield f"vCPUs:        {i['vcpus']}; MMU {'ready' if i['mmu_ready'] else 'not ready'}"
@@ -165,7 +169,8 @@ def _info_lines(i):
         f"{i['secondary']:,} secondary)"
     )
     progs = ", ".join(f"{k} {v:,}" for k, v in sorted(g["programs"].items())) or "none"
-    yield f"guest:        profile {g['profile']}, seed {g['seed']}, {plural(g['processes'], 'process', 'processes')} ({progs})"
+    yield (f"guest:        profile {g['profile']}, seed {g['seed']}, "
+           f"{plural(g['processes'], 'process', 'processes')} ({progs})")
     yield f"clock:        {g['clock_seconds']} s, {plural(g['events'], 'event')}"
     hc = ", ".join(f"{k} {v:,}" for k, v in i["hcalls"].items()) or "none"
     yield f"hypercalls:   {hc}"
@@ -185,7 +190,7 @@ def stop(image, as_json):
     """
     from htabtool.vmimage import set_running
 
-    _emit(set_running(image, False), as_json, _state_lines, STATE_SCHEMA)
+    _emit(set_running(image, False), as_json, _state_lines, "state")
 
 
 @vm.command("cont")
@@ -201,7 +206,7 @@ def cont(image, as_json):
     """
     from htabtool.vmimage import set_running
 
-    _emit(set_running(image, True), as_json, _state_lines, STATE_SCHEMA)
+    _emit(set_running(image, True), as_json, _state_lines, "state")
 
 
 def _state_lines(r):

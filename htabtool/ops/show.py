@@ -1,33 +1,35 @@
-"""Looking inside a snapshot: its entries decoded and filtered (``show``) and
-the arrays its pictures are drawn from (``table_map``).
+"""``show``: a snapshot's entries decoded and filtered (htabtool-show/1
+objects, one per entry); the index ranges a later pass wrote (``show
+--changed-in`` and the map's churn).
 
-Strategy: the final table streams past in windows (:func:`htabtool.ops.final_state`)
-and one pass's records in their chunks (:func:`htabtool.ops.batches`); the
+Strategy: the final table streams past in windows (:func:`htabtool.ops.state.final_state`)
+and one pass's records in their chunks (:func:`htabtool.ops.state.batches`); the
 filters are numpy masks over a whole window, and only the entries that pass
 them and the limit are decoded, a batch of at most :data:`BATCH` at a time,
 by the field functions of :mod:`htabtool.hpte` over arrays, then turned into
 one plain dict per entry.  Memory: a window and a batch, whatever the
-table's size.  The map adds a window up into fixed-size arrays (at most
-:data:`MAP_BINS` slices of the table), so a 1 GiB table draws in the memory
-a 16 MiB one does.
+table's size.
+
+Imports: the final state (:mod:`htabtool.ops.state`), the HPTE model and
+the table's word views; nothing of the CLI.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from htabtool import hpte
 from htabtool.errors import UsageError
-from htabtool.records.table import DEFAULT_WINDOW, TableStats, native, valid_mask
+from htabtool.ops.state import batches, final_state, pass_numbers
+from htabtool.records.table import DEFAULT_WINDOW, native, valid_mask
+from htabtool.sources import SnapshotInput
 
 #: entries decoded at a time (a bound on the memory of the decoded columns)
 BATCH = 1 << 16
-#: the map's slices of the table: at most this many (one PTEG each at most)
-MAP_BINS = 1 << 18
 #: entries per window of show and map (a quarter of the default: smaller masks and copies)
 WINDOW = DEFAULT_WINDOW // 4
 
@@ -191,7 +193,8 @@ def _rows(columns: dict[str, np.ndarray]) -> Iterator[dict]:
 # -- show ---------------------------------------------------------------------------
 
 
-def show(snap, filters: Filters | None = None, *, limit: int | None = None, pass_number: int | None = None,
+def show(snap: SnapshotInput, filters: Filters | None = None, *, limit: int | None = None,
+         pass_number: int | None = None,
          window: int = WINDOW) -> Iterator[dict]:
     """The entries of a snapshot's final table that pass ``filters``, decoded,
     one dict each (JSON-ready: the htabtool-show/1 objects), in index order,
@@ -206,19 +209,17 @@ def show(snap, filters: Filters | None = None, *, limit: int | None = None, pass
     filters = filters or Filters()
     if limit is not None and limit <= 0:
         return
-    written = _pass_ranges(snap, filters.changed_in) if filters.changed_in is not None else None
+    written = pass_ranges(snap, filters.changed_in) if filters.changed_in is not None else None
     if pass_number is not None:
-        _check_pass(snap, pass_number, "--pass")
+        _check_pass(snap, pass_number, "pass_number")
         yield from _show_pass(snap, filters, limit, pass_number, written)
         return
     yield from _show_final(snap, filters, limit, written, window)
 
 
 def _show_final(snap, filters, limit, written, window) -> Iterator[dict]:
-    from htabtool import ops
-
     left = limit
-    for lo, part in ops.final_state(snap, window):
+    for lo, part in final_state(snap, window):
         if filters.index is not None:
             if lo > filters.index[1]:
                 return  # past the range: the rest of the table is not read
@@ -241,10 +242,8 @@ def _show_final(snap, filters, limit, written, window) -> Iterator[dict]:
 
 
 def _show_pass(snap, filters, limit, pass_number, written) -> Iterator[dict]:
-    from htabtool import ops
-
     left = limit
-    for _, batch in ops.batches(snap, lambda p: p == pass_number):
+    for _, batch in batches(snap, lambda p: p == pass_number):
         if not len(batch):
             continue
         ei = batch.entry_index()
@@ -312,21 +311,16 @@ def _pass_items(batch, pass_number, is_rec, items, ei, er, v, r) -> Iterator[dic
 # -- passes ---------------------------------------------------------------------------
 
 
-def pass_numbers(snap) -> list[int]:
-    """The snapshot's pass numbers, ascending."""
-    if hasattr(snap, "trailer"):
-        return sorted({p.pass_number for p in snap.trailer().passes})
-    return sorted({number for number, _ in snap.pieces()})
-
-
-def _check_pass(snap, number: int, option: str, later: bool = False) -> None:
+def _check_pass(snap: SnapshotInput, number: int, param: str, later: bool = False) -> None:
+    """``number`` (the parameter ``param``) is one of the snapshot's passes
+    (with ``later``: not the first)."""
     numbers = pass_numbers(snap)
     if number not in numbers:
         listed = ", ".join(map(str, numbers)) or "none"
-        raise UsageError(f"{option} {number}: the snapshot has no pass {number} (its passes: {listed})")
+        raise UsageError(f"{param} {number}: the snapshot has no pass {number} (its passes: {listed})", param=param)
     if later and number == numbers[0]:
-        raise UsageError(f"{option} {number}: that is the first pass, which sends the whole table; "
-                         f"give a later pass ({', '.join(map(str, numbers[1:])) or 'there is none'})")
+        raise UsageError(f"{param} {number}: that is the first pass, which sends the whole table; "
+                         f"give a later pass ({', '.join(map(str, numbers[1:])) or 'there is none'})", param=param)
 
 
 @dataclass
@@ -337,7 +331,7 @@ class Ranges:
     ends: np.ndarray
 
     @classmethod
-    def of(cls, starts: np.ndarray, ends: np.ndarray) -> "Ranges":
+    def of(cls, starts: np.ndarray, ends: np.ndarray) -> Ranges:
         order = np.argsort(starts, kind="stable")
         s, e = np.asarray(starts, np.int64)[order], np.asarray(ends, np.int64)[order]
         keep = (e > s)
@@ -378,116 +372,11 @@ class Ranges:
         return np.where(k >= 0, before[kk] + inside, 0)
 
 
-def _pass_ranges(snap, number: int) -> Ranges:
+def pass_ranges(snap: SnapshotInput, number: int) -> Ranges:
     """The entries pass ``number`` (a later pass) wrote, as index ranges."""
-    from htabtool import ops
-
-    _check_pass(snap, number, "--changed-in", later=True)
+    _check_pass(snap, number, "changed_in", later=True)
     starts, ends = [], []
-    for _, batch in ops.batches(snap, lambda p: p == number):
+    for _, batch in batches(snap, lambda p: p == number):
         starts.append(batch.index)
         ends.append(batch.end)
     return Ranges.of(np.concatenate(starts or [np.zeros(0, np.int64)]), np.concatenate(ends or [np.zeros(0, np.int64)]))
-
-
-# -- map ---------------------------------------------------------------------------------
-
-
-@dataclass
-class TableMap:
-    """The arrays a picture of the table is drawn from.
-
-    The table is cut into ``bins`` slices of ``bin_entries`` entries each (a
-    whole number of PTEGs; at most :data:`MAP_BINS` slices): ``valid`` and
-    ``bolted`` count the final table's entries in each, ``changed[k]`` the
-    entries pass ``passes[k]`` (each pass after the first) wrote in each.
-    ``stats``: the final table's statistics (PTEG fill, page sizes...)."""
-
-    entries: int
-    bin_entries: int
-    valid: np.ndarray
-    bolted: np.ndarray
-    passes: list[int]
-    changed: np.ndarray
-    stats: TableStats
-    pass_entries: dict = field(default_factory=dict)  # pass -> entries it wrote
-
-    @property
-    def bins(self) -> int:
-        return len(self.valid)
-
-    @property
-    def non_bolted(self) -> np.ndarray:
-        return self.valid - self.bolted
-
-    @property
-    def pteg_fill(self) -> np.ndarray:
-        return np.asarray(self.stats.pteg_fill)
-
-    @property
-    def page_sizes(self) -> dict:
-        return dict(sorted(self.stats.page_sizes.items(), key=lambda kv: PAGE_SHIFTS.get(kv[0], 99)))
-
-    def strip(self, counts: np.ndarray, columns: int) -> np.ndarray:
-        """``counts`` (one of valid, bolted, non_bolted, changed[k]) in
-        ``columns`` equal slices of the table: the fraction (0..1) of each
-        slice's entries counted."""
-        edges = np.linspace(0, self.bins, columns + 1).round().astype(np.int64)
-        cum = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
-        lo, hi = edges[:-1], edges[1:]
-        narrow = hi <= lo  # a column narrower than a slice shows its slice
-        lo = np.where(narrow, np.minimum(lo, self.bins - 1), lo)
-        hi = np.where(narrow, lo + 1, hi)
-        return (cum[hi] - cum[lo]) / ((hi - lo) * self.bin_entries)
-
-    def image(self) -> np.ndarray:
-        """The table as a 2-D image of its groups: mean valid entries per PTEG
-        (0..8) of each slice, ``rows x columns`` slices in index order, row by
-        row (rows a power of two, at most as many as columns)."""
-        rows = 1 << (int(np.log2(self.bins)) // 2)
-        return (self.valid / (self.bin_entries / hpte.ENTRIES_PER_PTEG)).reshape(rows, -1)
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": "htabtool-map/1",
-            "entries": self.entries,
-            "bin_entries": self.bin_entries,
-            "valid": self.valid.tolist(),
-            "bolted": self.bolted.tolist(),
-            "passes": [{"pass": p, "entries": self.pass_entries.get(p, 0), "changed": c.tolist()}
-                       for p, c in zip(self.passes, self.changed)],
-            "pteg_fill": self.stats.pteg_fill,
-            "page_sizes": self.page_sizes,
-        }
-
-
-def table_map(snap, *, bins: int = MAP_BINS, window: int = WINDOW) -> TableMap:
-    """The arrays of ``htabtool map``, from one streaming read of the final
-    table and one of the passes after the first."""
-    from htabtool import ops
-
-    groups = snap.entries // hpte.ENTRIES_PER_PTEG
-    nbins = 1 << max(0, min(int(bins), groups).bit_length() - 1)  # a power of two, as the table
-    bin_entries = snap.entries // nbins
-    numbers = pass_numbers(snap)
-    later = numbers[1:]
-    edges = np.arange(nbins + 1, dtype=np.int64) * bin_entries
-    changed = np.zeros((len(later), nbins), dtype=np.int64)
-    pass_entries = {}
-    for k, number in enumerate(later):
-        ranges = _pass_ranges(snap, number)
-        changed[k] = np.diff(ranges.covered_below(edges))
-        pass_entries[number] = len(ranges)
-    valid = np.zeros(nbins, dtype=np.int64)
-    bolted = np.zeros(nbins, dtype=np.int64)
-    stats = TableStats.empty()
-    window = max(window - window % bin_entries, bin_entries)
-    for lo, part in ops.final_state(snap, window):
-        stats.add(part)
-        ok = valid_mask(part)
-        v = native(part)[0]
-        b = ok & ((v & np.uint64(hpte.HPTE_V_BOLTED)) != 0)
-        first = lo // bin_entries
-        valid[first : first + len(part) // bin_entries] += ok.reshape(-1, bin_entries).sum(axis=1)
-        bolted[first : first + len(part) // bin_entries] += b.reshape(-1, bin_entries).sum(axis=1)
-    return TableMap(snap.entries, bin_entries, valid, bolted, later, changed, stats, pass_entries)

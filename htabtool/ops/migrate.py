@@ -63,13 +63,15 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from htabtool.errors import HtabError, UsageError
+from htabtool.ops.results import INDEX_ENTRY_SIZE, SCHEMAS, MigrationResult, PassResult
 from htabtool.records import HEADER_SIZE, HPTE_SIZE
+from htabtool.sources import WriteOptions
 
 #: hw/ppc/spapr.c: the time one htab_save_iterate() may read, in ns (5 ms)
 MAX_ITERATION_NS = 5_000_000
@@ -79,9 +81,8 @@ MAX_KVM_BUF_SIZE = 2048
 DEFAULT_DOWNTIME_LIMIT = 0.300
 DEFAULT_MAX_PASSES = 30
 #: the per-entry-index format: a u32 index and the 16-byte entry
-INDEX_ENTRY_SIZE = 4 + HPTE_SIZE
 
-SCHEMA = "htabtool-migrate/1"
+SCHEMA = SCHEMAS["migrate"]
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,13 @@ class Link:
         if not self.bandwidth > 0:
             raise UsageError(f"the bandwidth must be positive, not {self.bandwidth}")
         if not 0 <= self.ram_share < 1:
-            raise UsageError(f"--ram-share must be at least 0 and below 1, not {self.ram_share}")
+            raise UsageError(f"ram_share must be at least 0 and below 1, not {self.ram_share}", param="ram_share")
         if self.downtime_limit < 0:
             raise UsageError("the downtime limit must not be negative")
         if self.ram_round < 0:
-            raise UsageError("--ram-round must not be negative")
+            raise UsageError("ram_round must not be negative", param="ram_round")
         if self.max_passes < 1:
-            raise UsageError("--max-passes must be at least 1")
+            raise UsageError("max_passes must be at least 1", param="max_passes")
         if self.buffer_size <= HEADER_SIZE + HPTE_SIZE:
             raise UsageError(f"a read of {self.buffer_size} bytes cannot hold one record: use more than 24")
 
@@ -119,153 +120,6 @@ class Link:
     def threshold_bytes(self) -> float:
         """QEMU's threshold_size for the HPT: its rate times the downtime limit."""
         return self.hpt_rate * self.downtime_limit
-
-
-@dataclass
-class PassResult:
-    """One pass of the kernel's fd: live, or the stopped phase."""
-
-    number: int
-    stopped: bool
-    start: float = 0.0  # simulated seconds since the migration began
-    seconds: float = 0.0  # its duration (the HPT's link time, and RAM's iterations in between)
-    link_seconds: float = 0.0  # the HPT's own time on the link
-    reads: int = 0
-    records: int = 0
-    valid: int = 0  # entries sent with their doublewords
-    invalid: int = 0  # entries the records' n_invalid runs cover
-    record_bytes: int = 0  # the kernel's format
-    dirty_after: int = 0  # entries dirty when the pass ended (the guest ran meanwhile)
-    pending_bytes: int = 0  # bytes a read of them would return
-    guest_events: int = 0
-
-    @property
-    def invalidated(self) -> int:
-        """Entries a destination must invalidate: none on a first pass (the
-        destination's table starts empty), every n_invalid entry later."""
-        return 0 if self.number == 1 else self.invalid
-
-    @property
-    def entries(self) -> int:
-        """Entries sent: valid plus invalidated."""
-        return self.valid + self.invalidated
-
-    @property
-    def index_bytes(self) -> int:
-        return INDEX_ENTRY_SIZE * self.entries
-
-    @property
-    def ratio(self) -> float | None:
-        """Bytes in the kernel's format per byte in the per-entry-index format."""
-        return self.record_bytes / self.index_bytes if self.index_bytes else None
-
-    def to_dict(self) -> dict:
-        return {
-            "pass": self.number,
-            "stopped": self.stopped,
-            "start": round(self.start, 9),
-            "seconds": round(self.seconds, 9),
-            "link_seconds": round(self.link_seconds, 9),
-            "reads": self.reads,
-            "records": self.records,
-            "valid": self.valid,
-            "invalid": self.invalid,
-            "invalidated": self.invalidated,
-            "entries": self.entries,
-            "record_bytes": self.record_bytes,
-            "index_bytes": self.index_bytes,
-            "ratio": _round(self.ratio),
-            "entries_per_record": _round(self.valid / self.records if self.records else None),
-            "dirty_after": self.dirty_after,
-            "pending_bytes": self.pending_bytes,
-            "guest_events": self.guest_events,
-        }
-
-
-@dataclass
-class MigrationResult:
-    source: str
-    profile: str
-    order: int
-    entries: int
-    valid_at_start: int
-    link: Link
-    ops_per_second: float
-    converged: bool = False
-    passes: list[PassResult] = field(default_factory=list)
-    left_dirty: int = 0  # entries still dirty after the stopped phase (0 unless something is wrong)
-    snapshot: str | None = None
-    destination: str | None = None
-    destination_equal: bool | None = None
-
-    @property
-    def live(self) -> list[PassResult]:
-        return [p for p in self.passes if not p.stopped]
-
-    @property
-    def stopped(self) -> PassResult:
-        return self.passes[-1]
-
-    @property
-    def hpt_downtime(self) -> float:
-        """The HPT's share of the downtime: its stopped phase on the link."""
-        return self.stopped.link_seconds
-
-    @property
-    def total_seconds(self) -> float:
-        last = self.stopped
-        return last.start + last.seconds
-
-    def ratio(self, first: bool) -> float | None:
-        """Record bytes per index byte over the first pass, or over every
-        later pass (the stopped phase included)."""
-        chosen = [p for p in self.passes if (p.number == 1) == first]
-        index = sum(p.index_bytes for p in chosen)
-        return sum(p.record_bytes for p in chosen) / index if index else None
-
-    def to_dict(self) -> dict:
-        link = self.link
-        last = self.stopped
-        return {
-            "schema": SCHEMA,
-            "source": self.source,
-            "profile": self.profile,
-            "order": self.order,
-            "entries": self.entries,
-            "valid_at_start": self.valid_at_start,
-            "bandwidth": link.bandwidth,
-            "ram_share": link.ram_share,
-            "ram_round": link.ram_round,
-            "hpt_bytes_per_second": link.hpt_rate,
-            "downtime_limit": link.downtime_limit,
-            "threshold_bytes": int(link.threshold_bytes),
-            "max_passes": link.max_passes,
-            "buffer_size": link.buffer_size,
-            "iteration_seconds": link.iteration_time,
-            "ops_per_second": self.ops_per_second,
-            "converged": self.converged,
-            "live_passes": len(self.live),
-            "passes": [p.to_dict() for p in self.passes],
-            "stopped_phase": {
-                "entries": last.entries,
-                "records": last.records,
-                "record_bytes": last.record_bytes,
-                "index_bytes": last.index_bytes,
-                "hpt_downtime": round(self.hpt_downtime, 9),
-            },
-            "hpt_downtime": round(self.hpt_downtime, 9),
-            "total_seconds": round(self.total_seconds, 9),
-            "first_pass_ratio": _round(self.ratio(first=True)),
-            "later_passes_ratio": _round(self.ratio(first=False)),
-            "left_dirty": self.left_dirty,
-            "snapshot": self.snapshot,
-            "destination": None if self.destination is None else
-            {"image": self.destination, "equal": self.destination_equal},
-        }
-
-
-def _round(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None else round(x, digits)
 
 
 # -- the source: a private copy of an image -------------------------------------
@@ -289,7 +143,7 @@ def scratch_copy(vm):
 # -- the simulation --------------------------------------------------------------
 
 
-Sink = Callable[[int, bytes, tuple | None], None]
+Sink = Callable[[int, bytes, tuple | None], object]
 
 
 class Migration:
@@ -304,7 +158,7 @@ class Migration:
         self.link = link
         self.rate = guest.profile.rate if ops_per_second is None else float(ops_per_second)
         if self.rate < 0:
-            raise UsageError("--ops-per-second must not be negative")
+            raise UsageError("ops_per_second must not be negative", param="ops_per_second")
         self.byte_order = byte_order
         self.sink = sink
         self.clock = 0.0  # simulated seconds
@@ -422,7 +276,7 @@ class Migration:
 def migrate(image: str, *, bandwidth, downtime_limit=DEFAULT_DOWNTIME_LIMIT, ram_share: float = 0.0,
             max_passes: int = DEFAULT_MAX_PASSES, ops_per_second: float | None = None, ram_round=0.0,
             seed: int | None = None, snapshot: str | None = None, to: str | None = None, byte_order: str = "little",
-            level: int | None = None) -> MigrationResult:
+            options: WriteOptions | None = None) -> MigrationResult:
     """Simulate a live migration of the HPT of the VM image ``image``.
 
     ``bandwidth`` in bits per second and ``downtime_limit`` in seconds
@@ -432,8 +286,8 @@ def migrate(image: str, *, bandwidth, downtime_limit=DEFAULT_DOWNTIME_LIMIT, ram
     (loaded as ``load --vm --create`` loads), compared with the source's
     final table (``result.destination_equal``).  ``seed``: draw the guest's
     events from a new generator (default: the image's own, so a rerun
-    gives the same figures).  Existing files are replaced
-    (the CLI refuses them without --force)."""
+    gives the same figures).  The snapshot is written with ``options``.
+    Existing files are replaced (the CLI refuses them without --force)."""
     import tempfile
 
     from htabtool.atomic import atomic_write
@@ -464,7 +318,7 @@ def migrate(image: str, *, bandwidth, downtime_limit=DEFAULT_DOWNTIME_LIMIT, ram
             source={"kind": "migrate", "image": os.path.basename(image), "profile": result.profile,
                     "bandwidth": link.bandwidth, "downtime_limit": link.downtime_limit},
         )
-        with container.SnapshotWriter(out, header, **({} if level is None else {"level": level})) as writer:
+        with (options or WriteOptions()).writer(out, header) as writer:
             migration.sink = lambda number, data, stats: writer.write_records(data, number, stats)
             migration.run(result)
 
@@ -500,22 +354,23 @@ def _make_destination(snapshot_path: str, to: str, source_hpt) -> bool:
     """Create the VM image ``to`` from the snapshot (as ``load --vm
     --create``: a new empty VM, every record through its write fd), replace
     whatever ``to`` named, and compare its table with the source's."""
-    from htabtool import ops
     from htabtool.atomic import temp_name
+    from htabtool.ops.load import load_vm
     from htabtool.sources import open_snapshot
     from htabtool.vmimage import open_vm
 
     directory, base = os.path.split(os.path.abspath(to))
     staging = temp_name(directory, base)
+    placed = False
     try:
         with open_snapshot(snapshot_path) as snap:
-            ops.load_vm(snap, staging, create=True, buffer_size=1 << 16)
+            load_vm(snap, staging, create=True, buffer_size=1 << 16)
         with open_vm(staging, writable=False) as dst:
             equal = same_table(source_hpt, dst.hpt)
         os.replace(staging, to)
-        staging = None
+        placed = True
     finally:
-        if staging is not None and os.path.exists(staging):
+        if not placed and os.path.exists(staging):
             os.unlink(staging)
     return equal
 

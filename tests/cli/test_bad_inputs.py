@@ -21,7 +21,6 @@ import os
 import re
 import socket
 import struct
-import sys
 import tempfile
 import threading
 import zlib
@@ -32,15 +31,12 @@ from typing import Callable
 
 import pytest
 import zstandard
-from click.testing import CliRunner
 
-from htabtool.cli import cli
 from htabtool.vmimage import create_image
 
-sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
-import corpus as C  # noqa: E402
+from tests import helpers as C
 
-MAN = Path(__file__).parent.parent / "man" / "htabtool-errors.7"
+MAN = C.MAN / "htabtool-errors.7"
 VALID = (0x4000000000001015, 0x10190)  # a bolted 64K entry with HPTE_V_VALID
 NOT_VALID = (0x4000000000001014, 0x10190)  # the same without it
 
@@ -107,14 +103,7 @@ def json_text(old: bytes, new: bytes) -> Callable[[], bytes]:
 
 
 def deep_json() -> bytes:
-    """The header's JSON replaced by 100,000 nested arrays (within the 1 MiB
-    limit of the header frame)."""
-    meta = b"[" * 100_000 + b"]" * 100_000
-    body = bytearray(snap()[frame("HEAD").body])
-    fields = list(C.HEAD.unpack_from(body))
-    fields[C.HEAD_FIELDS.index("json_size")] = len(meta)
-    fixed = C.HEAD.pack(*fields)
-    return C.our_frame(b"HEAD", fixed + meta) + snap()[frame("HEAD").end :]
+    return C.deep_json(snap())
 
 
 def flip_at(where: Callable[[], int]) -> Callable[[], bytes]:
@@ -608,12 +597,7 @@ def params():
 
 
 def invoke(args: list[str], cwd: Path):
-    here = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(cli, args)
-    finally:
-        os.chdir(here)
+    return C.cli_run(*args, cwd=cwd)
 
 
 def command_line(case: Bad, path: Path) -> list[str]:
@@ -670,7 +654,7 @@ def test_an_unreadable_file(tmp_path):
 
 
 def _here(args):
-    r = CliRunner().invoke(cli, args)
+    r = C.cli_run(*args)
     return r.exit_code, r.stdout, r.stderr
 
 

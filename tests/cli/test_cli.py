@@ -3,24 +3,17 @@
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from htabtool.cli import cli
-from conftest import raw_stream, synthetic
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+from tests.helpers import HTABTOOL, QEMU_FIXTURES, cli_run, raw_stream, synthetic_table
 
 
 @pytest.fixture
 def snaps(tmp_path):
     """a.htab and b.htab (three entries differ) from raw streams."""
-    a = synthetic(18, 0.3, 1)
+    a = synthetic_table(18, 0.3, 1)
     b = a.copy()
     live = np.flatnonzero(a[:, 0].astype(np.uint64) & np.uint64(1))
     b[live[0]] = 0
@@ -28,8 +21,8 @@ def snaps(tmp_path):
     b[live[2], 1] = int(b[live[2], 1]) ^ 0x80  # C only
     (tmp_path / "a.bin").write_bytes(raw_stream(a))
     (tmp_path / "b.bin").write_bytes(raw_stream(b, "big"))
-    assert run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 18, "-o", tmp_path / "a.htab").exit_code == 0
-    r = run("dump", "--raw", tmp_path / "b.bin", "--byte-order", "big", "--entries", 1 << 14, "-o", tmp_path / "b.htab", "--json")
+    assert cli_run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 18, "-o", tmp_path / "a.htab").exit_code == 0
+    r = cli_run("dump", "--raw", tmp_path / "b.bin", "--byte-order", "big", "--entries", 1 << 14, "-o", tmp_path / "b.htab", "--json")
     assert r.exit_code == 0, r.output
     return tmp_path, a, b, live
 
@@ -37,22 +30,22 @@ def snaps(tmp_path):
 def test_dump_threads_make_the_same_snapshot(tmp_path):
     """-T N: compression on N threads (0: one per CPU); the snapshot's bytes
     do not depend on how many."""
-    (tmp_path / "a.bin").write_bytes(raw_stream(synthetic(22, 0.5, 3)))  # about 2 MB: several chunks
+    (tmp_path / "a.bin").write_bytes(raw_stream(synthetic_table(22, 0.5, 3)))  # about 2 MB: several chunks
     made = []
     for n in ("0", "1", "3"):
         out = tmp_path / f"t{n}.htab"
-        r = run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 22, "-T", n, "-o", out, "--json")
+        r = cli_run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 22, "-T", n, "-o", out, "--json")
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["chunks"] > 1
         made.append(out.read_bytes())
     assert made[0] == made[1] == made[2]
-    assert run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 22, "-T", "65",
+    assert cli_run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 22, "-T", "65",
                "-o", tmp_path / "x.htab").exit_code == 2
 
 
 def test_dump_raw_json_summary_and_mode(snaps):
     d, a, _, live = snaps
-    r = run("dump", "--raw", d / "a.bin", "--byte-order", "little", "--order", 18, "-o", d / "c.htab", "--json")
+    r = cli_run("dump", "--raw", d / "a.bin", "--byte-order", "little", "--order", 18, "-o", d / "c.htab", "--json")
     s = json.loads(r.stdout)
     assert s["schema"] == "htabtool-dump/1" and s["passes"] == 1 and s["valid"] == len(live)
     assert s["raw_bytes"] == len((d / "a.bin").read_bytes())
@@ -61,7 +54,7 @@ def test_dump_raw_json_summary_and_mode(snaps):
 
 def test_stat_json_schema(snaps):
     d, a, _, live = snaps
-    r = run("stat", "--json", d / "a.htab")
+    r = cli_run("stat", "--json", d / "a.htab")
     assert r.exit_code == 0
     s = json.loads(r.stdout)
     for key in ("format_version", "byte_order", "order", "entries", "valid", "bolted", "records", "passes", "raw_bytes", "file_bytes"):
@@ -74,31 +67,31 @@ def test_stat_json_schema(snaps):
 
 def test_stat_plain_text(snaps):
     d, *_ = snaps
-    r = run("stat", d / "a.htab")
+    r = cli_run("stat", d / "a.htab")
     assert r.exit_code == 0 and "valid" in r.stdout and "\x1b[" not in r.stdout
 
 
 def test_diff_exit_codes_and_json(snaps):
     d, a, b, live = snaps
-    assert run("diff", d / "a.htab", d / "a.htab").exit_code == 0
-    r = run("diff", "--json", d / "a.htab", d / "b.htab")
+    assert cli_run("diff", d / "a.htab", d / "a.htab").exit_code == 0
+    r = cli_run("diff", "--json", d / "a.htab", d / "b.htab")
     assert r.exit_code == 1
     j = json.loads(r.stdout)
     assert (j["removed"], j["changed"], j["rc_only"], j["identical"]) == (1, 1, 1, False)
     assert [x["index"] for x in j["first_differences"]] == [int(i) for i in live[:3]]
     # only the R/C change left: ignored with --ignore-rc
-    r = run("diff", "--ignore-rc", "--limit", 0, d / "a.htab", d / "b.htab")
+    r = cli_run("diff", "--ignore-rc", "--limit", 0, d / "a.htab", d / "b.htab")
     assert r.exit_code == 1 and "1 removed" in r.stdout
 
 
 def test_diff_delta_turns_a_into_b(snaps):
     d, a, b, _ = snaps
-    r = run("diff", d / "a.htab", d / "b.htab", "--delta", d / "delta.htab")
+    r = cli_run("diff", d / "a.htab", d / "b.htab", "--delta", d / "delta.htab")
     assert r.exit_code == 1, r.output
     raw = (d / "a.bin").read_bytes() + _records(d / "delta.htab")
     (d / "ab.bin").write_bytes(raw)
-    assert run("dump", "--raw", d / "ab.bin", "--byte-order", "little", "--order", 18, "-o", d / "ab.htab").exit_code == 0
-    assert run("diff", d / "ab.htab", d / "b.htab").exit_code == 0
+    assert cli_run("dump", "--raw", d / "ab.bin", "--byte-order", "little", "--order", 18, "-o", d / "ab.htab").exit_code == 0
+    assert cli_run("diff", d / "ab.htab", d / "b.htab").exit_code == 0
 
 
 def _records(path):
@@ -114,12 +107,12 @@ def _records(path):
 
 def test_verify_sound_and_problems(snaps, tmp_path):
     d, *_ = snaps
-    r = run("verify", d / "a.htab")
+    r = cli_run("verify", d / "a.htab")
     assert r.exit_code == 0 and "sound" in r.stdout
     data = bytearray((d / "a.htab").read_bytes())
     data[len(data) // 2] ^= 0x40
     (tmp_path / "bad.htab").write_bytes(bytes(data))
-    r = run("verify", "--json", tmp_path / "bad.htab")
+    r = cli_run("verify", "--json", tmp_path / "bad.htab")
     assert r.exit_code == 1
     assert json.loads(r.stdout)["sound"] is False
 
@@ -132,7 +125,7 @@ def test_bad_files_one_line_exit_2(tmp_path, content):
     else:
         path.write_bytes(content)
     for cmd in ("stat", "verify"):
-        r = run(cmd, path)
+        r = cli_run(cmd, path)
         assert r.exit_code == 2, (cmd, r.output)
         assert r.stderr.startswith("htabtool: error: ") and r.stderr.count("\n") == 1
         assert "Traceback" not in r.stderr
@@ -140,11 +133,11 @@ def test_bad_files_one_line_exit_2(tmp_path, content):
 
 def test_usage_errors(snaps):
     d, *_ = snaps
-    r = run("dump", "-o", d / "x.htab")
+    r = cli_run("dump", "-o", d / "x.htab")
     assert r.exit_code == 2 and "exactly one source" in r.stderr
-    r = run("dump", "--raw", d / "a.bin", "-o", d / "x.htab", "--order", 18)
+    r = cli_run("dump", "--raw", d / "a.bin", "-o", d / "x.htab", "--order", 18)
     assert r.exit_code == 2 and "--byte-order" in r.stderr
-    r = run("dump", "--raw", d / "a.bin", "--byte-order", "little", "-o", d / "x.htab")
+    r = cli_run("dump", "--raw", d / "a.bin", "--byte-order", "little", "-o", d / "x.htab")
     assert r.exit_code == 2 and "--order N or --entries N" in r.stderr
     assert not (d / "x.htab").exists()
 
@@ -153,14 +146,14 @@ def test_truncated_raw_stream_names_the_offset(snaps):
     d, *_ = snaps
     data = (d / "a.bin").read_bytes()
     (d / "cut.bin").write_bytes(data[:-5])
-    r = run("dump", "--raw", d / "cut.bin", "--byte-order", "little", "--order", 18, "-o", d / "cut.htab")
+    r = cli_run("dump", "--raw", d / "cut.bin", "--byte-order", "little", "--order", 18, "-o", d / "cut.htab")
     assert r.exit_code == 2 and "truncated record" in r.stderr and "offset 0x" in r.stderr
     assert not (d / "cut.htab").exists(), "nothing half-written"
 
 
 def test_pipes_between_processes(snaps):
     d, *_ = snaps
-    exe = [sys.executable, "-m", "htabtool"]
+    exe = HTABTOOL
     dump = subprocess.Popen(exe + ["dump", "--raw", "-", "--byte-order", "little", "--order", "18", "-o", "-"],
                             stdin=open(d / "a.bin", "rb"), stdout=subprocess.PIPE)
     stat = subprocess.run(exe + ["stat", "--json", "-"], stdin=dump.stdout, capture_output=True)
@@ -175,33 +168,33 @@ def test_pipes_between_processes(snaps):
 
 
 def test_version_and_help():
-    r = run("--version")
+    r = cli_run("--version")
     assert r.exit_code == 0 and "htabtool" in r.stdout
     for cmd in ("dump", "stat", "diff", "verify"):
-        r = run(cmd, "--help")
+        r = cli_run(cmd, "--help")
         assert r.exit_code == 0 and "Example" in r.stdout
 
 
-QEMU = __import__("pathlib").Path(__file__).parent.parent / "fixtures" / "qemu"
+QEMU = QEMU_FIXTURES
 
 
 def test_qemu_dump_stat_and_load_round_trip(tmp_path):
     mig = QEMU / "pseries-4g-one-part.mig"
-    r = run("dump", "--qemu", mig, "-o", tmp_path / "q.htab", "--json")
+    r = cli_run("dump", "--qemu", mig, "-o", tmp_path / "q.htab", "--json")
     assert r.exit_code == 0, r.stderr
-    s = json.loads(run("stat", "--json", tmp_path / "q.htab").stdout)
+    s = json.loads(cli_run("stat", "--json", tmp_path / "q.htab").stdout)
     assert s["order"] == 25 and s["source"]["kind"] == "qemu" and s["byte_order"] == "little"
     # the bare section payloads come back byte for byte
-    r = run("load", tmp_path / "q.htab", "--qemu-section", tmp_path / "q.section")
+    r = cli_run("load", tmp_path / "q.htab", "--qemu-section", tmp_path / "q.section")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "q.section").read_bytes() == (QEMU / "pseries-4g-one-part.htab-section").read_bytes()
     # splicing a capture with its own records gives it back
-    r = run("load", tmp_path / "q.htab", "--qemu-splice", mig, "-o", tmp_path / "new.mig")
+    r = cli_run("load", tmp_path / "q.htab", "--qemu-splice", mig, "-o", tmp_path / "new.mig")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "new.mig").read_bytes() == mig.read_bytes()
     # and a snapshot of the section alone equals the one of the stream
-    assert run("dump", "--qemu-section", tmp_path / "q.section", "--byte-order", "big", "-o", tmp_path / "s.htab").exit_code == 0
-    assert run("diff", tmp_path / "q.htab", tmp_path / "s.htab").exit_code == 0
+    assert cli_run("dump", "--qemu-section", tmp_path / "q.section", "--byte-order", "big", "-o", tmp_path / "s.htab").exit_code == 0
+    assert cli_run("diff", tmp_path / "q.htab", tmp_path / "s.htab").exit_code == 0
 
 
 def test_load_refuses_a_damaged_snapshot_before_writing(snaps):
@@ -210,15 +203,15 @@ def test_load_refuses_a_damaged_snapshot_before_writing(snaps):
     data[len(data) // 2] ^= 1
     (d / "bad.htab").write_bytes(bytes(data))
     (d / "out.bin").write_bytes(b"old")
-    r = run("load", d / "bad.htab", "--raw-out", d / "out.bin", "-f")
+    r = cli_run("load", d / "bad.htab", "--raw-out", d / "out.bin", "-f")
     assert r.exit_code == 2 and "not sound, nothing was written" in r.stderr
     assert (d / "out.bin").read_bytes() == b"old"
 
 
 def test_load_raw_out_equals_the_captured_stream_in_either_byte_order(snaps):
     d, *_ = snaps
-    assert run("load", d / "a.htab", "--raw-out", d / "again.bin").exit_code == 0
+    assert cli_run("load", d / "a.htab", "--raw-out", d / "again.bin").exit_code == 0
     assert (d / "again.bin").read_bytes() == (d / "a.bin").read_bytes()
-    assert run("load", d / "b.htab", "--raw-out", d / "b-le.bin", "--byte-order", "little").exit_code == 0
-    assert run("dump", "--raw", d / "b-le.bin", "--byte-order", "little", "--order", 18, "-o", d / "b2.htab").exit_code == 0
-    assert run("diff", d / "b.htab", d / "b2.htab").exit_code == 0
+    assert cli_run("load", d / "b.htab", "--raw-out", d / "b-le.bin", "--byte-order", "little").exit_code == 0
+    assert cli_run("dump", "--raw", d / "b-le.bin", "--byte-order", "little", "--order", 18, "-o", d / "b2.htab").exit_code == 0
+    assert cli_run("diff", d / "b.htab", d / "b2.htab").exit_code == 0

@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_run
+from tests.helpers import ENV, cli_run, record_stream, spawn_htabtool
 
 from htabtool import ops, vmimage
 from htabtool.sources import open_snapshot
 
-ROOT = Path(__file__).parent.parent
 IN_USE = "the VM image is in use by another htabtool process; try again when it has finished"
 
 HOLDER = r"""
@@ -41,9 +40,7 @@ with open_vm(sys.argv[1], writable=sys.argv[2] == "write"):
 
 
 def spawn(*args, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "htabtool", *map(str, args)], cwd=cwd,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return spawn_htabtool(*args, cwd=cwd)
 
 
 def sha(path: Path) -> str:
@@ -59,7 +56,7 @@ class Holder:
 
     def __init__(self, image: Path, mode: str = "write"):
         self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(image), mode], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                     stdout=subprocess.PIPE, text=True, env=ENV)
         assert self.proc.stdout.readline() == "held\n"
 
     def release(self) -> None:
@@ -264,15 +261,12 @@ def test_snapshot_readers_need_no_lock(d):
     """While another process keeps replacing a snapshot, every read of it is
     of one whole snapshot; a reader that opened the old one reads it to the
     end after it was replaced."""
-    sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
-    import corpus
-
-    (d / "records.bin").write_bytes(corpus.record_stream(18, "little", 4096))
+    (d / "records.bin").write_bytes(record_stream(18, "little", 4096))
     assert cli_run("dump", "--raw", "records.bin", "--byte-order", "little", "--order", 18, "-o", "s.htab",
                    cwd=d).exit_code == 0
     early = open_snapshot(str(d / "s.htab"))
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(d / "records.bin"), str(d / "s.htab"), "2"],
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                              stdout=subprocess.PIPE, text=True, env=ENV)
     reads = 0
     try:
         while writer.poll() is None:

@@ -39,15 +39,13 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import cli_run
+from tests.helpers import HTABTOOL, ROOT, cli_run, env_with_root, spawn_htabtool
 
 from htabtool import atomic, ops
 from htabtool.sources import open_snapshot
 
-sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
-import corpus as C  # noqa: E402
+from tests import helpers as C
 
-ROOT = Path(__file__).parent.parent
 SEED = int(os.environ.get("HTABTOOL_FAULT_SEED", time.time_ns() % 1_000_000))
 TEMP = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
 
@@ -78,9 +76,9 @@ main()
 
 def htabtool(*args, cwd: Path, kill_at: int | None = None, preexec=None, timeout: float = 120):
     """The command in a new process; with ``kill_at`` under HOOK (0: count)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = env_with_root()
     if kill_at is None:
-        cmd = [sys.executable, "-m", "htabtool"]
+        cmd = HTABTOOL
     else:
         cmd = [sys.executable, "-c", HOOK]
         env["HTABTOOL_KILL_AT"] = str(kill_at)
@@ -104,9 +102,7 @@ def choose(points: list[str], k: int, rng: random.Random) -> list[int]:
 
 
 def killed_after(seconds: float, *args, cwd: Path) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "htabtool", *map(str, args)], cwd=cwd,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn_htabtool(*args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(seconds)
     proc.send_signal(signal.SIGKILL)
     return proc.wait()

@@ -9,8 +9,9 @@ import click
 import pytest
 
 from htabtool.cli import COMMANDS, cli
+from tests import helpers
 
-MAN = Path(__file__).parent.parent / "man"
+MAN = helpers.MAN
 PAGES = sorted(MAN.glob("*.[1-9]"))
 
 needs_groff = pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")

@@ -40,25 +40,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_run
+from tests.helpers import ENV, HTABTOOL, ROOT, cli_run, run_htabtool
 
-sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
-import corpus as C  # noqa: E402
+from tests import helpers as C
 
-ROOT = Path(__file__).parent.parent
 SEED = int(os.environ.get("HTABTOOL_FAULT_SEED", time.time_ns() % 1_000_000))
 TEMP = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
-HTABTOOL = [sys.executable, "-m", "htabtool"]
 
 
 def sha(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def run(*args, cwd, timeout=300, **kw):
-    return subprocess.run(HTABTOOL + [str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, timeout=timeout,
-                          **kw)
 
 
 def one_line(stderr, fragment: str) -> None:
@@ -202,14 +193,14 @@ def test_a_delta_on_standard_output_pipes_into_load(inputs, tmp_path):
 ], ids=lambda a: " ".join(map(str, a[:1] + a[3:])))
 def test_data_on_standard_output_and_nothing_else(inputs, tmp_path, args):
     d = workdir(tmp_path, inputs, "g.img", "a.htab", "b.htab")
-    r = run(*args, cwd=d)
+    r = run_htabtool(*args, cwd=d)
     assert r.returncode in (0, 1), r.stderr
     assert r.stderr, "the report went nowhere"
     if args[0] == "load" and "--raw-out" in args:
-        assert r.stdout == run("load", "a.htab", "--raw-out", "raw.bin", cwd=d).stdout + (d / "raw.bin").read_bytes()
+        assert r.stdout == run_htabtool("load", "a.htab", "--raw-out", "raw.bin", cwd=d).stdout + (d / "raw.bin").read_bytes()
     elif "--qemu-section" not in args:
         (d / "out.htab").write_bytes(r.stdout)
-        v = run("verify", "out.htab", cwd=d)
+        v = run_htabtool("verify", "out.htab", cwd=d)
         assert v.returncode == 0, v.stdout  # a whole snapshot, nothing after it
 
 
@@ -625,7 +616,7 @@ def test_an_output_name_that_is_no_file_name_is_named_as_given(inputs, tmp_path,
 def test_too_many_open_files_names_the_image_not_its_copy(inputs, tmp_path):
     d = workdir(tmp_path, inputs, "g.img")
     for limit in (10, 11, 12, 13, 14):
-        done = run("vm", "run", "g.img", "--ops", 5, cwd=d,
+        done = run_htabtool("vm", "run", "g.img", "--ops", 5, cwd=d,
                    preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
         if done.returncode == 0:
             continue
@@ -647,7 +638,7 @@ def test_a_file_size_limit_names_the_image(inputs, tmp_path, args, name):
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
-    done = run(*args, cwd=d, preexec_fn=limit)
+    done = run_htabtool(*args, cwd=d, preexec_fn=limit)
     assert done.returncode == 2
     one_line(done.stderr, f"htabtool: error: {name}: ")
     assert "File too large" in done.stderr.decode()
@@ -718,7 +709,7 @@ def test_a_small_snapshot_of_many_empty_records_costs_little(tmp_path, monkeypat
     (tmp_path / "empty.htab").write_bytes(data)
     assert len(data) < 64 << 10
     for command in ("verify", "stat"):
-        done = run(command, "empty.htab", cwd=tmp_path, preexec_fn=_rss_limit(400))
+        done = run_htabtool(command, "empty.htab", cwd=tmp_path, preexec_fn=_rss_limit(400))
         assert done.returncode in (1, 2), done.stderr
         text = (done.stdout + done.stderr).decode()
         assert "empty record" in text, text
@@ -732,7 +723,7 @@ def test_a_snapshot_of_the_largest_table_without_records_is_quick(tmp_path):
     data = C.snapshot(pieces=[], order=36)
     (tmp_path / "huge.htab").write_bytes(data)
     t0 = time.monotonic()
-    done = run("stat", "--json", "huge.htab", cwd=tmp_path, timeout=60)
+    done = run_htabtool("stat", "--json", "huge.htab", cwd=tmp_path, timeout=60)
     assert time.monotonic() - t0 < 30
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
@@ -836,7 +827,7 @@ def test_a_file_name_that_is_not_utf8_can_be_dumped(inputs, tmp_path):
     done = subprocess.run(HTABTOOL + ["dump", "--raw", src, "--byte-order", "little", "--order", "18", "-o", out,
                                       "--json"], cwd=d, env=ENV, capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    r = run("stat", "--json", out, cwd=d)
+    r = run_htabtool("stat", "--json", out, cwd=d)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["source"]["name"] == "caf\\xe9.bin"
 
@@ -855,7 +846,7 @@ def test_a_dangling_symlink_as_an_image_gets_one_answer(inputs, tmp_path):
 @pytest.mark.parametrize("limit", [20_000, 30_000, 60_000, 70_000, 100_000, 150_000])  # KiB; below 96 MiB refused before numpy loads
 def test_a_low_address_space_limit_is_one_line(inputs, tmp_path, limit):
     d = workdir(tmp_path, inputs, "a.htab")
-    done = run("stat", "a.htab", cwd=d, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit << 10,
+    done = run_htabtool("stat", "a.htab", cwd=d, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit << 10,
                                                                                                      limit << 10)))
     if done.returncode == 0:
         return  # enough here
@@ -911,13 +902,13 @@ def test_until_dirty_that_does_not_converge_says_so(tmp_path):
 def test_progress_can_be_forced_on_and_off(inputs, tmp_path, args):
     d = workdir(tmp_path, inputs, "g.img", "a.htab", "b.htab")
     i = 2 if args[0] == "vm" else 1
-    on = run(*args[:i], "--progress", *args[i:], cwd=d, )
+    on = run_htabtool(*args[:i], "--progress", *args[i:], cwd=d, )
     assert on.returncode in (0, 1), on.stderr
     assert b"\r" in on.stderr or b"\x1b[" in on.stderr, on.stderr  # a bar was drawn
     for p in ("x.htab", "n.img", "c.img"):
         if (d / p).exists():
             os.unlink(d / p)
-    off = run(*args[:i], "--no-progress", *args[i:], cwd=d)
+    off = run_htabtool(*args[:i], "--no-progress", *args[i:], cwd=d)
     assert off.returncode in (0, 1)
     assert b"\x1b[" not in off.stderr and b"\r" not in off.stderr
 
@@ -1078,7 +1069,7 @@ def test_a_seek_table_of_millions_of_frames_costs_little(tmp_path):
         f.write(struct.pack("<II", container.SEEK_TABLE_MAGIC, table - 8))
         f.seek(size - 9)
         f.write(struct.pack("<IBI", frames, 0, container.SEEKABLE_MAGIC))
-    done = run("stat", "sparse.htab", cwd=tmp_path, preexec_fn=_rss_limit(800))
+    done = run_htabtool("stat", "sparse.htab", cwd=tmp_path, preexec_fn=_rss_limit(800))
     assert done.returncode == 2
     one_line(done.stderr, "sparse.htab: seek table at offset")
     assert b"out of memory" not in done.stderr

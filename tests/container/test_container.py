@@ -46,6 +46,7 @@ from htabtool.errors import (
     UsageError,
 )
 from htabtool.records import StaticTable, decode_batch, encode_reads, iter_reads
+from tests.helpers import synthetic_table
 
 ZSTD = shutil.which("zstd")
 
@@ -53,26 +54,10 @@ ZSTD = shutil.which("zstd")
 # -- helpers -------------------------------------------------------------------
 
 
-def synthetic_table(order: int, fill: float = 0.5, seed: int = 1) -> np.ndarray:
-    """(N, 2) '>u8': a binomial number of valid entries in the low slots of
-    each 8-entry group, 1T segments, plausible AVPN and RPN."""
-    n = 1 << (order - 4)
-    rng = np.random.default_rng(seed)
-    groups = max(1, n // 8)
-    per_group = rng.binomial(min(8, n), fill, groups)
-    valid = np.tile(np.arange(min(8, n)), groups) < np.repeat(per_group, min(8, n))
-    v = (rng.integers(0, 1 << 40, n, dtype=np.uint64) << np.uint64(7)) | np.uint64(0x41) | np.uint64(1 << 62)
-    r = (rng.integers(0, 1 << 30, n, dtype=np.uint64) << np.uint64(12)) | np.uint64(0x192)
-    table = np.zeros((n, 2), dtype=">u8")
-    table[:, 0] = np.where(valid, v, 0)
-    table[:, 1] = np.where(valid, r, 0)
-    return table
-
-
 def passes_of(order: int, count: int, byte_order: str = "little", n_passes: int = 2, seed: int = 1):
     """[[read pieces of pass 0], [pieces of pass 1], ...]: a first pass, then
     incremental passes over a few changed entries."""
-    table = synthetic_table(order, seed=seed)
+    table = synthetic_table(order, 0.5, seed)
     src = StaticTable(table, changed=np.zeros(len(table), dtype=bool))
     out = [[r.data for r in iter_reads(src, count, byte_order)]]
     rng = np.random.default_rng(seed + 1)
@@ -810,7 +795,7 @@ def test_stated_statistics_make_the_same_snapshot(count, chunk_size):
     """Pieces written with their statistics (as the engine's reads state
     them) give byte for byte the snapshot the writer makes by scanning them
     itself; pieces longer than a chunk are cut and scanned either way."""
-    table = synthetic_table(18, seed=3)
+    table = synthetic_table(18, 0.5, 3)
     src = StaticTable(table, changed=np.zeros(len(table), dtype=bool))
     reads = []
     for _ in range(2):

@@ -9,7 +9,7 @@ claims before it has checked it (measured with tracemalloc).
 
 A few seconds in the normal suite, the same examples every run; set
 HTABTOOL_FUZZ_EXAMPLES=5000 (say) for a longer run with fresh examples.
-The coverage-guided fuzzers are in tests/fuzz/ (python tests/fuzz/run.py).
+The coverage-guided fuzzers are beside this file (python -m tests.fuzz.run).
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from __future__ import annotations
 import io
 import os
 import struct
-import sys
 import tempfile
 import tracemalloc
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,8 +40,7 @@ from htabtool.errors import ContainerError, HtabError, QemuStreamError, StreamEr
 from htabtool.records import RecordDecoder, StaticTable, apply_batch, decode_batch, encode_pass, new_table
 from htabtool.sources import open_snapshot
 
-sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
-import corpus as C  # noqa: E402
+from tests import helpers as C
 
 EXAMPLES = os.environ.get("HTABTOOL_FUZZ_EXAMPLES")
 FUZZ = settings(
@@ -264,7 +261,7 @@ def test_the_final_table_is_every_pass_applied_in_order(gaps, seed):
     numbers = list(np.cumsum(gaps))
     passes = []
     for number in numbers:
-        t = C.table(18, float(rng.uniform(0.01, 0.1)), int(rng.integers(1 << 30)))
+        t = C.synthetic_table(18, float(rng.uniform(0.01, 0.1)), int(rng.integers(1 << 30)))
         changed = rng.random(len(t)) < 0.3 if passes else None
         passes.append((int(number), encode_pass(StaticTable(t, changed=changed), "little", first_pass=not passes)))
     expected = new_table(1 << 14)

@@ -1,9 +1,9 @@
-"""Real KVM-HV VMs for the kernel tests (standard library only).
+"""Real KVM-HV VMs for the kernel tests (ctypes and ioctls).
 
 Used inside a POWER KVM-HV host (the kernel kit): creates an HV VM with an
 HPT of the order asked for and, optionally, a memory slot of touched
 anonymous memory at guest address 0, writes records into it one per
-write(), and (as ``python3 tests/kvm_vm.py serve ...``) stays alive
+write(), and (as ``python3 tests/helpers/kvm_vm.py serve ...``) stays alive
 holding the VM so that ``htabtool dump --kvm PID`` / ``load --kvm PID``
 have a process to work on.  It prints ``READY <pid> <vm fd>`` when the VM
 is there and exits when its standard input closes.
@@ -30,6 +30,7 @@ import threading
 import time
 
 from htabtool.kvm import HTAB_FD_ARG, KVMIO, ioctl_encoding
+from tests.helpers import tables
 
 ENC = ioctl_encoding()
 KVM_CREATE_VM = ENC.io(KVMIO, 0x01)
@@ -119,9 +120,9 @@ class VM:
 
 
 def record(index, entries=(), n_invalid=0, byte_order=sys.byteorder) -> bytes:
-    p = "<" if byte_order == "little" else ">"
-    return struct.pack(p + "IHH", index, len(entries), n_invalid) + b"".join(
-        struct.pack(">QQ", v, r) for v, r in entries)
+    """One record, its header in the host's byte order (as the kernel's fd
+    wants it) unless ``byte_order`` says otherwise."""
+    return tables.record(index, entries, n_invalid, byte_order)
 
 
 def random_entry(rng: random.Random, ram: int):

@@ -1,6 +1,6 @@
 """htabtool against the real kernel: Linux's own KVM-HV and its htab fd.
 
-Opt-in (``python -m pytest -m kvm tests/test_kvm.py``).  Two kinds of test:
+Opt-in (``python -m pytest -m kvm tests/kvm/test_kvm.py``).  Two kinds of test:
 
 - inside a POWER KVM-HV host (``/dev/kvm`` there and serving HV VMs, as in
   the kernel kit, which sets KVM_HOST=1): the engine against the kernel
@@ -22,7 +22,6 @@ Each is skipped, with the reason, where what it needs is absent.
 
 from __future__ import annotations
 
-import errno
 import os
 import pathlib
 import random
@@ -31,15 +30,13 @@ import select
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import cli_run
+from tests.helpers import ENV, ROOT, cli_run
 
 pytestmark = pytest.mark.kvm
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-KIT = pathlib.Path(os.environ.get("HTABTOOL_KVM_HOST") or REPO.parent / "shared" / "kvm-host" / "kvm-host.sh")
+KIT = pathlib.Path(os.environ.get("HTABTOOL_KVM_HOST") or ROOT.parent / "shared" / "kvm-host" / "kvm-host.sh")
 
 
 def _kit_dir() -> pathlib.Path | None:
@@ -59,8 +56,7 @@ INSIDE = os.path.exists("/dev/kvm") and os.path.exists("/proc/cpuinfo") and "POW
 inside = pytest.mark.skipif(not INSIDE, reason="needs a POWER KVM-HV host (/dev/kvm); run through the kernel kit")
 
 if INSIDE:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    import kvm_vm  # noqa: E402
+    from tests.helpers import kvm_vm  # noqa: E402
 
     from htabtool.engine import KVM_GET_HTAB_BOLTED_ONLY, KVM_GET_HTAB_WRITE, SimulatedHPT  # noqa: E402
     from htabtool.kvm import parse_cpuinfo  # noqa: E402
@@ -264,11 +260,12 @@ def test_runs_of_0xffff():
 
 
 class Helper:
-    """``python3 tests/kvm_vm.py serve ...``: a process holding a VM."""
+    """``python3 tests/helpers/kvm_vm.py serve ...``: a process holding a VM."""
 
     def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).with_name("kvm_vm.py")), "serve",
-                                      *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, kvm_vm.__file__, "serve",
+                                      *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=ENV)
         self.lines = []
         while True:
             ready, _, _ = select.select([self.proc.stdout], [], [], 120)
@@ -424,8 +421,8 @@ def test_inside_the_kernel_kit(machine, cpu, tmp_path):
     env = dict(os.environ, MACHINE=machine, CPU=cpu)
     out = tmp_path / "out"
     cmd = [str(KIT), "run", "--dir", str(KIT_DIR), "--out", str(out), "--timeout", "900",
-           "--exclude", "benchmarks", "--exclude", "fixtures", str(REPO), "--",
-           "python3", "-m", "pytest", "-q", "-m", "kvm", "-p", "no:cacheprovider", "tests/test_kvm.py"]
+           "--exclude", "benchmarks", "--exclude", "fixtures", str(ROOT), "--",
+           "python3", "-m", "pytest", "-q", "-m", "kvm", "-p", "no:cacheprovider", "tests/kvm/test_kvm.py"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     tail = "\n".join(done.stdout.splitlines()[-30:])
     assert done.returncode == 0, f"{machine}: exit {done.returncode}\n{tail}\n{done.stderr[-2000:]}"

@@ -1,6 +1,6 @@
 """The real-kernel backend without a kernel, and the engine's host CPUs and
 write() quirk: what can be checked on any machine (the kernel's own word is
-tests/test_kvm.py, opt-in)."""
+tests/kvm/test_kvm.py, opt-in)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import cli_run
+from tests.helpers import cli_run
 from htabtool import kvm
 from htabtool.engine import H_AVPN, H_EXACT, H_NOT_FOUND, H_SUCCESS, KVM_GET_HTAB_WRITE, SimulatedHPT
 from htabtool.errors import KVMError, UsageError, VMImageError

@@ -12,25 +12,22 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import cli_run, synthetic
+from tests.helpers import QEMU_FIXTURES, ROOT, cli_run, env_with_root, synthetic_table, write_snapshot
 from htabtool import hpte, ops
 from htabtool.cli import map as map_cli
 from htabtool.sources import open_snapshot
-from test_show import write_snapshot
 
-ROOT = Path(__file__).parent.parent
-FIXTURES = ROOT / "fixtures" / "qemu"
+FIXTURES = QEMU_FIXTURES
 ORDER = 16  # 4,096 entries, 512 PTEGs
 
 
 @pytest.fixture
 def live(tmp_path):
-    a = synthetic(ORDER, 0.3, 4)
+    a = synthetic_table(ORDER, 0.3, 4)
     b = a.copy()
     ch = np.zeros(len(a), bool)
     ch[1000:1100] = True
@@ -226,7 +223,7 @@ def test_no_other_command_imports_matplotlib(live, tmp_path):
             "except SystemExit: pass\n"
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env=env_with_root())
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import cli_run
+from tests.helpers import cli_run
 from htabtool import ops
 from htabtool.engine import H_EXACT, H_SUCCESS, SimulatedHPT
 from htabtool.errors import UsageError

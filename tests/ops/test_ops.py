@@ -3,6 +3,7 @@
 import numpy as np
 
 from htabtool import ops
+from tests.helpers import synthetic_table
 from htabtool.records import StaticTable, apply_batch, decode_batch, encode_pass, iter_reads, new_table
 
 
@@ -18,21 +19,12 @@ class MemorySnapshot:
                 yield number, data
 
 
-def table(n, seed, fill=0.4):
-    rng = np.random.default_rng(seed)
-    t = new_table(n)
-    live = rng.random(n) < fill
-    t[live, 0] = (rng.integers(1, 1 << 40, int(live.sum()), dtype=np.uint64) << np.uint64(7)) | np.uint64(1)
-    t[live, 1] = rng.integers(0, 1 << 30, int(live.sum()), dtype=np.uint64) << np.uint64(12)
-    return t
-
-
 def snapshot_of(t, order="little", read=4096):
     return MemorySnapshot([(1, r.data) for r in iter_reads(StaticTable(t), read, order)], len(t), order)
 
 
 def test_stat_counts_the_final_state():
-    t = table(2048, 1)
+    t = synthetic_table(15, 0.4, 1)
     s = ops.stat(snapshot_of(t), window=256)
     assert s.table.valid == int((t[:, 0].astype(np.uint64) & np.uint64(1)).sum())
     assert s.table.entries == 2048
@@ -40,7 +32,7 @@ def test_stat_counts_the_final_state():
 
 
 def test_diff_identical_and_different_and_delta_round_trip():
-    a, b = table(4096, 1), table(4096, 1)
+    a, b = synthetic_table(16, 0.4, 98), synthetic_table(16, 0.4, 98)  # seed 98: entry 4000 is free (added below)
     assert not ops.diff(snapshot_of(a), snapshot_of(b, "big")).different
     live = np.flatnonzero(a[:, 0].astype(np.uint64) & np.uint64(1))
     b[17] = 0
@@ -61,7 +53,7 @@ def test_diff_identical_and_different_and_delta_round_trip():
 def test_verify_lists_problems():
     import struct
 
-    good = encode_pass(StaticTable(table(64, 2)), "little")
+    good = encode_pass(StaticTable(synthetic_table(10, 0.4, 2)), "little")
     bad = struct.pack("<IHH", 60, 0, 10) + struct.pack("<IHH", 3, 1, 0) + struct.pack(">QQ", 0x80, 0)
     problems = ops.verify_records(MemorySnapshot([(1, good), (2, bad)], 64))
     text = [str(p) for p in problems]

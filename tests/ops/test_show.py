@@ -5,33 +5,20 @@ every filter (and combinations), JSON Lines, CSV, --pass with its headers,
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import cli_run, synthetic
+from tests.helpers import QEMU_FIXTURES, cli_run, env_with_root, synthetic_table, write_snapshot
 from htabtool import hpte, ops
-from htabtool.container import SnapshotHeader, SnapshotWriter
 from htabtool.errors import UsageError
-from htabtool.records import RecordDecoder, StaticTable, iter_reads, new_table
+from htabtool.records import RecordDecoder, new_table
 from htabtool.sources import open_snapshot
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "qemu"
+FIXTURES = QEMU_FIXTURES
 ORDER = 14  # 1,024 entries
-
-
-def write_snapshot(path, passes, order=ORDER, byte_order="little", read=4096):
-    """A snapshot of ``passes``: [(table, changed mask or None for a first pass)]."""
-    with open(path, "wb") as f, SnapshotWriter(f, SnapshotHeader(byte_order=byte_order, order=order)) as w:
-        for number, (table, changed) in enumerate(passes, 1):
-            src = StaticTable(table, changed=None if changed is None else changed.copy())
-            for res in iter_reads(src, read, byte_order, first_pass=changed is None):
-                w.write_records(res.data, number)
-    return path
 
 
 def entries(path, **kw):
@@ -83,7 +70,7 @@ def hand_snapshot(tmp_path):
     slots = [3, 8, 9, 100, 511, 512, 1023]
     for slot, (v, r, _) in zip(slots, HAND):
         table[slot] = (v, r)
-    return write_snapshot(tmp_path / "hand.htab", [(table, None)]), slots
+    return write_snapshot(tmp_path / "hand.htab", [(table, None)], order=ORDER), slots
 
 
 def test_every_field_decoded_as_by_hand(hand_snapshot):
@@ -154,7 +141,7 @@ def mixed(tmp_path):
     v = np.where(vrma, np.uint64(0x4001FFFFFF000000 | 0x15), v)
     table[:, 0] = np.where(valid, v, 0)
     table[:, 1] = np.where(valid, r, 0)
-    return write_snapshot(tmp_path / "mixed.htab", [(table, None)]), table
+    return write_snapshot(tmp_path / "mixed.htab", [(table, None)], order=ORDER), table
 
 
 def expected(table, pred):
@@ -235,7 +222,7 @@ def test_bad_filters_are_usage_errors():
 @pytest.fixture
 def live(tmp_path):
     """Three passes: a first pass, then two that change, add and remove entries."""
-    a = synthetic(ORDER, 0.4, 3)
+    a = synthetic_table(ORDER, 0.4, 3)
     b = a.copy()
     valid = np.flatnonzero(a[:, 0].astype(np.uint64) & np.uint64(1))
     free = np.flatnonzero(~(a[:, 0].astype(np.uint64) & np.uint64(1)).astype(bool))
@@ -248,7 +235,7 @@ def live(tmp_path):
     c[valid[100:102], 1] ^= np.array([0x100, 0x100], dtype=">u8")
     ch3 = np.zeros(len(a), bool)
     ch3[valid[100:102]] = True
-    path = write_snapshot(tmp_path / "live.htab", [(a, None), (b, ch2), (c, ch3)])
+    path = write_snapshot(tmp_path / "live.htab", [(a, None), (b, ch2), (c, ch3)], order=ORDER)
     return path, c, ch2, ch3
 
 
@@ -385,9 +372,9 @@ def test_bad_options_one_line(live, tmp_path, args, message):
 
 def test_head_ends_quietly(tmp_path):
     """show | head: the reader goes away, the command stops without a word."""
-    table = synthetic(20, 0.5, 2)  # 65,536 entries, about 32,000 valid
+    table = synthetic_table(20, 0.5, 2)  # 65,536 entries, about 32,000 valid
     path = write_snapshot(tmp_path / "big.htab", [(table, None)], order=20, read=65536)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = env_with_root()
     for fmt in ([], ["--json"], ["--csv"]):
         proc = subprocess.run(f"{sys.executable} -m htabtool show {' '.join(fmt)} {path} | head -3",
                               shell=True, capture_output=True, text=True, env=env, timeout=60,
@@ -420,14 +407,10 @@ def test_text_columns_of_the_hand_decoded_entries(hand_snapshot, tmp_path):
 
 
 def test_standard_input(live, tmp_path):
-    from click.testing import CliRunner
-
-    from htabtool.cli import cli
-
     path, final, _, _ = live
-    r = CliRunner().invoke(cli, ["show", "--json", "--limit", 5, "-"], input=path.read_bytes())
+    r = cli_run("show", "--json", "--limit", 5, "-", input=path.read_bytes())
     assert r.exit_code == 0, r.output
     want = [e["index"] for e in entries(path, limit=5)]
     assert [json.loads(line)["index"] for line in r.output.splitlines()] == want
-    r = CliRunner().invoke(cli, ["map", "--json", "--width", 40, "-"], input=path.read_bytes())
+    r = cli_run("map", "--json", "--width", 40, "-", input=path.read_bytes())
     assert r.exit_code == 0 and json.loads(r.output)["passes"][0]["pass"] == 2

@@ -4,7 +4,6 @@ built field by field here (every refusal path with its message)."""
 
 import io
 import json
-import pathlib
 import struct
 from types import SimpleNamespace
 
@@ -15,12 +14,36 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from htabtool import qemu
 from htabtool.errors import QemuStreamError, RecordError, TruncatedStream, UsageError
 from htabtool.qemu import END_OF_STREAM, NEED_DATA, MigrationWalker, QemuSource, splice, write_section
-from htabtool.records import StaticTable, apply_batch, decode_batch, encode_pass, new_table
+from htabtool.records import StaticTable, decode_batch, encode_pass, new_table
 from htabtool.table import diff_tables
 
-from conftest import cli_run
+from tests.helpers import (
+    EOS,
+    HTAB_END_MARKER,
+    PAGE_SIZE,
+    QEMU_FIXTURES,
+    RAM_BLOCK,
+    RAM_BLOCK_LENGTH,
+    be16,
+    be32,
+    be64,
+    block_list,
+    cli_run,
+    configuration,
+    file_header,
+    final_table,
+    footer,
+    htab_payload,
+    htab_record,
+    idstr,
+    join_pieces,
+    piece_offset,
+    ram_item,
+    section_part,
+    section_start,
+)
 
-FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "qemu"
+FIXTURES = QEMU_FIXTURES
 TWO_PARTS = FIXTURES / "pseries-4g-two-parts.mig"
 ONE_PART = FIXTURES / "pseries-4g-one-part.mig"
 ONE_PART_SECTION = FIXTURES / "pseries-4g-one-part.htab-section"
@@ -28,70 +51,7 @@ QEMU10 = FIXTURES / "pseries-10.0-4g-nine-parts.mig"
 
 # -- a synthetic stream, field by field ----------------------------------------
 
-
-def be16(x):
-    return struct.pack(">H", x)
-
-
-def be32(x):
-    return struct.pack(">I", x & 0xFFFFFFFF)
-
-
-def be64(x):
-    return struct.pack(">Q", x)
-
-
-def idstr(name: bytes) -> bytes:
-    return bytes([len(name)]) + name
-
-
-def file_header(magic=0x5145564D, version=3):
-    return be32(magic) + be32(version)
-
-
-def configuration(machine=b"pseries-7.2", subsections=b""):
-    return b"\x07" + be32(len(machine)) + machine + subsections
-
-
-def start(sid, name, version, instance=0, kind=1):
-    return bytes([kind]) + be32(sid) + idstr(name) + be32(instance) + be32(version)
-
-
-def part(sid, kind=2):
-    return bytes([kind]) + be32(sid)
-
-
-def footer(sid):
-    return b"\x7e" + be32(sid)
-
-
 RAM_ID, HTAB_ID = 2, 576
-BLOCK = b"ppc_spapr.ram"
-BLOCK_LEN = 1 << 20
-PAGE = 4096
-
-
-def block_list(blocks=((BLOCK, BLOCK_LEN),)):
-    total = sum(length for _, length in blocks)
-    return be64(total | 0x04) + b"".join(idstr(n) + be64(length) for n, length in blocks)
-
-
-def page(addr, data=None, flags=0x08, block=BLOCK):
-    """A RAM item: CONTINUE unless ``block`` is given."""
-    if block is None:
-        head = be64(addr | flags | 0x20)
-    else:
-        head = be64(addr | flags) + idstr(block)
-    if flags & 0x02:
-        return head + b"\x00"
-    return head + (data if data is not None else bytes([addr >> 12 & 0xFF]) * PAGE)
-
-
-EOS = be64(0x10)
-
-
-def record(index, entries=(), n_invalid=0):
-    return struct.pack(">IHH", index, len(entries), n_invalid) + b"".join(be64(v) + be64(r) for v, r in entries)
 
 
 def entry(i):
@@ -99,51 +59,38 @@ def entry(i):
     return (0x4000000000000000 | (0x1000 + i) << 7 | 0x15, (0x10000 * i) | 0x190)
 
 
-MARKER = bytes(8)
-
-
-def htab_part(*records):
-    return be32(0) + b"".join(records) + MARKER
-
-
 SHIFT = 18  # 16384 entries: the smallest table
-PART1 = (record(8, [entry(0), entry(1)]), record(100, [entry(2)]))
-PART2 = (record(9, [], 1), record(50, [entry(3)], 2), record(16000, [entry(4)]))
+PART1 = (htab_record(8, [entry(0), entry(1)]), htab_record(100, [entry(2)]))
+PART2 = (htab_record(9, [], 1), htab_record(50, [entry(3)], 2), htab_record(16000, [entry(4)]))
 TAIL = b"\x04" + be32(0) + idstr(b"timer") + be32(0) + be32(2) + bytes(24) + footer(0) + b"\x00"
 
 STREAM = {
     "header": file_header(),
     "config": configuration(),
-    "ram_start": start(RAM_ID, b"ram", 4) + block_list() + EOS + footer(RAM_ID),
-    "htab_start": start(HTAB_ID, b"spapr/htab", 1) + be32(SHIFT) + footer(HTAB_ID),
-    "ram_part": part(RAM_ID)
-    + page(0)
-    + b"".join(page(a * PAGE, flags=0x02, block=None) for a in range(1, 41))
-    + page(41 * PAGE, block=None)
-    + page(42 * PAGE, flags=0x02)
+    "ram_start": section_start(RAM_ID, b"ram", 4) + block_list() + EOS + footer(RAM_ID),
+    "htab_start": section_start(HTAB_ID, b"spapr/htab", 1) + be32(SHIFT) + footer(HTAB_ID),
+    "ram_part": section_part(RAM_ID)
+    + ram_item(0)
+    + b"".join(ram_item(a * PAGE_SIZE, flags=0x02, block=None) for a in range(1, 41))
+    + ram_item(41 * PAGE_SIZE, block=None)
+    + ram_item(42 * PAGE_SIZE, flags=0x02)
     + EOS
     + footer(RAM_ID),
-    "htab_part": part(HTAB_ID) + htab_part(*PART1) + footer(HTAB_ID),
-    "ram_end": part(RAM_ID, 3) + EOS + footer(RAM_ID),
-    "htab_end": part(HTAB_ID, 3) + htab_part(*PART2) + footer(HTAB_ID),
+    "htab_part": section_part(HTAB_ID) + htab_payload(*PART1) + footer(HTAB_ID),
+    "ram_end": section_part(RAM_ID, 3) + EOS + footer(RAM_ID),
+    "htab_end": section_part(HTAB_ID, 3) + htab_payload(*PART2) + footer(HTAB_ID),
     "device": TAIL,
 }
 
 
 def stream(**replace) -> bytes:
     """The synthetic stream with named pieces replaced (None drops one)."""
-    pieces = dict(STREAM, **replace)
-    return b"".join(v for v in pieces.values() if v is not None)
+    return join_pieces(STREAM, **replace)
 
 
 def at(name) -> int:
     """Offset of a named piece in the default stream."""
-    off = 0
-    for k, v in STREAM.items():
-        if k == name:
-            return off
-        off += len(v)
-    raise KeyError(name)
+    return piece_offset(STREAM, name)
 
 
 # -- replay helpers ------------------------------------------------------------------
@@ -202,7 +149,7 @@ def test_synthetic_stream_events():
     conf = events[1]
     assert conf.machine == "pseries-7.2" and conf.offset == 8
     start_ev = events[6]
-    assert start_ev == qemu.HtabStart(SHIFT, at("htab_start") + len(start(HTAB_ID, b"spapr/htab", 1)))
+    assert start_ev == qemu.HtabStart(SHIFT, at("htab_start") + len(section_start(HTAB_ID, b"spapr/htab", 1)))
     ram = events[9]
     assert (ram.pages, ram.zero_pages, ram.kind) == (2, 41, "PART")
     assert ram.nbytes == len(STREAM["ram_part"]) - 5 - 5  # header and footer are not payload
@@ -248,7 +195,7 @@ def test_configuration_subsections():
         + b"\x05" + idstr(b"configuration/capabilities") + be32(1) + be32(1) + idstr(b"x-ignore-shared")
         + b"\x05" + idstr(b"configuration/uuid") + be32(1) + bytes(16)
     )  # fmt: skip
-    ram_start = start(RAM_ID, b"ram", 4) + be64(BLOCK_LEN | 4) + idstr(BLOCK) + be64(BLOCK_LEN) + be64(0) + EOS + footer(RAM_ID)
+    ram_start = section_start(RAM_ID, b"ram", 4) + be64(RAM_BLOCK_LENGTH | 4) + idstr(RAM_BLOCK) + be64(RAM_BLOCK_LENGTH) + be64(0) + EOS + footer(RAM_ID)
     data = stream(config=configuration(subsections=subs), ram_start=ram_start)
     conf = walk(data)[1]
     assert conf.capabilities == ("x-ignore-shared",)
@@ -261,10 +208,10 @@ def test_no_configuration_section():
 
 
 def test_ram_block_list_and_blocks():
-    blocks = ((BLOCK, BLOCK_LEN), (b"vga.vram", 1 << 16))
+    blocks = ((RAM_BLOCK, RAM_BLOCK_LENGTH), (b"vga.vram", 1 << 16))
     data = stream(
-        ram_start=start(RAM_ID, b"ram", 4) + block_list(blocks) + EOS + footer(RAM_ID),
-        ram_part=part(RAM_ID) + page(0, block=b"vga.vram") + page(PAGE, flags=0x02, block=None) + page(8 * PAGE) + EOS + footer(RAM_ID),
+        ram_start=section_start(RAM_ID, b"ram", 4) + block_list(blocks) + EOS + footer(RAM_ID),
+        ram_part=section_part(RAM_ID) + ram_item(0, block=b"vga.vram") + ram_item(PAGE_SIZE, flags=0x02, block=None) + ram_item(8 * PAGE_SIZE) + EOS + footer(RAM_ID),
     )
     ram = [e for e in walk(data) if isinstance(e, qemu.RamSkipped)]
     assert [(r.pages, r.zero_pages) for r in ram] == [(0, 0), (2, 1), (0, 0)]
@@ -272,9 +219,9 @@ def test_ram_block_list_and_blocks():
 
 def test_zero_run_stops_at_a_page_of_another_kind():
     # the vectorised path takes runs of ZERO|CONTINUE items; anything else ends the run
-    items = [page(a * PAGE, flags=0x02, block=None) for a in range(1, 200)]
-    items[100] = page(100 * PAGE, block=None)
-    data = stream(ram_part=part(RAM_ID) + page(0) + b"".join(items) + EOS + footer(RAM_ID))
+    items = [ram_item(a * PAGE_SIZE, flags=0x02, block=None) for a in range(1, 200)]
+    items[100] = ram_item(100 * PAGE_SIZE, block=None)
+    data = stream(ram_part=section_part(RAM_ID) + ram_item(0) + b"".join(items) + EOS + footer(RAM_ID))
     ram = [e for e in walk(data) if isinstance(e, qemu.RamSkipped)][1]
     assert (ram.pages, ram.zero_pages) == (2, 198)
     assert walk(data, cut=50) == walk(data)
@@ -284,7 +231,7 @@ def test_zero_run_stops_at_a_page_of_another_kind():
 
 
 def ram_item_stream(item: bytes) -> bytes:
-    return stream(ram_part=part(RAM_ID) + page(0) + item + EOS + footer(RAM_ID))
+    return stream(ram_part=section_part(RAM_ID) + ram_item(0) + item + EOS + footer(RAM_ID))
 
 
 def command(number, payload=b""):
@@ -299,15 +246,15 @@ REFUSED_COMMANDS = [
     (3, "POSTCOPY_ADVISE", be64(4096) + be64(4096), "postcopy: RAM pages may come after the device state"),
     (4, "POSTCOPY_LISTEN", b"", "postcopy: the rest of the stream is loaded by a listening thread"),
     (5, "POSTCOPY_RUN", b"", "postcopy: the guest starts before its RAM has arrived"),
-    (6, "POSTCOPY_RAM_DISCARD", b"\x00" + idstr(BLOCK), "postcopy: a list of RAM pages to discard"),
+    (6, "POSTCOPY_RAM_DISCARD", b"\x00" + idstr(RAM_BLOCK), "postcopy: a list of RAM pages to discard"),
     (7, "PACKAGED", be32(100), "a packaged stream: the device state wrapped in a blob of its own"),
     (8, "ENABLE_COLO", b"", "COLO: the stream goes on with checkpoints"),
     (9, "POSTCOPY_RESUME", b"", "postcopy recovery"),
-    (10, "RECV_BITMAP", idstr(BLOCK), "postcopy recovery: a request for the received bitmap"),
+    (10, "RECV_BITMAP", idstr(RAM_BLOCK), "postcopy recovery: a request for the received bitmap"),
 ]
 
-RAM_ITEM_AT = at("ram_part") + 5 + len(page(0))
-HTAB_SHIFT_AT = at("htab_start") + len(start(HTAB_ID, b"spapr/htab", 1))
+RAM_ITEM_AT = at("ram_part") + 5 + len(ram_item(0))
+HTAB_SHIFT_AT = at("htab_start") + len(section_start(HTAB_ID, b"spapr/htab", 1))
 
 REFUSALS = [
     # (name, stream, message fragment, offset)
@@ -330,35 +277,35 @@ REFUSALS = [
     ("early-setup among starts", stream(htab_start=TAIL), f"the device-state section 'timer' at offset {at('htab_start'):#x} comes before the END of iterative section 'ram' (id 2, START at 0x18): an early-setup device's state", at("htab_start")),
     ("section type", stream(ram_start=b"\x09"), "unknown section type 0x09 at offset 0x18", 0x18),
     ("vmdesc", stream(ram_start=b"\x06" + be32(2) + b"{}"), "unknown section type 0x06 at offset 0x18", 0x18),
-    ("unknown iterative", stream(ram_start=start(3, b"block", 1)), "unknown iterative section 'block' (id 3, START) at offset 0x18: only 'ram' and 'spapr/htab' can be walked", 0x18),
-    ("ram version", stream(ram_start=start(RAM_ID, b"ram", 5)), "section 'ram' version 5 at offset 0x18: only version 4 is known", 0x18),
-    ("htab version", stream(htab_start=start(HTAB_ID, b"spapr/htab", 2)), f"section 'spapr/htab' version 2 at offset {at('htab_start'):#x}: only version 1 is known", at("htab_start")),
-    ("duplicate id", stream(htab_start=start(RAM_ID, b"spapr/htab", 1)), f"START of section id 2 ('spapr/htab') at offset {at('htab_start'):#x}: that id is already in use", at("htab_start")),
-    ("unknown id", stream(ram_part=part(7)), f"PART section at offset {at('ram_part'):#x} names section id 7, which has no START", at("ram_part")),
-    ("part after end", stream(device=part(RAM_ID) + EOS + footer(RAM_ID)), f"PART section at offset {at('device'):#x} for section 'ram' (id 2) after its END", at("device")),
-    ("footer id", stream(htab_start=start(HTAB_ID, b"spapr/htab", 1) + be32(SHIFT) + footer(3)), f"section footer at offset {HTAB_SHIFT_AT + 4:#x} names section id 3, expected 576 ('spapr/htab' START at {at('htab_start'):#x})", HTAB_SHIFT_AT + 4),
+    ("unknown iterative", stream(ram_start=section_start(3, b"block", 1)), "unknown iterative section 'block' (id 3, START) at offset 0x18: only 'ram' and 'spapr/htab' can be walked", 0x18),
+    ("ram version", stream(ram_start=section_start(RAM_ID, b"ram", 5)), "section 'ram' version 5 at offset 0x18: only version 4 is known", 0x18),
+    ("htab version", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 2)), f"section 'spapr/htab' version 2 at offset {at('htab_start'):#x}: only version 1 is known", at("htab_start")),
+    ("duplicate id", stream(htab_start=section_start(RAM_ID, b"spapr/htab", 1)), f"START of section id 2 ('spapr/htab') at offset {at('htab_start'):#x}: that id is already in use", at("htab_start")),
+    ("unknown id", stream(ram_part=section_part(7)), f"PART section at offset {at('ram_part'):#x} names section id 7, which has no START", at("ram_part")),
+    ("part after end", stream(device=section_part(RAM_ID) + EOS + footer(RAM_ID)), f"PART section at offset {at('device'):#x} for section 'ram' (id 2) after its END", at("device")),
+    ("footer id", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 1) + be32(SHIFT) + footer(3)), f"section footer at offset {HTAB_SHIFT_AT + 4:#x} names section id 3, expected 576 ('spapr/htab' START at {at('htab_start'):#x})", HTAB_SHIFT_AT + 4),
     ("device before end", stream(htab_end=None), f"the device-state section 'timer' at offset {at('htab_end'):#x} comes before the END of iterative section 'spapr/htab' (id 576", at("htab_end")),
     ("eof before end", stream(htab_end=None, device=b"\x00"), "QEMU_VM_EOF at offset", None),
-    ("xbzrle", ram_item_stream(be64(PAGE | 0x40 | 0x20)), f"unsupported RAM page flag 0x40 (XBZRLE) at offset {RAM_ITEM_AT:#x} (in the PART section of 'ram' at {at('ram_part'):#x})", RAM_ITEM_AT),
-    ("compressed", ram_item_stream(be64(PAGE | 0x100 | 0x20)), f"unsupported RAM page flag 0x100 (compressed page) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("xbzrle", ram_item_stream(be64(PAGE_SIZE | 0x40 | 0x20)), f"unsupported RAM page flag 0x40 (XBZRLE) at offset {RAM_ITEM_AT:#x} (in the PART section of 'ram' at {at('ram_part'):#x})", RAM_ITEM_AT),
+    ("compressed", ram_item_stream(be64(PAGE_SIZE | 0x100 | 0x20)), f"unsupported RAM page flag 0x100 (compressed page) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
     ("rdma", ram_item_stream(be64(0x80)), f"unsupported RAM page flag 0x80 (RDMA hook) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
     ("multifd", ram_item_stream(be64(0x200)), f"unsupported RAM page flag 0x200 (multifd flush) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("full", ram_item_stream(be64(PAGE | 0x01 | 0x20)), "unsupported RAM page flag 0x1 (FULL, obsolete since 2009)", RAM_ITEM_AT),
-    ("unknown flag", ram_item_stream(be64(PAGE | 0x400 | 0x20)), f"unknown RAM page flags 0x420 at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("two kinds", ram_item_stream(be64(PAGE | 0x0A | 0x20)), "RAM page flags 0x2a: no single page kind", RAM_ITEM_AT),
-    ("no kind", ram_item_stream(be64(PAGE | 0x20)), "RAM page flags 0x20: no single page kind", RAM_ITEM_AT),
-    ("unknown block", ram_item_stream(page(0, block=b"nope")), f"a RAM page of unknown block 'nope' at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("past block", ram_item_stream(page(BLOCK_LEN, block=None)), f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("zero past block", ram_item_stream(b"".join(page(BLOCK_LEN - PAGE * k, flags=0x02, block=None) for k in (3, 2, 1, 0))), f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {RAM_ITEM_AT + 27:#x}", RAM_ITEM_AT + 27),
-    ("eos with address", ram_item_stream(be64(PAGE | 0x10)), "an end-of-section item with flags 0x10 and address 0x1000", RAM_ITEM_AT),
-    ("block list overrun", stream(ram_start=start(RAM_ID, b"ram", 4) + be64(PAGE | 4) + idstr(BLOCK) + be64(BLOCK_LEN) + EOS + footer(RAM_ID)), "RAM block 'ppc_spapr.ram' of 0x100000 bytes overruns the 0x1000 bytes the block list announces at offset 0x31 (in the START section of 'ram' at 0x18)", 0x31),
-    ("continue first", stream(ram_part=part(RAM_ID) + page(0, block=None) + EOS + footer(RAM_ID)), "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
-    ("continue zero first", stream(ram_part=part(RAM_ID) + b"".join(page(a * PAGE, flags=2, block=None) for a in range(4)) + EOS + footer(RAM_ID)), "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
-    ("radix start", stream(htab_start=start(HTAB_ID, b"spapr/htab", 1) + be32(-1) + footer(HTAB_ID)), f"htab_shift -1 at offset {HTAB_SHIFT_AT:#x}: the guest uses the radix MMU, it has no HPT", HTAB_SHIFT_AT),
-    ("shift range", stream(htab_start=start(HTAB_ID, b"spapr/htab", 1) + be32(17) + footer(HTAB_ID)), f"htab_shift 17 at offset {HTAB_SHIFT_AT:#x} is outside 18..46", HTAB_SHIFT_AT),
-    ("part header", stream(htab_part=part(HTAB_ID) + be32(19) + MARKER + footer(HTAB_ID)), f"htab part at offset {at('htab_part') + 5:#x} starts with 0x13: expected 0", at("htab_part") + 5),
-    ("part radix", stream(htab_part=part(HTAB_ID) + be32(-1) + footer(HTAB_ID)), "htab part header -1 at offset", at("htab_part") + 5),
-    ("record past table", stream(htab_part=part(HTAB_ID) + htab_part(record(16383, [entry(0)], 1)) + footer(HTAB_ID)), f"htab record at offset {at('htab_part') + 9:#x}: index 16383 + n_valid 1 + n_invalid 1 runs past the table of 16384 entries (htab_shift 18); QEMU's htab_load refuses it", at("htab_part") + 9),
+    ("full", ram_item_stream(be64(PAGE_SIZE | 0x01 | 0x20)), "unsupported RAM page flag 0x1 (FULL, obsolete since 2009)", RAM_ITEM_AT),
+    ("unknown flag", ram_item_stream(be64(PAGE_SIZE | 0x400 | 0x20)), f"unknown RAM page flags 0x420 at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("two kinds", ram_item_stream(be64(PAGE_SIZE | 0x0A | 0x20)), "RAM page flags 0x2a: no single page kind", RAM_ITEM_AT),
+    ("no kind", ram_item_stream(be64(PAGE_SIZE | 0x20)), "RAM page flags 0x20: no single page kind", RAM_ITEM_AT),
+    ("unknown block", ram_item_stream(ram_item(0, block=b"nope")), f"a RAM page of unknown block 'nope' at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("past block", ram_item_stream(ram_item(RAM_BLOCK_LENGTH, block=None)), f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("zero past block", ram_item_stream(b"".join(ram_item(RAM_BLOCK_LENGTH - PAGE_SIZE * k, flags=0x02, block=None) for k in (3, 2, 1, 0))), f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {RAM_ITEM_AT + 27:#x}", RAM_ITEM_AT + 27),
+    ("eos with address", ram_item_stream(be64(PAGE_SIZE | 0x10)), "an end-of-section item with flags 0x10 and address 0x1000", RAM_ITEM_AT),
+    ("block list overrun", stream(ram_start=section_start(RAM_ID, b"ram", 4) + be64(PAGE_SIZE | 4) + idstr(RAM_BLOCK) + be64(RAM_BLOCK_LENGTH) + EOS + footer(RAM_ID)), "RAM block 'ppc_spapr.ram' of 0x100000 bytes overruns the 0x1000 bytes the block list announces at offset 0x31 (in the START section of 'ram' at 0x18)", 0x31),
+    ("continue first", stream(ram_part=section_part(RAM_ID) + ram_item(0, block=None) + EOS + footer(RAM_ID)), "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
+    ("continue zero first", stream(ram_part=section_part(RAM_ID) + b"".join(ram_item(a * PAGE_SIZE, flags=2, block=None) for a in range(4)) + EOS + footer(RAM_ID)), "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
+    ("radix start", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 1) + be32(-1) + footer(HTAB_ID)), f"htab_shift -1 at offset {HTAB_SHIFT_AT:#x}: the guest uses the radix MMU, it has no HPT", HTAB_SHIFT_AT),
+    ("shift range", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 1) + be32(17) + footer(HTAB_ID)), f"htab_shift 17 at offset {HTAB_SHIFT_AT:#x} is outside 18..46", HTAB_SHIFT_AT),
+    ("part header", stream(htab_part=section_part(HTAB_ID) + be32(19) + HTAB_END_MARKER + footer(HTAB_ID)), f"htab part at offset {at('htab_part') + 5:#x} starts with 0x13: expected 0", at("htab_part") + 5),
+    ("part radix", stream(htab_part=section_part(HTAB_ID) + be32(-1) + footer(HTAB_ID)), "htab part header -1 at offset", at("htab_part") + 5),
+    ("record past table", stream(htab_part=section_part(HTAB_ID) + htab_payload(htab_record(16383, [entry(0)], 1)) + footer(HTAB_ID)), f"htab record at offset {at('htab_part') + 9:#x}: index 16383 + n_valid 1 + n_invalid 1 runs past the table of 16384 entries (htab_shift 18); QEMU's htab_load refuses it", at("htab_part") + 9),
     ("truncated header", file_header()[:5], "stream ends at offset 0x0 inside the file header", 0),
     ("truncated page", stream()[: at("ram_part") + 5 + 8 + 14 + 100], "stream ends at offset", None),
     ("truncated records", stream()[: at("htab_part") + 5 + 4 + 20], "inside the records of htab part 1", None),
@@ -379,7 +326,7 @@ def test_refusals(name, data, message, offset):
 def test_truncated_page_message_counts_the_missing_bytes():
     data = stream()[: at("ram_part") + 5 + 8 + 14 + 100]
     err = refused(data, cut=64)
-    assert f"stream ends at offset {len(data):#x} inside a RAM page: {PAGE - 100} more bytes expected" in str(err)
+    assert f"stream ends at offset {len(data):#x} inside a RAM page: {PAGE_SIZE - 100} more bytes expected" in str(err)
 
 
 def test_data_after_the_end_is_a_usage_error():
@@ -396,7 +343,7 @@ def test_page_size_must_be_a_power_of_two():
 
 # -- bare section payloads (--qemu-section) -------------------------------------------
 
-SECTION = be32(SHIFT) + htab_part(*PART1) + htab_part(*PART2)
+SECTION = be32(SHIFT) + htab_payload(*PART1) + htab_payload(*PART2)
 
 
 def test_section_only_events():
@@ -424,13 +371,6 @@ def test_section_only_refusals():
 # -- the source ------------------------------------------------------------------------
 
 
-def final_table(pieces, shift, byte_order="little"):
-    table = new_table(1 << (shift - 4))
-    for _, data in pieces:
-        apply_batch(table, decode_batch(data, byte_order)[0])
-    return table
-
-
 @pytest.mark.parametrize("byte_order", ["little", "big"])
 def test_source_on_the_synthetic_stream(byte_order):
     src = QemuSource(io.BytesIO(stream()), byte_order=byte_order, name="syn.mig")
@@ -452,7 +392,7 @@ def test_source_on_the_synthetic_stream(byte_order):
 def test_passes_are_sweeps_not_parts():
     # PART 1 (8, 100) and the END's 12000 ascend: one sweep over two parts;
     # the END's 10 wraps round: the second sweep
-    data = stream(htab_end=part(HTAB_ID, 3) + htab_part(record(12000, [entry(5)]), record(10, [entry(6)])) + footer(HTAB_ID))
+    data = stream(htab_end=section_part(HTAB_ID, 3) + htab_payload(htab_record(12000, [entry(5)]), htab_record(10, [entry(6)])) + footer(HTAB_ID))
     src = QemuSource(io.BytesIO(data), byte_order="big", read_size=7)
     pieces = list(src.pieces())
     numbers = [p for p, _ in pieces]
@@ -475,7 +415,7 @@ def test_passes_are_sweeps_not_parts():
 def test_a_later_pass_that_starts_beyond_the_last_record_reads_as_its_continuation():
     # what a stream cannot show: a second sweep whose first record (200)
     # lies beyond the end of the first sweep's last record (101)
-    data = stream(htab_end=part(HTAB_ID, 3) + htab_part(record(200, [entry(5)])) + footer(HTAB_ID))
+    data = stream(htab_end=section_part(HTAB_ID, 3) + htab_payload(htab_record(200, [entry(5)])) + footer(HTAB_ID))
     src = QemuSource(io.BytesIO(data))
     assert {p for p, _ in src.pieces()} == {1} and src.info.source["passes"] == 1
 
@@ -493,7 +433,7 @@ def test_parts_frames_split_and_refuse_bad_bodies():
 
 
 def test_source_skips_empty_parts():
-    data = stream(htab_part=part(HTAB_ID) + htab_part() + footer(HTAB_ID))
+    data = stream(htab_part=section_part(HTAB_ID) + htab_payload() + footer(HTAB_ID))
     src = QemuSource(io.BytesIO(data))
     assert [p for p, _ in src.pieces()] == [1]
     assert src.info.source["parts"] == 2
@@ -507,8 +447,8 @@ def test_source_refuses_a_stream_without_htab():
 
 
 def test_source_checks_records_as_the_kernel_would():
-    bad = record(20, [(0x4000000000001000, 0x190)])  # no HPTE_V_VALID
-    data = stream(htab_part=part(HTAB_ID) + htab_part(bad) + footer(HTAB_ID))
+    bad = htab_record(20, [(0x4000000000001000, 0x190)])  # no HPTE_V_VALID
+    data = stream(htab_part=section_part(HTAB_ID) + htab_payload(bad) + footer(HTAB_ID))
     with pytest.raises(RecordError, match=rf"record 0 at offset {at('htab_part') + 9:#x}: entry 20 of the valid run lacks HPTE_V_VALID"):
         list(QemuSource(io.BytesIO(data)).pieces())
 
@@ -520,8 +460,8 @@ def test_source_section_only():
 
 
 def test_source_never_holds_ram_pages():
-    pages = b"".join(page(a * PAGE, data=b"\x5a" * PAGE, block=None) for a in range(1, 255))
-    data = stream(ram_part=part(RAM_ID) + page(0) + pages + EOS + footer(RAM_ID))
+    pages = b"".join(ram_item(a * PAGE_SIZE, page=b"\x5a" * PAGE_SIZE, block=None) for a in range(1, 255))
+    data = stream(ram_part=section_part(RAM_ID) + ram_item(0) + pages + EOS + footer(RAM_ID))
     reader = io.BytesIO(data)
     src = QemuSource(reader, read_size=64 * 1024)
     biggest = 0
@@ -534,7 +474,7 @@ def test_source_never_holds_ram_pages():
         if ev is NEED_DATA:
             w.receive_data(reader.read(64 * 1024))
             biggest = max(biggest, len(w._buf))
-    assert len(data) > 1_000_000 and biggest <= 64 * 1024 + PAGE
+    assert len(data) > 1_000_000 and biggest <= 64 * 1024 + PAGE_SIZE
 
 
 # -- writing section payloads -------------------------------------------------------------
@@ -559,14 +499,14 @@ def test_write_section_from_little_endian_pieces_and_back():
 def test_write_section_without_pieces_writes_one_empty_part():
     out = io.BytesIO()
     write_section([], 25, out)
-    assert out.getvalue() == be32(25) + be32(0) + MARKER
+    assert out.getvalue() == be32(25) + be32(0) + HTAB_END_MARKER
 
 
 def test_write_section_drops_empty_records():
     # index 0 with no entries is QEMU's end marker: it must never be written
     out = io.BytesIO()
-    stats = write_section([(1, record(0) + record(5, [entry(0)]) + record(7))], SHIFT, out)
-    assert out.getvalue() == be32(SHIFT) + htab_part(record(5, [entry(0)]))
+    stats = write_section([(1, htab_record(0) + htab_record(5, [entry(0)]) + htab_record(7))], SHIFT, out)
+    assert out.getvalue() == be32(SHIFT) + htab_payload(htab_record(5, [entry(0)]))
     assert stats.records == 1
 
 
@@ -576,9 +516,9 @@ def test_write_section_refusals():
     with pytest.raises(UsageError, match="htab_shift 47 is outside 18..46"):
         write_section([], 47, io.BytesIO())
     with pytest.raises(TruncatedStream, match="a piece of pass 1 ends inside a record: 3 bytes left over"):
-        write_section([(1, record(5, [entry(0)]) + b"abc")], SHIFT, io.BytesIO())
+        write_section([(1, htab_record(5, [entry(0)]) + b"abc")], SHIFT, io.BytesIO())
     with pytest.raises(RecordError, match="entries 16383..16388 run past the table of 16384 entries"):
-        write_section([(1, record(16383, [entry(0)], 5))], SHIFT, io.BytesIO())
+        write_section([(1, htab_record(16383, [entry(0)], 5))], SHIFT, io.BytesIO())
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -619,14 +559,14 @@ def dumped(data: bytes, byte_order="big"):
 def test_splice_replaces_the_htab_and_copies_the_rest():
     # one part per pass: the passes but the last as PARTs right after the
     # htab START, the last in QEMU's END, which keeps its place
-    new_records = (record(1, [entry(7)]), record(3000, [entry(8), entry(9)], 4), record(2, [entry(1)]))
+    new_records = (htab_record(1, [entry(7)]), htab_record(3000, [entry(8), entry(9)], 4), htab_record(2, [entry(1)]))
     out = io.BytesIO()
     pieces = [(1, new_records[0]), (1, new_records[1]), (2, new_records[2])]
     stats = splice(io.BytesIO(stream()), SHIFT, pieces, out, read_size=10, passes=2)
     expected = stream(
-        htab_start=STREAM["htab_start"] + part(HTAB_ID) + htab_part(*new_records[:2]) + footer(HTAB_ID),
+        htab_start=STREAM["htab_start"] + section_part(HTAB_ID) + htab_payload(*new_records[:2]) + footer(HTAB_ID),
         htab_part=None,
-        htab_end=part(HTAB_ID, 3) + htab_part(new_records[2]) + footer(HTAB_ID),
+        htab_end=section_part(HTAB_ID, 3) + htab_payload(new_records[2]) + footer(HTAB_ID),
     )
     assert out.getvalue() == expected
     assert stats.dropped_parts == 1 and stats.added_parts == 1 and stats.htab.records == 3 and stats.htab.parts == 2
@@ -690,9 +630,9 @@ def test_splice_without_footers():
         no_footers[k] = no_footers[k][:-5]
     out = io.BytesIO()
     splice(io.BytesIO(b"".join(no_footers.values())), SHIFT, [(1, PART1[0]), (2, PART1[1])], out)
-    no_footers["htab_start"] += part(HTAB_ID) + htab_part(PART1[0])
+    no_footers["htab_start"] += section_part(HTAB_ID) + htab_payload(PART1[0])
     no_footers["htab_part"] = b""
-    no_footers["htab_end"] = part(HTAB_ID, 3) + htab_part(PART1[1])
+    no_footers["htab_end"] = section_part(HTAB_ID, 3) + htab_payload(PART1[1])
     assert out.getvalue() == b"".join(no_footers.values())
 
 
@@ -702,7 +642,7 @@ def test_splice_refusals():
     with pytest.raises(QemuStreamError, match=r"no 'spapr/htab' section before offset"):
         splice(io.BytesIO(stream(htab_start=None, htab_part=None, htab_end=None)), SHIFT, [], io.BytesIO())
     with pytest.raises(QemuStreamError, match="unsupported RAM page flag 0x40"):
-        splice(io.BytesIO(ram_item_stream(be64(PAGE | 0x60))), SHIFT, [], io.BytesIO())
+        splice(io.BytesIO(ram_item_stream(be64(PAGE_SIZE | 0x60))), SHIFT, [], io.BytesIO())
 
 
 # -- fixtures derived from real captures (fixtures/qemu/README.md) -------------------------
@@ -786,14 +726,14 @@ def test_ram_grid_fast_path_agrees_with_the_item_loop(kinds, cut, data):
     """Runs of zero pages and whole pages in any order, cut anywhere: the
     counts are those of the items, and an address past the block is named
     at its own offset whichever path finds it."""
-    items = [page(a * PAGE, flags=0x08 if whole else 0x02, block=None) for a, whole in enumerate(kinds, 1)]
-    body = page(0) + b"".join(items)
-    ram = [e for e in walk(stream(ram_part=part(RAM_ID) + body + EOS + footer(RAM_ID)), cut=cut) if isinstance(e, qemu.RamSkipped)][1]
+    items = [ram_item(a * PAGE_SIZE, flags=0x08 if whole else 0x02, block=None) for a, whole in enumerate(kinds, 1)]
+    body = ram_item(0) + b"".join(items)
+    ram = [e for e in walk(stream(ram_part=section_part(RAM_ID) + body + EOS + footer(RAM_ID)), cut=cut) if isinstance(e, qemu.RamSkipped)][1]
     assert (ram.pages, ram.zero_pages) == (1 + sum(kinds), len(kinds) - sum(kinds))
     bad = data.draw(st.integers(0, len(items) - 1))
     whole = kinds[bad]
-    items[bad] = page(BLOCK_LEN + PAGE * bad, flags=0x08 if whole else 0x02, block=None)
-    err = refused(stream(ram_part=part(RAM_ID) + page(0) + b"".join(items) + EOS + footer(RAM_ID)), cut=cut)
+    items[bad] = ram_item(RAM_BLOCK_LENGTH + PAGE_SIZE * bad, flags=0x08 if whole else 0x02, block=None)
+    err = refused(stream(ram_part=section_part(RAM_ID) + ram_item(0) + b"".join(items) + EOS + footer(RAM_ID)), cut=cut)
     offset = RAM_ITEM_AT + sum(len(i) for i in items[:bad])
     assert f"past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {offset:#x}" in str(err)
 

@@ -37,20 +37,18 @@ import pathlib
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from htabtool import qemu
-from htabtool.records import apply_batch, decode_batch, new_table
 from htabtool.table import valid_mask
+from tests.helpers import ROOT, final_table, run_htabtool
 
 pytestmark = pytest.mark.qemu
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-GUEST_SH = pathlib.Path(os.environ.get("HTABTOOL_GUEST_SH") or REPO.parent / "shared" / "qemu-guest" / "guest.sh")
+GUEST_SH = pathlib.Path(os.environ.get("HTABTOOL_GUEST_SH") or ROOT.parent / "shared" / "qemu-guest" / "guest.sh")
 MEM = "4G"
 
 
@@ -107,7 +105,7 @@ def _run(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
 
 
 def _cli(*args, rc=0) -> subprocess.CompletedProcess:
-    done = _run(sys.executable, "-m", "htabtool", *args)
+    done = run_htabtool(*args, text=True, timeout=600)
     assert done.returncode == rc, (args, done.stdout, done.stderr)
     return done
 
@@ -131,13 +129,6 @@ def capture(request, tmp_path_factory):
     shutil.rmtree(out, ignore_errors=True)
 
 
-def _final_table(pieces, shift, byte_order):
-    table = new_table(1 << (shift - 4))
-    for _, data in pieces:
-        apply_batch(table, decode_batch(data, byte_order)[0])
-    return table
-
-
 def test_the_stream_is_walked_with_its_commands(capture):
     peer, (mig, _) = capture
     events = list(qemu.iter_events(open(mig, "rb")))
@@ -158,7 +149,7 @@ def test_dump_stat_diff_splice_and_the_destination_runs_on(capture, tmp_path):
     with open(mig, "rb") as f:
         src = qemu.QemuSource(f, byte_order="little", name=mig.name)
         shift, pieces = src.info.order, list(src.pieces())
-    table = _final_table(pieces, shift, "little")
+    table = final_table(pieces, shift, "little")
     assert shift == 25 and src.info.source["machine"] == peer.machine
     assert int(valid_mask(table).sum()) > 10_000  # the guest's kernel maps its RAM
     _cli("dump", "--qemu", mig, "-o", snap)
@@ -179,7 +170,7 @@ def test_dump_stat_diff_splice_and_the_destination_runs_on(capture, tmp_path):
     # the new stream holds the same table, one htab part per pass, the command where it was
     with open(new, "rb") as f:
         again = qemu.QemuSource(f)
-        assert np.array_equal(_final_table(list(again.pieces()), again.info.order, "little"), table)
+        assert np.array_equal(final_table(list(again.pieces()), again.info.order, "little"), table)
         assert again.info.source["parts"] == again.info.source["passes"] == report["passes"]
     assert len([e for e in qemu.iter_events(open(new, "rb")) if isinstance(e, qemu.Command)]) == int(peer.switchover)
     done = _incoming(peer, new, 60)

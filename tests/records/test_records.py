@@ -25,9 +25,10 @@ from htabtool.records import (
     new_table,
 )
 
-from kernel_model import ModelFd, model_apply
+from tests.helpers import RECORD_FIXTURES
+from tests.helpers.kernel_model import ModelFd, model_apply
 
-FIXTURES = __import__("pathlib").Path(__file__).parent.parent / "fixtures" / "records"
+FIXTURES = RECORD_FIXTURES
 
 
 def make_table(entries):

@@ -13,12 +13,11 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from htabtool.cli import cli
 from htabtool.engine import KVM_GET_HTAB_WRITE
 from htabtool.errors import UsageError, VMImageError
 from htabtool.vmimage import MAGIC, VMImage, create_image, image_info, open_vm, parse_size, run_image, set_running
+from tests.helpers import cli_run, run_htabtool
 
 MIB = 1 << 20
 
@@ -176,45 +175,42 @@ def test_parse_size(text, value):
 
 def test_cli_create_run_info_stop_cont(tmp_path):
     path = str(tmp_path / "g.img")
-    r = CliRunner()
-    res = r.invoke(cli, ["vm", "create", path, "--ram", "256M", "--profile", "idle", "--seed", "2"])
+    res = cli_run("vm", "create", path, "--ram", "256M", "--profile", "idle", "--seed", "2")
     assert res.exit_code == 0, res.output
     assert "order 21" in res.output and "profile idle" in res.output
-    res = r.invoke(cli, ["vm", "run", path, "--ops", "20", "--json"])
+    res = cli_run("vm", "run", path, "--ops", "20", "--json")
     assert res.exit_code == 0, res.output
     assert sum(json.loads(res.output)["events"].values()) == 20
-    res = r.invoke(cli, ["vm", "info", path, "--json"])
+    res = cli_run("vm", "info", path, "--json")
     info = json.loads(res.output)
     assert info["schema"] == "htabtool-vm-info/1"
     assert info["guest"]["events"] == 20 and info["vcpus"] == "running"
-    assert r.invoke(cli, ["vm", "stop", path]).exit_code == 0
-    assert "stopped" in r.invoke(cli, ["vm", "info", path]).output
-    assert r.invoke(cli, ["vm", "cont", path]).exit_code == 0
-    res = r.invoke(cli, ["vm", "run", path, "--seconds", "1"])
+    assert cli_run("vm", "stop", path).exit_code == 0
+    assert "stopped" in cli_run("vm", "info", path).output
+    assert cli_run("vm", "cont", path).exit_code == 0
+    res = cli_run("vm", "run", path, "--seconds", "1")
     assert res.exit_code == 0 and "valid entries" in res.output
 
 
 def test_cli_usage_errors(tmp_path):
     path = str(tmp_path / "g.img")
-    r = CliRunner()
-    assert r.invoke(cli, ["vm", "create", path]).exit_code == 2
-    assert r.invoke(cli, ["vm", "create", path, "--ram", "lots"]).exit_code == 2
-    assert r.invoke(cli, ["vm", "create", path, "--order", "50"]).exit_code == 2
-    assert r.invoke(cli, ["vm", "run", path]).exit_code == 2
+    assert cli_run("vm", "create", path).exit_code == 2
+    assert cli_run("vm", "create", path, "--ram", "lots").exit_code == 2
+    assert cli_run("vm", "create", path, "--order", "50").exit_code == 2
+    assert cli_run("vm", "run", path).exit_code == 2
 
 
 def test_cli_errors_are_one_line(tmp_path):
     path = str(tmp_path / "g.img")
     create_image(path, order=18, profile="empty")
-    res = subprocess.run([sys.executable, "-m", "htabtool", "vm", "run", path, "--ops", "1"], capture_output=True, text=True)
+    res = run_htabtool("vm", "run", path, "--ops", "1", text=True)
     assert res.returncode == 2
     assert res.stderr.strip() == f"htabtool: error: {path}: the VM is stopped (htabtool vm cont {path} first)"
-    res = subprocess.run([sys.executable, "-m", "htabtool", "vm", "info", str(tmp_path / "none.img")], capture_output=True, text=True)
+    res = run_htabtool("vm", "info", tmp_path / "none.img", text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no such VM image" in res.stderr
 
 
 def test_cli_help_has_examples():
-    r = CliRunner()
     for cmd in ([], ["create"], ["run"], ["info"], ["stop"], ["cont"]):
-        res = r.invoke(cli, ["vm", *cmd, "--help"])
+        res = cli_run("vm", *cmd, "--help")
         assert res.exit_code == 0 and "Example" in res.output

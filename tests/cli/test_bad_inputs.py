@@ -24,16 +24,15 @@ import struct
 import tempfile
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import zstandard
 
 from htabtool.vmimage import create_image
-
 from tests import helpers as C
 
 MAN = C.MAN / "htabtool-errors.7"
@@ -43,14 +42,14 @@ NOT_VALID = (0x4000000000001014, 0x10190)  # the same without it
 # -- the inputs ------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def snap() -> bytes:
     """A sound snapshot: order 18, a first pass in several chunks, an empty
     second pass."""
     return C.snapshot()
 
 
-@lru_cache(maxsize=None)
+@cache
 def raw() -> bytes:
     return C.record_stream(18, "little", 4096)
 
@@ -138,7 +137,7 @@ def seek_magic() -> bytes:
     return bytes(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def two_passes() -> bytes:
     stream = C.whole(raw(), 3000)
     return C.snapshot(pieces=[(2, stream), (3, stream)])

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.helpers import HTABTOOL, QEMU_FIXTURES, cli_run, env_with_root, run_htabtool
 
+from tests.helpers import HTABTOOL, QEMU_FIXTURES, cli_run, env_with_root, run_htabtool
 
 
 @pytest.fixture

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import ENV, cli_run, record_stream, spawn_htabtool
 
 from htabtool import ops, vmimage
 from htabtool.sources import open_snapshot
+from tests.helpers import ENV, cli_run, record_stream, spawn_htabtool
 
 IN_USE = "the VM image is in use by another htabtool process; try again when it has finished"
 

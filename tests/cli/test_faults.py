@@ -39,12 +39,11 @@ import types
 from pathlib import Path
 
 import pytest
-from tests.helpers import HTABTOOL, ROOT, cli_run, env_with_root, spawn_htabtool
 
 from htabtool import atomic, ops
 from htabtool.sources import open_snapshot
-
 from tests import helpers as C
+from tests.helpers import HTABTOOL, ROOT, cli_run, env_with_root, spawn_htabtool
 
 SEED = int(os.environ.get("HTABTOOL_FAULT_SEED", time.time_ns() % 1_000_000))
 TEMP = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")

@@ -40,9 +40,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import ENV, HTABTOOL, ROOT, cli_run, run_htabtool
 
 from tests import helpers as C
+from tests.helpers import ENV, HTABTOOL, ROOT, cli_run, run_htabtool
 
 SEED = int(os.environ.get("HTABTOOL_FAULT_SEED", time.time_ns() % 1_000_000))
 TEMP = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")

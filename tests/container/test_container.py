@@ -20,7 +20,8 @@ import zlib
 import numpy as np
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from htabtool import container as C
 from htabtool.atomic import atomic_write

@@ -15,7 +15,6 @@ checked: the records handed out are exactly the bytes consumed, re-encoded.
 
 from __future__ import annotations
 
-
 TABLE_SIZES = (None, 16, 1 << 14, 1 << 20)
 PIECES = (1, 3, 8, 13, 64, 509, 4096, None)
 

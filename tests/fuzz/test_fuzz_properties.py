@@ -19,7 +19,7 @@ import os
 import struct
 import tempfile
 import tracemalloc
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -39,7 +39,6 @@ from htabtool.container import (
 from htabtool.errors import ContainerError, HtabError, QemuStreamError, StreamError
 from htabtool.records import RecordDecoder, StaticTable, apply_batch, decode_batch, encode_pass, new_table
 from htabtool.sources import open_snapshot
-
 from tests import helpers as C
 
 EXAMPLES = os.environ.get("HTABTOOL_FUZZ_EXAMPLES")
@@ -96,7 +95,7 @@ def pieces(data: bytes, size: int):
 # -- the record decoder --------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def stream(byte_order: str) -> bytes:
     return C.whole(C.record_stream(18, byte_order, 300, fill=0.02), 3000, byte_order)
 
@@ -157,13 +156,13 @@ def test_the_fast_scan_agrees_with_the_walk(data, byte_order, n_entries):
 # -- the container --------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def snapshot() -> bytes:
     little = C.whole(C.record_stream(18, "little", 300, fill=0.02), 2500)
     return C.snapshot(pieces=[(1, little), (2, C.whole(little, 400)), (3, b"")], chunk_size=700)
 
 
-@lru_cache(maxsize=None)
+@cache
 def snapshot_records() -> tuple:
     return parse(snapshot(), 1 << 20, True, False)
 

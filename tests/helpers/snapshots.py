@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from htabtool.container import SnapshotHeader, SnapshotWriter
 from htabtool.records import StaticTable, iter_reads
-
 from tests.helpers.tables import record_stream
 
 # -- htabtool-snapshot(5) ------------------------------------------------------

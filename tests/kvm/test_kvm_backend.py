@@ -16,11 +16,11 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import cli_run
 from htabtool import kvm
 from htabtool.engine import H_AVPN, H_EXACT, H_NOT_FOUND, H_SUCCESS, KVM_GET_HTAB_WRITE, SimulatedHPT
 from htabtool.errors import KVMError, UsageError, VMImageError
 from htabtool.records import decode_batch
+from tests.helpers import cli_run
 
 VALID, LARGE, BOLTED = 0x1, 0x4, 0x10
 HVLOCK = 0x40
@@ -301,7 +301,6 @@ class _ReadsVM:
 
     def __init__(self, npte, reads):
         import socket
-
         import threading
 
         self.npte = npte

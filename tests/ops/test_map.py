@@ -16,10 +16,10 @@ import zlib
 import numpy as np
 import pytest
 
-from tests.helpers import QEMU_FIXTURES, ROOT, cli_run, env_with_root, synthetic_table, write_snapshot
 from htabtool import hpte, ops
 from htabtool.cli import map as map_cli
 from htabtool.sources import open_snapshot
+from tests.helpers import QEMU_FIXTURES, ROOT, cli_run, env_with_root, synthetic_table, write_snapshot
 
 FIXTURES = QEMU_FIXTURES
 ORDER = 16  # 4,096 entries, 512 PTEGs

@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from tests.helpers import cli_run
 from htabtool import ops
 from htabtool.engine import H_EXACT, H_SUCCESS, SimulatedHPT
 from htabtool.errors import UsageError
 from htabtool.guest import PROFILES
 from htabtool.migrate import INDEX_ENTRY_SIZE, Link, Migration, MigrationResult
 from htabtool.units import parse_bandwidth, parse_duration
+from tests.helpers import cli_run
 
 
 def make_vm(tmp_path, profile="kernel-build", order=20, seed=7, name="src.img"):

@@ -3,8 +3,8 @@
 import numpy as np
 
 from htabtool import ops
-from tests.helpers import synthetic_table
 from htabtool.records import StaticTable, apply_batch, decode_batch, encode_pass, iter_reads, new_table
+from tests.helpers import synthetic_table
 
 
 class MemorySnapshot:

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import QEMU_FIXTURES, cli_run, env_with_root, synthetic_table, write_snapshot
 from htabtool import hpte, ops
 from htabtool.errors import UsageError
 from htabtool.records import RecordDecoder, new_table
 from htabtool.sources import open_snapshot
+from tests.helpers import QEMU_FIXTURES, cli_run, env_with_root, synthetic_table, write_snapshot
 
 FIXTURES = QEMU_FIXTURES
 ORDER = 14  # 1,024 entries

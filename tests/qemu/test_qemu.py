@@ -9,14 +9,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from htabtool import qemu
 from htabtool.errors import QemuStreamError, RecordError, TruncatedStream, UsageError
 from htabtool.qemu import END_OF_STREAM, NEED_DATA, MigrationWalker, QemuSource, splice, write_section
 from htabtool.records import StaticTable, decode_batch, encode_pass, new_table
 from htabtool.table import diff_tables
-
 from tests.helpers import (
     EOS,
     HTAB_END_MARKER,

@@ -112,9 +112,10 @@ def test_final_windows_equal_applying_every_pass():
 
 
 def test_final_windows_refuse_a_first_pass_that_goes_back():
+    import struct
+
     from htabtool.errors import StreamError
     from htabtool.table import Overrides, final_windows
-    import struct
 
     stream = struct.pack("<IHH", 4, 0, 2) + struct.pack("<IHH", 2, 0, 1)
     with pytest.raises(StreamError, match="record 1 at offset 0x8: index 2 goes back"):

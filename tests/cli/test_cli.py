@@ -21,8 +21,10 @@ def snaps(tmp_path):
     b[live[2], 1] = int(b[live[2], 1]) ^ 0x80  # C only
     (tmp_path / "a.bin").write_bytes(raw_stream(a))
     (tmp_path / "b.bin").write_bytes(raw_stream(b, "big"))
-    assert cli_run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 18, "-o", tmp_path / "a.htab").exit_code == 0
-    r = cli_run("dump", "--raw", tmp_path / "b.bin", "--byte-order", "big", "--entries", 1 << 14, "-o", tmp_path / "b.htab", "--json")
+    assert cli_run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 18, "-o",
+                   tmp_path / "a.htab").exit_code == 0
+    r = cli_run("dump", "--raw", tmp_path / "b.bin", "--byte-order", "big", "--entries", 1 << 14, "-o",
+                tmp_path / "b.htab", "--json")
     assert r.exit_code == 0, r.output
     return tmp_path, a, b, live
 
@@ -34,7 +36,8 @@ def test_dump_threads_make_the_same_snapshot(tmp_path):
     made = []
     for n in ("0", "1", "3"):
         out = tmp_path / f"t{n}.htab"
-        r = cli_run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 22, "-T", n, "-o", out, "--json")
+        r = cli_run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 22, "-T", n, "-o", out,
+                    "--json")
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["chunks"] > 1
         made.append(out.read_bytes())
@@ -57,7 +60,8 @@ def test_stat_json_schema(snaps):
     r = cli_run("stat", "--json", d / "a.htab")
     assert r.exit_code == 0
     s = json.loads(r.stdout)
-    for key in ("format_version", "byte_order", "order", "entries", "valid", "bolted", "records", "passes", "raw_bytes", "file_bytes"):
+    for key in ("format_version", "byte_order", "order", "entries", "valid", "bolted", "records", "passes",
+                "raw_bytes", "file_bytes"):
         assert key in s
     assert (s["byte_order"], s["order"], s["entries"], s["valid"]) == ("little", 18, 1 << 14, len(live))
     assert s["bolted"] == int(np.count_nonzero(a[:, 0].astype(np.uint64) & np.uint64(0x11) == 0x11))
@@ -90,7 +94,8 @@ def test_diff_delta_turns_a_into_b(snaps):
     assert r.exit_code == 1, r.output
     raw = (d / "a.bin").read_bytes() + _records(d / "delta.htab")
     (d / "ab.bin").write_bytes(raw)
-    assert cli_run("dump", "--raw", d / "ab.bin", "--byte-order", "little", "--order", 18, "-o", d / "ab.htab").exit_code == 0
+    assert cli_run("dump", "--raw", d / "ab.bin", "--byte-order", "little", "--order", 18, "-o",
+                   d / "ab.htab").exit_code == 0
     assert cli_run("diff", d / "ab.htab", d / "b.htab").exit_code == 0
 
 
@@ -193,7 +198,8 @@ def test_qemu_dump_stat_and_load_round_trip(tmp_path):
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "new.mig").read_bytes() == mig.read_bytes()
     # and a snapshot of the section alone equals the one of the stream
-    assert cli_run("dump", "--qemu-section", tmp_path / "q.section", "--byte-order", "big", "-o", tmp_path / "s.htab").exit_code == 0
+    assert cli_run("dump", "--qemu-section", tmp_path / "q.section", "--byte-order", "big", "-o",
+                   tmp_path / "s.htab").exit_code == 0
     assert cli_run("diff", tmp_path / "q.htab", tmp_path / "s.htab").exit_code == 0
 
 
@@ -213,5 +219,6 @@ def test_load_raw_out_equals_the_captured_stream_in_either_byte_order(snaps):
     assert cli_run("load", d / "a.htab", "--raw-out", d / "again.bin").exit_code == 0
     assert (d / "again.bin").read_bytes() == (d / "a.bin").read_bytes()
     assert cli_run("load", d / "b.htab", "--raw-out", d / "b-le.bin", "--byte-order", "little").exit_code == 0
-    assert cli_run("dump", "--raw", d / "b-le.bin", "--byte-order", "little", "--order", 18, "-o", d / "b2.htab").exit_code == 0
+    assert cli_run("dump", "--raw", d / "b-le.bin", "--byte-order", "little", "--order", 18, "-o",
+                   d / "b2.htab").exit_code == 0
     assert cli_run("diff", d / "b.htab", d / "b2.htab").exit_code == 0

@@ -197,7 +197,8 @@ def test_data_on_standard_output_and_nothing_else(inputs, tmp_path, args):
     assert r.returncode in (0, 1), r.stderr
     assert r.stderr, "the report went nowhere"
     if args[0] == "load" and "--raw-out" in args:
-        assert r.stdout == run_htabtool("load", "a.htab", "--raw-out", "raw.bin", cwd=d).stdout + (d / "raw.bin").read_bytes()
+        assert r.stdout == run_htabtool("load", "a.htab", "--raw-out", "raw.bin",
+                                        cwd=d).stdout + (d / "raw.bin").read_bytes()
     elif "--qemu-section" not in args:
         (d / "out.htab").write_bytes(r.stdout)
         v = run_htabtool("verify", "out.htab", cwd=d)
@@ -617,7 +618,7 @@ def test_too_many_open_files_names_the_image_not_its_copy(inputs, tmp_path):
     d = workdir(tmp_path, inputs, "g.img")
     for limit in (10, 11, 12, 13, 14):
         done = run_htabtool("vm", "run", "g.img", "--ops", 5, cwd=d,
-                   preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+                            preexec_fn=lambda limit=limit: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
         if done.returncode == 0:
             continue
         assert done.returncode == 2
@@ -843,7 +844,8 @@ def test_a_dangling_symlink_as_an_image_gets_one_answer(inputs, tmp_path):
     assert not (d / "nowhere.img").exists()
 
 
-@pytest.mark.parametrize("limit", [20_000, 30_000, 60_000, 70_000, 100_000, 150_000])  # KiB; below 96 MiB refused before numpy loads
+@pytest.mark.parametrize("limit", [20_000, 30_000, 60_000, 70_000, 100_000,
+                                   150_000])  # KiB; below 96 MiB refused before numpy loads
 def test_a_low_address_space_limit_is_one_line(inputs, tmp_path, limit):
     d = workdir(tmp_path, inputs, "a.htab")
     done = run_htabtool("stat", "a.htab", cwd=d, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit << 10,
@@ -858,7 +860,8 @@ def test_a_low_address_space_limit_is_one_line(inputs, tmp_path, limit):
 
 
 @pytest.mark.parametrize("args,message", [
-    (("dump", "--vm", "g.img", "--passes", 2, "--until-dirty", 5, "-o", "x.htab"), "--passes does not go with --until-dirty"),
+    (("dump", "--vm", "g.img", "--passes", 2, "--until-dirty", 5, "-o", "x.htab"),
+     "--passes does not go with --until-dirty"),
     (("dump", "--qemu", "vm.mig", "--churn", 5, "-o", "x.htab"), "--churn goes with --vm"),
     (("dump", "--qemu", "vm.mig", "--buffer-size", "64K", "-o", "x.htab"), "--buffer-size goes with --vm"),
     (("dump", "--raw", "a.htab", "--byte-order", "little", "--order", 18, "--max-passes", 3, "-o", "x.htab"),

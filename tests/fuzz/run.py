@@ -7,7 +7,8 @@
 
 Harnesses: records (the kernel record decoder), container (the snapshot
 reader), qemu (the migration stream walker); each is ``fuzz_<name>.py``
-beside this file (the module ``tests.fuzz.fuzz_<name>``), with a libFuzzer dictionary ``<name>.dict``.  The seed corpus is built by corpus.py into
+beside this file (the module ``tests.fuzz.fuzz_<name>``), with a libFuzzer
+dictionary ``<name>.dict``.  The seed corpus is built by corpus.py into
 ``--work/<name>/corpus`` (new inputs the fuzzer finds are kept there, so a
 second run with the same ``--work`` goes on from where the first stopped).
 

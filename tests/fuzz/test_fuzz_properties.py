@@ -113,7 +113,8 @@ def decode_in_pieces(data: bytes, byte_order: str, n_entries, size: int):
 
 def flat(batches) -> tuple:
     return tuple(
-        (int(b.offset[k]), int(b.index[k]), int(b.n_valid[k]), int(b.n_invalid[k])) for b in batches for k in range(len(b))
+        (int(b.offset[k]), int(b.index[k]), int(b.n_valid[k]),
+         int(b.n_invalid[k])) for b in batches for k in range(len(b))
     )
 
 

@@ -178,7 +178,8 @@ def test_later_passes_and_writes_in_the_middle_of_a_pass(pair):
     pair.read_both(k, e, 4096)  # part of the first pass
     rng = random.Random(5)
     pair.write_each(kvm_vm.random_records(9, pair.npte, 40, pair.vm.ram))  # changes behind and ahead of it
-    pair.write_each([kvm_vm.record(int.from_bytes(r[:4], sys.byteorder), [], 1) for r in rng.sample(recs, min(20, len(recs)))])
+    pair.write_each([kvm_vm.record(int.from_bytes(r[:4], sys.byteorder), [], 1)
+                     for r in rng.sample(recs, min(20, len(recs)))])
     for size in (4096, 65536, 100, 25, 65536, 65536):
         pair.read_both(k, e, size)
     pair.write_each(kvm_vm.random_records(11, pair.npte, 30, pair.vm.ram))

@@ -20,15 +20,10 @@ from htabtool import kvm
 from htabtool.engine import H_AVPN, H_EXACT, H_NOT_FOUND, H_SUCCESS, KVM_GET_HTAB_WRITE, SimulatedHPT
 from htabtool.errors import KVMError, UsageError, VMImageError
 from htabtool.records import decode_batch
-from tests.helpers import cli_run
+from tests.helpers import cli_run, record
 
 VALID, LARGE, BOLTED = 0x1, 0x4, 0x10
 HVLOCK = 0x40
-
-
-def rec(index, entries=(), n_invalid=0, order="little"):
-    p = "<" if order == "little" else ">"
-    return struct.pack(p + "IHH", index, len(entries), n_invalid) + b"".join(struct.pack(">QQ", v, r) for v, r in entries)
 
 
 # -- ioctl numbers ---------------------------------------------------------------
@@ -82,7 +77,8 @@ def test_which_vm_fd_refusals(links, wanted, message):
 
 def test_the_migration_guard_names_the_htab_fd():
     kvm.check_no_reader(42, {3: "anon_inode:kvm-vm"})
-    with pytest.raises(KVMError, match=r"already holds an htab fd \(fd 9 .*migration or another dump.*--ignore-readers"):
+    with pytest.raises(KVMError,
+                       match=r"already holds an htab fd \(fd 9 .*migration or another dump.*--ignore-readers"):
         kvm.check_no_reader(42, LINKS)
 
 
@@ -118,14 +114,14 @@ def test_refusals_name_what_to_do():
     assert "ptrace rights" in kvm._ptrace_refusal(42, OSError(errno.EPERM, "Operation not permitted"))
     fd = kvm.KernelWriteFd.__new__(kvm.KernelWriteFd)
     fd.entries, fd.records = 1 << 14, 3
-    batch, _ = decode_batch(rec(5, [(0x91A10, 0x10012)]) + rec(16383, [], 2), "little")
+    batch, _ = decode_batch(record(5, [(0x91A10, 0x10012)]) + record(16383, [], 2), "little")
     assert "stop the guest first (QEMU monitor: stop)" in fd._refusal(OSError(errno.EBUSY, "x"), (batch, 0))
     einval = fd._refusal(OSError(errno.EINVAL, "x"), (batch, 0))
     assert einval.startswith("record 3 (index 5, 1 valid, 0 invalid)") and "entry 5 lacks HPTE_V_VALID" in einval
     assert "runs past the table of 16384 entries" in fd._refusal(OSError(errno.EINVAL, "x"), (batch, 1))
     eio = fd._refusal(OSError(errno.EIO, "x"), (batch, 0))
     assert "H_ENTER refused" in eio and "kvm_htab_write ret" in eio
-    batch, _ = decode_batch(rec(5, [(0x91A15, 0x12012)]), "little")
+    batch, _ = decode_batch(record(5, [(0x91A15, 0x12012)]), "little")
     assert "page size that does not decode" in kvm.explain_einval(batch, 0, 1 << 14)
 
 
@@ -249,8 +245,8 @@ def test_vm_create_cpu_is_kept_in_the_image(tmp_path):
 
 def test_several_records_in_one_write_are_parsed_as_the_kernel_does():
     e = SimulatedHPT(18, ram_size=64 << 20)
-    one = rec(8, [((0x1234 << 7) | VALID, 0x10012)])
-    two = rec(20, [((0x1235 << 7) | VALID, 0x20012)])
+    one = record(8, [((0x1234 << 7) | VALID, 0x10012)])
+    two = record(20, [((0x1235 << 7) | VALID, 0x20012)])
     with e.htab_fd(KVM_GET_HTAB_WRITE, byte_order="little") as fd:
         # the second "header" is the first entry's v, 00 00 00 00 00 09 1a 01:
         # n_valid 0x0900, too many for the buffer, so the loop ends there
@@ -266,9 +262,9 @@ def test_several_records_in_one_write_are_parsed_as_the_kernel_does():
 def test_a_second_header_read_from_an_entry_can_remove_what_the_first_wrote():
     e = SimulatedHPT(18, ram_size=64 << 20)
     # v = 1: as a little-endian header, index 0, n_valid 0, n_invalid 0x0100
-    first = rec(8, [(VALID | (0 << 7), 0x10012)])
+    first = record(8, [(VALID | (0 << 7), 0x10012)])
     with e.htab_fd(KVM_GET_HTAB_WRITE, byte_order="little") as fd:
-        n = fd.write(first + rec(300, [], 1))
+        n = fd.write(first + record(300, [], 1))
     assert n == 24 + 8  # the first record, then a "record" of 8 bytes: entries 0..255 removed
     assert e.count_valid() == 0
 
@@ -278,7 +274,7 @@ def test_records_without_entries_chain_right():
     e.h_enter(H_EXACT, 3, (0x99 << 7) | VALID, 0x10012)
     e.h_enter(H_EXACT, 40, (0x98 << 7) | VALID, 0x10012)
     with e.htab_fd(KVM_GET_HTAB_WRITE, byte_order="little") as fd:
-        assert fd.write(rec(0, [], 10) + rec(30, [], 20)) == 16
+        assert fd.write(record(0, [], 10) + record(30, [], 20)) == 16
     assert e.count_valid() == 0
 
 

@@ -92,8 +92,8 @@ def test_map_in_a_real_terminal_is_as_wide_as_it(live, tmp_path, columns):
     session = f"htabtool-map-{os.getpid()}-{columns}"
     done = tmp_path / "done"
     env = f"PYTHONPATH={shlex.quote(str(ROOT))} TERM=xterm-256color"
-    command = (f"env -u NO_COLOR -u COLUMNS {env} {shlex.quote(sys.executable)} -m htabtool map {shlex.quote(str(path))}"
-               f" 2>&1; touch {shlex.quote(str(done))}; sleep 30")
+    command = (f"env -u NO_COLOR -u COLUMNS {env} {shlex.quote(sys.executable)} -m htabtool map"
+               f" {shlex.quote(str(path))} 2>&1; touch {shlex.quote(str(done))}; sleep 30")
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(columns), "-y", "40", command], check=True)
     try:
         deadline = time.monotonic() + 60
@@ -209,7 +209,8 @@ def test_without_matplotlib_one_line_says_how_to_install(live, tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     r = cli_run("map", path, "-o", tmp_path / "m.png", cwd=tmp_path)
     assert r.exit_code == 2
-    assert r.output == f"htabtool: error: picture files need matplotlib, which is not installed: {map_cli.INSTALL_PLOT}\n"
+    assert r.output == (f"htabtool: error: picture files need matplotlib, which is not installed: "
+                        f"{map_cli.INSTALL_PLOT}\n")
     assert not (tmp_path / "m.png").exists()
     assert cli_run("map", path, cwd=tmp_path).exit_code == 0  # the terminal map needs none of it
 

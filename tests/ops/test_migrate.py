@@ -277,5 +277,6 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
     out, snap = tmp_path / "passes.png", tmp_path / "mig.htab"
     r = cli_run("migrate", src, "-o", out, "--snapshot", snap, cwd=tmp_path)
     assert r.exit_code == 2
-    assert r.stderr == "htabtool: error: drawing a picture needs matplotlib, which is not installed (pip install matplotlib)\n"
+    assert r.stderr == ("htabtool: error: drawing a picture needs matplotlib, which is not installed"
+                        " (pip install matplotlib)\n")
     assert not out.exists() and not snap.exists()  # refused before anything ran

@@ -39,7 +39,8 @@ def test_diff_identical_and_different_and_delta_round_trip():
     b[live[5], 1] = 0xABC000
     b[4000] = (0x4001, 0x7000)
     pieces = []
-    d = ops.diff(snapshot_of(a), snapshot_of(b), delta=lambda p, data: pieces.append(data), window=1024, delta_read_size=64)
+    d = ops.diff(snapshot_of(a), snapshot_of(b), delta=lambda p, data: pieces.append(data), window=1024,
+                 delta_read_size=64)
     assert d.different
     assert (d.summary.removed, d.summary.changed) == (int(a[17, 0]) & 1, 1)
     assert [c.index for c in d.first] == sorted(c.index for c in d.first)

@@ -117,7 +117,8 @@ def walk(data: bytes, cut=None, section_only=False, trailing=b""):
 def normalise(events):
     out = []
     for ev in events:
-        if isinstance(ev, qemu.HtabRecords) and out and isinstance(out[-1], qemu.HtabRecords) and out[-1].part == ev.part:
+        if (isinstance(ev, qemu.HtabRecords) and out and isinstance(out[-1], qemu.HtabRecords)
+                and out[-1].part == ev.part):
             prev = out.pop()
             ev = qemu.HtabRecords(ev.part, prev.data + ev.data, prev.records + ev.records, prev.offset)
         out.append(ev)
@@ -195,7 +196,8 @@ def test_configuration_subsections():
         + b"\x05" + idstr(b"configuration/capabilities") + be32(1) + be32(1) + idstr(b"x-ignore-shared")
         + b"\x05" + idstr(b"configuration/uuid") + be32(1) + bytes(16)
     )  # fmt: skip
-    ram_start = section_start(RAM_ID, b"ram", 4) + be64(RAM_BLOCK_LENGTH | 4) + idstr(RAM_BLOCK) + be64(RAM_BLOCK_LENGTH) + be64(0) + EOS + footer(RAM_ID)
+    ram_start = (section_start(RAM_ID, b"ram", 4) + be64(RAM_BLOCK_LENGTH | 4) + idstr(RAM_BLOCK)
+                 + be64(RAM_BLOCK_LENGTH) + be64(0) + EOS + footer(RAM_ID))
     data = stream(config=configuration(subsections=subs), ram_start=ram_start)
     conf = walk(data)[1]
     assert conf.capabilities == ("x-ignore-shared",)
@@ -211,7 +213,8 @@ def test_ram_block_list_and_blocks():
     blocks = ((RAM_BLOCK, RAM_BLOCK_LENGTH), (b"vga.vram", 1 << 16))
     data = stream(
         ram_start=section_start(RAM_ID, b"ram", 4) + block_list(blocks) + EOS + footer(RAM_ID),
-        ram_part=section_part(RAM_ID) + ram_item(0, block=b"vga.vram") + ram_item(PAGE_SIZE, flags=0x02, block=None) + ram_item(8 * PAGE_SIZE) + EOS + footer(RAM_ID),
+        ram_part=section_part(RAM_ID) + ram_item(0, block=b"vga.vram") + ram_item(PAGE_SIZE, flags=0x02, block=None)
+        + ram_item(8 * PAGE_SIZE) + EOS + footer(RAM_ID),
     )
     ram = [e for e in walk(data) if isinstance(e, qemu.RamSkipped)]
     assert [(r.pages, r.zero_pages) for r in ram] == [(0, 0), (2, 1), (0, 0)]
@@ -258,59 +261,129 @@ HTAB_SHIFT_AT = at("htab_start") + len(section_start(HTAB_ID, b"spapr/htab", 1))
 
 REFUSALS = [
     # (name, stream, message fragment, offset)
-    ("bad magic", stream(header=file_header(magic=0x12345678)), "not a QEMU migration stream: magic 0x12345678 at offset 0x0", 0),
-    ("version 2", stream(header=file_header(version=2)), "migration stream version 2 at offset 0x4 is QEMU's obsolete format", 4),
+    ("bad magic", stream(header=file_header(magic=0x12345678)),
+     "not a QEMU migration stream: magic 0x12345678 at offset 0x0", 0),
+    ("version 2", stream(header=file_header(version=2)),
+     "migration stream version 2 at offset 0x4 is QEMU's obsolete format", 4),
     ("version 4", stream(header=file_header(version=4)), "unsupported migration stream version 4 at offset 0x4", 4),
-    ("config twice", stream(ram_start=configuration() + STREAM["ram_start"]), "configuration section at offset 0x18: it may only follow the file header", 0x18),
-    ("unknown subsection", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/x") + be32(1))), "unknown configuration subsection 'configuration/x' at offset 0x18", 0x18),
-    ("page bits", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/target-page-bits") + be32(1) + be32(16))), "target page bits 16 in the configuration at offset 0x18", 0x18),
-    ("capability", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/capabilities") + be32(1) + be32(1) + idstr(b"mapped-ram"))), "migration capability 'mapped-ram' in the configuration at offset 0x8 changes the stream layout", 8),
+    ("config twice", stream(ram_start=configuration() + STREAM["ram_start"]),
+     "configuration section at offset 0x18: it may only follow the file header", 0x18),
+    ("unknown subsection", stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/x") + be32(1))),
+     "unknown configuration subsection 'configuration/x' at offset 0x18", 0x18),
+    ("page bits",
+     stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/target-page-bits") + be32(1) + be32(16))),
+     "target page bits 16 in the configuration at offset 0x18", 0x18),
+    ("capability",
+     stream(config=configuration(subsections=b"\x05" + idstr(b"configuration/capabilities") + be32(1) + be32(1)
+                                 + idstr(b"mapped-ram"))),
+     "migration capability 'mapped-ram' in the configuration at offset 0x8 changes the stream layout", 8),
     *[
         (f"command {name}", stream(ram_end=command(number, payload) + STREAM["ram_end"]),
-         f"QEMU_VM_COMMAND {name} (command {number}) at offset {at('ram_end'):#x}: {why}: such a stream cannot be walked", at("ram_end"))
+         f"QEMU_VM_COMMAND {name} (command {number}) at offset {at('ram_end'):#x}: {why}: such a stream cannot be "
+         f"walked", at("ram_end"))
         for number, name, payload, why in REFUSED_COMMANDS
     ],
-    ("unknown command", stream(ram_end=command(12) + STREAM["ram_end"]), f"QEMU_VM_COMMAND with unknown command 12 (length 0) at offset {at('ram_end'):#x}", at("ram_end")),
-    ("invalid command", stream(ram_end=command(0) + STREAM["ram_end"]), "QEMU_VM_COMMAND with unknown command 0 (length 0)", at("ram_end")),
-    ("switchover length", stream(ram_end=command(11, b"\x00") + STREAM["ram_end"]), f"QEMU_VM_COMMAND SWITCHOVER_START (command 11) at offset {at('ram_end'):#x} has length 1, expected 0", at("ram_end")),
-    ("early-setup device", stream(ram_start=TAIL), "the device-state section 'timer' at offset 0x18 comes before any iterative section: an early-setup device's state", 0x18),
-    ("early-setup among starts", stream(htab_start=TAIL), f"the device-state section 'timer' at offset {at('htab_start'):#x} comes before the END of iterative section 'ram' (id 2, START at 0x18): an early-setup device's state", at("htab_start")),
+    ("unknown command", stream(ram_end=command(12) + STREAM["ram_end"]),
+     f"QEMU_VM_COMMAND with unknown command 12 (length 0) at offset {at('ram_end'):#x}", at("ram_end")),
+    ("invalid command", stream(ram_end=command(0) + STREAM["ram_end"]),
+     "QEMU_VM_COMMAND with unknown command 0 (length 0)", at("ram_end")),
+    ("switchover length", stream(ram_end=command(11, b"\x00") + STREAM["ram_end"]),
+     f"QEMU_VM_COMMAND SWITCHOVER_START (command 11) at offset {at('ram_end'):#x} has length 1, expected 0",
+     at("ram_end")),
+    ("early-setup device", stream(ram_start=TAIL),
+     "the device-state section 'timer' at offset 0x18 comes before any iterative section: an early-setup device's "
+     "state",
+     0x18),
+    ("early-setup among starts", stream(htab_start=TAIL),
+     f"the device-state section 'timer' at offset {at('htab_start'):#x} comes before the END of iterative section "
+     f"'ram' (id 2, START at 0x18): an early-setup device's state",
+     at("htab_start")),
     ("section type", stream(ram_start=b"\x09"), "unknown section type 0x09 at offset 0x18", 0x18),
     ("vmdesc", stream(ram_start=b"\x06" + be32(2) + b"{}"), "unknown section type 0x06 at offset 0x18", 0x18),
-    ("unknown iterative", stream(ram_start=section_start(3, b"block", 1)), "unknown iterative section 'block' (id 3, START) at offset 0x18: only 'ram' and 'spapr/htab' can be walked", 0x18),
-    ("ram version", stream(ram_start=section_start(RAM_ID, b"ram", 5)), "section 'ram' version 5 at offset 0x18: only version 4 is known", 0x18),
-    ("htab version", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 2)), f"section 'spapr/htab' version 2 at offset {at('htab_start'):#x}: only version 1 is known", at("htab_start")),
-    ("duplicate id", stream(htab_start=section_start(RAM_ID, b"spapr/htab", 1)), f"START of section id 2 ('spapr/htab') at offset {at('htab_start'):#x}: that id is already in use", at("htab_start")),
-    ("unknown id", stream(ram_part=section_part(7)), f"PART section at offset {at('ram_part'):#x} names section id 7, which has no START", at("ram_part")),
-    ("part after end", stream(device=section_part(RAM_ID) + EOS + footer(RAM_ID)), f"PART section at offset {at('device'):#x} for section 'ram' (id 2) after its END", at("device")),
-    ("footer id", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 1) + be32(SHIFT) + footer(3)), f"section footer at offset {HTAB_SHIFT_AT + 4:#x} names section id 3, expected 576 ('spapr/htab' START at {at('htab_start'):#x})", HTAB_SHIFT_AT + 4),
-    ("device before end", stream(htab_end=None), f"the device-state section 'timer' at offset {at('htab_end'):#x} comes before the END of iterative section 'spapr/htab' (id 576", at("htab_end")),
+    ("unknown iterative", stream(ram_start=section_start(3, b"block", 1)),
+     "unknown iterative section 'block' (id 3, START) at offset 0x18: only 'ram' and 'spapr/htab' can be walked", 0x18),
+    ("ram version", stream(ram_start=section_start(RAM_ID, b"ram", 5)),
+     "section 'ram' version 5 at offset 0x18: only version 4 is known", 0x18),
+    ("htab version", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 2)),
+     f"section 'spapr/htab' version 2 at offset {at('htab_start'):#x}: only version 1 is known", at("htab_start")),
+    ("duplicate id", stream(htab_start=section_start(RAM_ID, b"spapr/htab", 1)),
+     f"START of section id 2 ('spapr/htab') at offset {at('htab_start'):#x}: that id is already in use",
+     at("htab_start")),
+    ("unknown id", stream(ram_part=section_part(7)),
+     f"PART section at offset {at('ram_part'):#x} names section id 7, which has no START", at("ram_part")),
+    ("part after end", stream(device=section_part(RAM_ID) + EOS + footer(RAM_ID)),
+     f"PART section at offset {at('device'):#x} for section 'ram' (id 2) after its END", at("device")),
+    ("footer id", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 1) + be32(SHIFT) + footer(3)),
+     f"section footer at offset {HTAB_SHIFT_AT + 4:#x} names section id 3, expected 576 ('spapr/htab' START at "
+     f"{at('htab_start'):#x})",
+     HTAB_SHIFT_AT + 4),
+    ("device before end", stream(htab_end=None),
+     f"the device-state section 'timer' at offset {at('htab_end'):#x} comes before the END of iterative section "
+     f"'spapr/htab' (id 576",
+     at("htab_end")),
     ("eof before end", stream(htab_end=None, device=b"\x00"), "QEMU_VM_EOF at offset", None),
-    ("xbzrle", ram_item_stream(be64(PAGE_SIZE | 0x40 | 0x20)), f"unsupported RAM page flag 0x40 (XBZRLE) at offset {RAM_ITEM_AT:#x} (in the PART section of 'ram' at {at('ram_part'):#x})", RAM_ITEM_AT),
-    ("compressed", ram_item_stream(be64(PAGE_SIZE | 0x100 | 0x20)), f"unsupported RAM page flag 0x100 (compressed page) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("rdma", ram_item_stream(be64(0x80)), f"unsupported RAM page flag 0x80 (RDMA hook) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("multifd", ram_item_stream(be64(0x200)), f"unsupported RAM page flag 0x200 (multifd flush) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("full", ram_item_stream(be64(PAGE_SIZE | 0x01 | 0x20)), "unsupported RAM page flag 0x1 (FULL, obsolete since 2009)", RAM_ITEM_AT),
-    ("unknown flag", ram_item_stream(be64(PAGE_SIZE | 0x400 | 0x20)), f"unknown RAM page flags 0x420 at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("two kinds", ram_item_stream(be64(PAGE_SIZE | 0x0A | 0x20)), "RAM page flags 0x2a: no single page kind", RAM_ITEM_AT),
+    ("xbzrle", ram_item_stream(be64(PAGE_SIZE | 0x40 | 0x20)),
+     f"unsupported RAM page flag 0x40 (XBZRLE) at offset {RAM_ITEM_AT:#x} (in the PART section of 'ram' at "
+     f"{at('ram_part'):#x})",
+     RAM_ITEM_AT),
+    ("compressed", ram_item_stream(be64(PAGE_SIZE | 0x100 | 0x20)),
+     f"unsupported RAM page flag 0x100 (compressed page) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("rdma", ram_item_stream(be64(0x80)), f"unsupported RAM page flag 0x80 (RDMA hook) at offset {RAM_ITEM_AT:#x}",
+     RAM_ITEM_AT),
+    ("multifd", ram_item_stream(be64(0x200)),
+     f"unsupported RAM page flag 0x200 (multifd flush) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("full", ram_item_stream(be64(PAGE_SIZE | 0x01 | 0x20)),
+     "unsupported RAM page flag 0x1 (FULL, obsolete since 2009)", RAM_ITEM_AT),
+    ("unknown flag", ram_item_stream(be64(PAGE_SIZE | 0x400 | 0x20)),
+     f"unknown RAM page flags 0x420 at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("two kinds", ram_item_stream(be64(PAGE_SIZE | 0x0A | 0x20)), "RAM page flags 0x2a: no single page kind",
+     RAM_ITEM_AT),
     ("no kind", ram_item_stream(be64(PAGE_SIZE | 0x20)), "RAM page flags 0x20: no single page kind", RAM_ITEM_AT),
-    ("unknown block", ram_item_stream(ram_item(0, block=b"nope")), f"a RAM page of unknown block 'nope' at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("past block", ram_item_stream(ram_item(RAM_BLOCK_LENGTH, block=None)), f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
-    ("zero past block", ram_item_stream(b"".join(ram_item(RAM_BLOCK_LENGTH - PAGE_SIZE * k, flags=0x02, block=None) for k in (3, 2, 1, 0))), f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {RAM_ITEM_AT + 27:#x}", RAM_ITEM_AT + 27),
-    ("eos with address", ram_item_stream(be64(PAGE_SIZE | 0x10)), "an end-of-section item with flags 0x10 and address 0x1000", RAM_ITEM_AT),
-    ("block list overrun", stream(ram_start=section_start(RAM_ID, b"ram", 4) + be64(PAGE_SIZE | 4) + idstr(RAM_BLOCK) + be64(RAM_BLOCK_LENGTH) + EOS + footer(RAM_ID)), "RAM block 'ppc_spapr.ram' of 0x100000 bytes overruns the 0x1000 bytes the block list announces at offset 0x31 (in the START section of 'ram' at 0x18)", 0x31),
-    ("continue first", stream(ram_part=section_part(RAM_ID) + ram_item(0, block=None) + EOS + footer(RAM_ID)), "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
-    ("continue zero first", stream(ram_part=section_part(RAM_ID) + b"".join(ram_item(a * PAGE_SIZE, flags=2, block=None) for a in range(4)) + EOS + footer(RAM_ID)), "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
-    ("radix start", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 1) + be32(-1) + footer(HTAB_ID)), f"htab_shift -1 at offset {HTAB_SHIFT_AT:#x}: the guest uses the radix MMU, it has no HPT", HTAB_SHIFT_AT),
-    ("shift range", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 1) + be32(17) + footer(HTAB_ID)), f"htab_shift 17 at offset {HTAB_SHIFT_AT:#x} is outside 18..46", HTAB_SHIFT_AT),
-    ("part header", stream(htab_part=section_part(HTAB_ID) + be32(19) + HTAB_END_MARKER + footer(HTAB_ID)), f"htab part at offset {at('htab_part') + 5:#x} starts with 0x13: expected 0", at("htab_part") + 5),
-    ("part radix", stream(htab_part=section_part(HTAB_ID) + be32(-1) + footer(HTAB_ID)), "htab part header -1 at offset", at("htab_part") + 5),
-    ("record past table", stream(htab_part=section_part(HTAB_ID) + htab_payload(htab_record(16383, [entry(0)], 1)) + footer(HTAB_ID)), f"htab record at offset {at('htab_part') + 9:#x}: index 16383 + n_valid 1 + n_invalid 1 runs past the table of 16384 entries (htab_shift 18); QEMU's htab_load refuses it", at("htab_part") + 9),
+    ("unknown block", ram_item_stream(ram_item(0, block=b"nope")),
+     f"a RAM page of unknown block 'nope' at offset {RAM_ITEM_AT:#x}", RAM_ITEM_AT),
+    ("past block", ram_item_stream(ram_item(RAM_BLOCK_LENGTH, block=None)),
+     f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset {RAM_ITEM_AT:#x}",
+     RAM_ITEM_AT),
+    ("zero past block",
+     ram_item_stream(b"".join(ram_item(RAM_BLOCK_LENGTH - PAGE_SIZE * k, flags=0x02, block=None)
+                              for k in (3, 2, 1, 0))),
+     f"RAM page address 0x100000 past the end of block 'ppc_spapr.ram' (0x100000 bytes) at offset "
+     f"{RAM_ITEM_AT + 27:#x}",
+     RAM_ITEM_AT + 27),
+    ("eos with address", ram_item_stream(be64(PAGE_SIZE | 0x10)),
+     "an end-of-section item with flags 0x10 and address 0x1000", RAM_ITEM_AT),
+    ("block list overrun",
+     stream(ram_start=section_start(RAM_ID, b"ram", 4) + be64(PAGE_SIZE | 4) + idstr(RAM_BLOCK) + be64(RAM_BLOCK_LENGTH)
+            + EOS + footer(RAM_ID)),
+     "RAM block 'ppc_spapr.ram' of 0x100000 bytes overruns the 0x1000 bytes the block list announces at offset 0x31 "
+     "(in the START section of 'ram' at 0x18)",
+     0x31),
+    ("continue first", stream(ram_part=section_part(RAM_ID) + ram_item(0, block=None) + EOS + footer(RAM_ID)),
+     "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
+    ("continue zero first",
+     stream(ram_part=section_part(RAM_ID) + b"".join(ram_item(a * PAGE_SIZE, flags=2, block=None) for a in range(4))
+            + EOS + footer(RAM_ID)),
+     "a RAM page with CONTINUE but no block before it", at("ram_part") + 5),
+    ("radix start", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 1) + be32(-1) + footer(HTAB_ID)),
+     f"htab_shift -1 at offset {HTAB_SHIFT_AT:#x}: the guest uses the radix MMU, it has no HPT", HTAB_SHIFT_AT),
+    ("shift range", stream(htab_start=section_start(HTAB_ID, b"spapr/htab", 1) + be32(17) + footer(HTAB_ID)),
+     f"htab_shift 17 at offset {HTAB_SHIFT_AT:#x} is outside 18..46", HTAB_SHIFT_AT),
+    ("part header", stream(htab_part=section_part(HTAB_ID) + be32(19) + HTAB_END_MARKER + footer(HTAB_ID)),
+     f"htab part at offset {at('htab_part') + 5:#x} starts with 0x13: expected 0", at("htab_part") + 5),
+    ("part radix", stream(htab_part=section_part(HTAB_ID) + be32(-1) + footer(HTAB_ID)),
+     "htab part header -1 at offset", at("htab_part") + 5),
+    ("record past table",
+     stream(htab_part=section_part(HTAB_ID) + htab_payload(htab_record(16383, [entry(0)], 1)) + footer(HTAB_ID)),
+     f"htab record at offset {at('htab_part') + 9:#x}: index 16383 + n_valid 1 + n_invalid 1 runs past the table of "
+     f"16384 entries (htab_shift 18); QEMU's htab_load refuses it",
+     at("htab_part") + 9),
     ("truncated header", file_header()[:5], "stream ends at offset 0x0 inside the file header", 0),
     ("truncated page", stream()[: at("ram_part") + 5 + 8 + 14 + 100], "stream ends at offset", None),
     ("truncated records", stream()[: at("htab_part") + 5 + 4 + 20], "inside the records of htab part 1", None),
-    ("truncated footer", stream()[: at("htab_part") + len(STREAM["htab_part"]) - 2], "inside the footer of the PART section of 'spapr/htab'", None),
-    ("no device state", stream(device=None), f"stream ends at offset {at('device'):#x} before any device-state section", at("device")),
+    ("truncated footer", stream()[: at("htab_part") + len(STREAM["htab_part"]) - 2],
+     "inside the footer of the PART section of 'spapr/htab'", None),
+    ("no device state", stream(device=None),
+     f"stream ends at offset {at('device'):#x} before any device-state section", at("device")),
 ]
 
 
@@ -348,7 +421,8 @@ SECTION = be32(SHIFT) + htab_payload(*PART1) + htab_payload(*PART2)
 
 def test_section_only_events():
     events = walk(SECTION, section_only=True)
-    assert [type(e).__name__ for e in events] == ["HtabStart", "HtabRecords", "HtabPartEnd", "HtabRecords", "HtabPartEnd"]
+    assert [type(e).__name__ for e in events] == ["HtabStart", "HtabRecords", "HtabPartEnd", "HtabRecords",
+                                                  "HtabPartEnd"]
     assert events[0] == qemu.HtabStart(SHIFT, 0)
     assert [e.part for e in events[1:]] == [1, 1, 2, 2]
     for cut in (1, 3, 8, 9):
@@ -359,7 +433,8 @@ def test_section_only_refusals():
     err = refused(be32(-1), section_only=True)
     assert "htab_shift -1 at offset 0x0: the guest uses the radix MMU, it has no HPT" in str(err)
     err = refused(be32(SHIFT), section_only=True)
-    assert "htab section payload ends after its START (htab_shift 18) at offset 0x4: no PART/END payload follows" in str(err)
+    assert ("htab section payload ends after its START (htab_shift 18) at offset 0x4: no PART/END payload follows"
+            in str(err))
     err = refused(SECTION[:-3], section_only=True)
     assert "inside the records of htab part 2" in str(err)
     err = refused(SECTION + b"\x00\x00", section_only=True)
@@ -392,7 +467,8 @@ def test_source_on_the_synthetic_stream(byte_order):
 def test_passes_are_sweeps_not_parts():
     # PART 1 (8, 100) and the END's 12000 ascend: one sweep over two parts;
     # the END's 10 wraps round: the second sweep
-    data = stream(htab_end=section_part(HTAB_ID, 3) + htab_payload(htab_record(12000, [entry(5)]), htab_record(10, [entry(6)])) + footer(HTAB_ID))
+    data = stream(htab_end=section_part(HTAB_ID, 3)
+                  + htab_payload(htab_record(12000, [entry(5)]), htab_record(10, [entry(6)])) + footer(HTAB_ID))
     src = QemuSource(io.BytesIO(data), byte_order="big", read_size=7)
     pieces = list(src.pieces())
     numbers = [p for p, _ in pieces]
@@ -442,14 +518,16 @@ def test_source_skips_empty_parts():
 
 def test_source_refuses_a_stream_without_htab():
     data = stream(htab_start=None, htab_part=None, htab_end=None)
-    with pytest.raises(QemuStreamError, match=r"no 'spapr/htab' section before the device-state section 'timer' at offset 0x"):
+    with pytest.raises(QemuStreamError, match=r"no 'spapr/htab' section before the device-state section 'timer' at "
+                                              r"offset 0x"):
         QemuSource(io.BytesIO(data))
 
 
 def test_source_checks_records_as_the_kernel_would():
     bad = htab_record(20, [(0x4000000000001000, 0x190)])  # no HPTE_V_VALID
     data = stream(htab_part=section_part(HTAB_ID) + htab_payload(bad) + footer(HTAB_ID))
-    with pytest.raises(RecordError, match=rf"record 0 at offset {at('htab_part') + 9:#x}: entry 20 of the valid run lacks HPTE_V_VALID"):
+    with pytest.raises(RecordError, match=rf"record 0 at offset {at('htab_part') + 9:#x}: entry 20 of the valid run "
+                                          rf"lacks HPTE_V_VALID"):
         list(QemuSource(io.BytesIO(data)).pieces())
 
 
@@ -637,7 +715,8 @@ def test_splice_without_footers():
 
 
 def test_splice_refusals():
-    with pytest.raises(QemuStreamError, match=rf"the htab START at offset {HTAB_SHIFT_AT:#x} gives htab_shift 18, the snapshot's table has 25"):
+    with pytest.raises(QemuStreamError, match=rf"the htab START at offset {HTAB_SHIFT_AT:#x} gives htab_shift 18, the "
+                                              rf"snapshot's table has 25"):
         splice(io.BytesIO(stream()), 25, [], io.BytesIO())
     with pytest.raises(QemuStreamError, match=r"no 'spapr/htab' section before offset"):
         splice(io.BytesIO(stream(htab_start=None, htab_part=None, htab_end=None)), SHIFT, [], io.BytesIO())
@@ -728,7 +807,8 @@ def test_ram_grid_fast_path_agrees_with_the_item_loop(kinds, cut, data):
     at its own offset whichever path finds it."""
     items = [ram_item(a * PAGE_SIZE, flags=0x08 if whole else 0x02, block=None) for a, whole in enumerate(kinds, 1)]
     body = ram_item(0) + b"".join(items)
-    ram = [e for e in walk(stream(ram_part=section_part(RAM_ID) + body + EOS + footer(RAM_ID)), cut=cut) if isinstance(e, qemu.RamSkipped)][1]
+    ram = [e for e in walk(stream(ram_part=section_part(RAM_ID) + body + EOS + footer(RAM_ID)),
+                           cut=cut) if isinstance(e, qemu.RamSkipped)][1]
     assert (ram.pages, ram.zero_pages) == (1 + sum(kinds), len(kinds) - sum(kinds))
     bad = data.draw(st.integers(0, len(items) - 1))
     whole = kinds[bad]
@@ -799,7 +879,8 @@ def test_fixture_qemu10_stat_shows_the_parts(tmp_path):
     raw = tmp_path / "r.bin"
     raw.write_bytes(encode_pass(StaticTable(new_table(1 << 14)), "little"))
     other = tmp_path / "r.htab"
-    assert cli_run("dump", "--raw", raw, "--byte-order", "little", "--order", 18, "-o", other, cwd=tmp_path).exit_code == 0
+    assert cli_run("dump", "--raw", raw, "--byte-order", "little", "--order", 18, "-o", other,
+                   cwd=tmp_path).exit_code == 0
     assert json.loads(cli_run("stat", "--json", other, cwd=tmp_path).stdout)["qemu_parts"] is None
 
 

@@ -193,7 +193,8 @@ KIND_V, KIND_VB, KIND_I = 0, 1, 2
 
 @st.composite
 def tables(draw, max_runs=30, max_run=40):
-    runs = draw(st.lists(st.tuples(st.sampled_from([KIND_V, KIND_VB, KIND_I]), st.integers(1, max_run)), min_size=1, max_size=max_runs))
+    runs = draw(st.lists(st.tuples(st.sampled_from([KIND_V, KIND_VB, KIND_I]), st.integers(1, max_run)), min_size=1,
+                         max_size=max_runs))
     kinds = [k for k, n in runs for _ in range(n)]
     n = len(kinds)
     t = new_table(n)
@@ -307,7 +308,7 @@ def _stream(*recs, order="little"):
 @pytest.mark.parametrize("cut", [1, 4, 7])
 def test_truncated_header(cut):
     stream = _stream((0, 1, 0, [(V, R)]))
-    with pytest.raises(TruncatedStream, match=r"truncated record header at offset 0x18: need 8 bytes, got %d" % cut):
+    with pytest.raises(TruncatedStream, match=rf"truncated record header at offset 0x18: need 8 bytes, got {cut}"):
         list(records.iter_batches([stream + stream[:cut]], "little"))
 
 
@@ -321,7 +322,8 @@ def test_truncated_entries():
     "recs,message",
     [
         (((20, 0, 1, []),), r"record 0 at offset 0x0: index 20 is past the table of 16 entries"),
-        (((0, 1, 0, [(V, R)]), (10, 2, 5, [(V, R)] * 2)), r"record 1 at offset 0x18: entries 10\.\.16 run past the table of 16 entries"),
+        (((0, 1, 0, [(V, R)]), (10, 2, 5, [(V, R)] * 2)),
+         r"record 1 at offset 0x18: entries 10\.\.16 run past the table of 16 entries"),
         (((2, 2, 0, [(V, R), (V & ~1, R)]),), r"record 0 at offset 0x0: entry 3 of the valid run lacks HPTE_V_VALID"),
     ],
 )
@@ -374,7 +376,8 @@ def test_the_vectorised_scan_finds_what_the_walk_finds(tab, order, data):
     cut = data.draw(st.integers(0, len(stream)))
     noise = data.draw(st.binary(max_size=40))
     for buf in (stream[:cut], stream[:cut] + noise):
-        scanned, used_s = decode_batch(buf, order, n_entries=len(table)) if _sound(buf, order, len(table)) else (None, None)
+        scanned, used_s = (decode_batch(buf, order, n_entries=len(table)) if _sound(buf, order, len(table))
+                           else (None, None))
         walked, used_w = decode_batch(buf, order)
         if scanned is not None:
             assert used_s == used_w
@@ -409,7 +412,8 @@ def test_scan_and_walk_agree_on_a_large_table():
 
 
 @settings(max_examples=150, deadline=None)
-@given(tables(), st.integers(25, 3000), st.sampled_from(["little", "big"]), st.booleans(), st.randoms(use_true_random=False))
+@given(tables(), st.integers(25, 3000), st.sampled_from(["little", "big"]), st.booleans(),
+       st.randoms(use_true_random=False))
 def test_a_burst_of_reads_equals_reads_one_by_one(tab, count, order, bolted_only, rnd):
     from htabtool.records import encode_reads
 
@@ -466,7 +470,8 @@ def test_a_burst_cuts_runs_longer_than_the_cap_as_reads_one_by_one(count):
     together = list(encode_reads(StaticTable(t), 0, True, count, "little", window=4096))
     assert len(together) == len(singles)
     for a, b in zip(together, singles):
-        assert (a.data, a.next_index, a.wrapped, a.reported, a.stats) == (b.data, b.next_index, b.wrapped, b.reported, b.stats)
+        assert ((a.data, a.next_index, a.wrapped, a.reported, a.stats)
+                == (b.data, b.next_index, b.wrapped, b.reported, b.stats))
         assert np.array_equal(a.n_valid, b.n_valid) and np.array_equal(a.index, b.index)
     assert max(int(r.n_valid.max()) for r in singles if len(r.n_valid)) == min(0xFFFF, (count - 24 + 15) // 16)
     assert max(int(r.n_invalid.max()) for r in singles if len(r.n_invalid)) == 0xFFFF
@@ -493,7 +498,8 @@ def test_orders_the_index_cannot_address_are_refused_everywhere(order, tmp_path)
     from htabtool import container, qemu, sources, vmimage
 
     assert records.check_indexable_order(36) == 36
-    with pytest.raises(UsageError, match=rf"table order {order} \([0-9,]+ entries\) is above 36: the record header's 32-bit index"):
+    with pytest.raises(UsageError,
+                       match=rf"table order {order} \([0-9,]+ entries\) is above 36: the record header's 32-bit index"):
         records.check_indexable_order(order)
     with pytest.raises(UsageError, match="32-bit index"):
         container.SnapshotHeader(byte_order="little", order=order)
@@ -503,7 +509,8 @@ def test_orders_the_index_cannot_address_are_refused_everywhere(order, tmp_path)
         vmimage._sizes(None, order)
     with pytest.raises(UsageError, match=rf"htab_shift {order} .* 32-bit index"):
         qemu.write_section([], order, io.BytesIO())
-    with pytest.raises(QemuStreamError, match=rf"htab_shift {order} at offset 0x0: a table of [0-9,]+ entries, more than"):
+    with pytest.raises(QemuStreamError,
+                       match=rf"htab_shift {order} at offset 0x0: a table of [0-9,]+ entries, more than"):
         qemu.HtabStart(order, 0)
 
 

@@ -31,6 +31,7 @@ from htabtool.engine import (
 from htabtool.errors import UsageError
 from htabtool.hpte import is_vrma_hpte
 from htabtool.records import decode_batch
+from tests.helpers import record
 
 VALID, SECONDARY, LARGE, BOLTED, ABSENT, HVLOCK = 0x1, 0x2, 0x4, 0x10, 0x20, 0x40
 R, C, M, N = 0x100, 0x80, 0x10, 0x4
@@ -450,13 +451,6 @@ def test_header_byte_order(e):
 # -- writes -------------------------------------------------------------------------------
 
 
-def _record(index, entries=(), n_invalid=0, byte_order="little"):
-    p = "<" if byte_order == "little" else ">"
-    return struct.pack(p + "IHH", index, len(entries), n_invalid) + b"".join(
-        struct.pack(">QQ", v, r) for v, r in entries
-    )
-
-
 @pytest.mark.parametrize("byte_order", ["little", "big"])
 def test_dump_and_load_round_trip(byte_order):
     src = SimulatedHPT(18, ram_size=64 << 20)
@@ -476,21 +470,21 @@ def test_write_ebusy_while_running_then_fine_when_stopped(e):
     e.cont()
     fd = e.htab_fd(KVM_GET_HTAB_WRITE)
     with pytest.raises(OSError) as exc:
-        fd.write(_record(0, n_invalid=8))
+        fd.write(record(0, n_invalid=8))
     assert exc.value.errno == errno.EBUSY
     e.stop()
-    assert fd.write(_record(0, n_invalid=8)) == 8
+    assert fd.write(record(0, n_invalid=8)) == 8
 
 
 @pytest.mark.parametrize(
     "record, code",
     [
-        (_record(1 << 14, n_invalid=1), errno.EINVAL),  # index past the table
-        (_record((1 << 14) - 2, [(v64k(1), r64k(0))], 2), errno.EINVAL),  # runs past it
-        (_record(0, [(v64k(1) & ~VALID, r64k(0))]), errno.EINVAL),  # no valid bit
-        (_record(0, [(v64k(1), 0x5000)]), errno.EINVAL),  # LP does not decode
-        (_record(0, [((2 << 62) | (1 << 7) | VALID, 0x10000)]), errno.EIO),  # B = 0b10
-        (_record(0, [(ONE_T | (1 << 7) | LARGE | VALID, 0x3000 | R)]), errno.EIO),  # a 16G page in RAM
+        (record(1 << 14, n_invalid=1), errno.EINVAL),  # index past the table
+        (record((1 << 14) - 2, [(v64k(1), r64k(0))], 2), errno.EINVAL),  # runs past it
+        (record(0, [(v64k(1) & ~VALID, r64k(0))]), errno.EINVAL),  # no valid bit
+        (record(0, [(v64k(1), 0x5000)]), errno.EINVAL),  # LP does not decode
+        (record(0, [((2 << 62) | (1 << 7) | VALID, 0x10000)]), errno.EIO),  # B = 0b10
+        (record(0, [(ONE_T | (1 << 7) | LARGE | VALID, 0x3000 | R)]), errno.EIO),  # a 16G page in RAM
     ],
 )
 def test_write_errors(e, record, code):
@@ -503,8 +497,8 @@ def test_write_errors(e, record, code):
 def test_records_before_the_failing_one_stay_applied(e):
     e.h_enter(H_EXACT, 52, v64k(9), r64k(0x90000))
     e.h_enter(H_EXACT, 53, v64k(8), r64k(0x80000))
-    good = _record(50, [(v64k(1), r64k(0x10000)), (v64k(2), r64k(0x20000))])
-    bad = _record(52, [(v64k(3), r64k(0x30000)), ((3 << 62) | VALID, 0)])  # second: EIO
+    good = record(50, [(v64k(1), r64k(0x10000)), (v64k(2), r64k(0x20000))])
+    bad = record(52, [(v64k(3), r64k(0x30000)), ((3 << 62) | VALID, 0)])  # second: EIO
     fd = e.htab_fd(KVM_GET_HTAB_WRITE)
     with pytest.raises(OSError) as exc:
         fd.write_records(good + bad)
@@ -516,8 +510,8 @@ def test_records_before_the_failing_one_stay_applied(e):
 
 
 def test_a_partial_trailing_record_is_left_for_the_next_write(e):
-    one = _record(8, [(v64k(1), r64k(0x10000))])
-    two = _record(16, [(v64k(2), r64k(0x20000)), (v64k(3), r64k(0x30000))])
+    one = record(8, [(v64k(1), r64k(0x10000))])
+    two = record(16, [(v64k(2), r64k(0x20000)), (v64k(3), r64k(0x30000))])
     fd = e.htab_fd(KVM_GET_HTAB_WRITE)
     # the kernel's own check forgets the header: two[:-8] would pass it
     assert fd.write_records(one + two[:-8]) == len(one)
@@ -531,14 +525,14 @@ def test_n_invalid_invalidates(e):
     _populate(e, 100)
     assert e.count_valid()
     fd = e.htab_fd(KVM_GET_HTAB_WRITE)
-    assert fd.write(_record(0, n_invalid=e.npte)) == 8
+    assert fd.write(record(0, n_invalid=e.npte)) == 8
     assert e.count_valid() == 0
 
 
 def test_written_vrma_entry_sets_up_the_real_mode_area(e):
     vrma_v = ONE_T | (0x1FFFFFF << 24) | LARGE | BOLTED | VALID
     fd = e.htab_fd(KVM_GET_HTAB_WRITE)
-    fd.write(_record(7, [(vrma_v, 0x1000 | R | C | M)]))
+    fd.write(record(7, [(vrma_v, 0x1000 | R | C | M)]))
     assert e.mmu_ready
     assert e.vrma_slb_v == 0x110 | (1 << 62) | (0x1FFFFFF << 24)  # L | LP=01 (64K), 1T
     assert e.lpcr == 0x110 << 43

@@ -53,12 +53,12 @@ HOST_BASE = 1 << 40
 U64 = (1 << 64) - 1
 
 
-def lp_shifts(h, l):
+def lp_shifts(h, low):
     """kvmppc_hpte_page_shifts"""
     if not h & LARGE:
         return 12
-    lphi = (l >> 16) & 0xF
-    lp = (l >> 12) & 0xF
+    lphi = (low >> 16) & 0xF
+    lp = (low >> 12) & 0xF
     if lp == 0:
         return 24 if not lphi else 0
     if lp == 1:
@@ -600,12 +600,14 @@ def bulk_args(draw):
 
 @st.composite
 def hcall_ops(draw):
-    kind = draw(st.sampled_from(["enter", "enter", "enter", "enter", "remove", "protect", "read", "clear_ref", "clear_mod", "bulk", "touch", "touch"]))
+    kind = draw(st.sampled_from(["enter", "enter", "enter", "enter", "remove", "protect", "read", "clear_ref",
+                                 "clear_mod", "bulk", "touch", "touch"]))
     if kind == "enter":
         v, r = draw(hptes())
         return ("enter", draw(st.sampled_from([0, H_EXACT])), draw(indexes), v, r)
     if kind == "remove":
-        return ("remove", draw(st.sampled_from([0, H_AVPN, H_ANDCOND])), draw(indexes), draw(st.sampled_from([0, BOLTED, HVLOCK, 0x3F])))
+        return ("remove", draw(st.sampled_from([0, H_AVPN, H_ANDCOND])), draw(indexes),
+                draw(st.sampled_from([0, BOLTED, HVLOCK, 0x3F])))
     if kind == "protect":
         return ("protect", draw(st.integers(0, 0x1FFF) | st.just(0x100 | H_AVPN)), draw(indexes), 0)
     if kind == "read":

@@ -165,7 +165,8 @@ def test_missing_image():
         image_info("/nonexistent/x.img")
 
 
-@pytest.mark.parametrize("text, value", [("4G", 4 << 30), ("512M", 512 * MIB), ("4GiB", 4 << 30), ("65536", 65536), ("1t", 1 << 40)])
+@pytest.mark.parametrize("text, value", [("4G", 4 << 30), ("512M", 512 * MIB), ("4GiB", 4 << 30), ("65536", 65536),
+                                         ("1t", 1 << 40)])
 def test_parse_size(text, value):
     assert parse_size(text) == value
 

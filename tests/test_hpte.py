@@ -1,7 +1,8 @@
 """The HPTE model: constants, field decoding, page sizes."""
 
 import numpy as np
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from htabtool import hpte
 from htabtool.hpte import (

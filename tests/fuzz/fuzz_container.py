@@ -13,8 +13,8 @@ htabtool's own errors (HtabError and its subclasses).  Also checked: a file
 the streaming parser accepts whole is accepted by the random-access reader
 with the same trailer, and its chunk contents add up to the trailer's totals.
 
-    python tests/fuzz/fuzz_container.py -max_total_time=60 CORPUS_DIR   (atheris)
-    python tests/fuzz/run.py container                                   (bounded)
+    python -m tests.fuzz.fuzz_container -max_total_time=60 CORPUS_DIR   (atheris)
+    python -m tests.fuzz.run container                                   (bounded)
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def one_input(data: bytes) -> None:
 
 
 def main(argv=None) -> None:
-    from corpus import fuzz_main
+    from tests.fuzz.corpus import fuzz_main
 
     fuzz_main("htabtool.container", one_input, argv)
 

@@ -11,8 +11,8 @@ byte by byte for inputs of at most 256 bytes.  Allowed out: htabtool's own error
 (HtabError and its subclasses).  Also checked: the pieces handed out are
 whole records inside the table the htab START announced.
 
-    python tests/fuzz/fuzz_qemu.py -max_total_time=60 CORPUS_DIR   (atheris)
-    python tests/fuzz/run.py qemu                                   (bounded)
+    python -m tests.fuzz.fuzz_qemu -max_total_time=60 CORPUS_DIR   (atheris)
+    python -m tests.fuzz.run qemu                                   (bounded)
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def one_input(data: bytes) -> None:
 
 
 def main(argv=None) -> None:
-    from corpus import fuzz_main
+    from tests.fuzz.corpus import fuzz_main
 
     fuzz_main("htabtool.qemu", one_input, argv)
 

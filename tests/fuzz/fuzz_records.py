@@ -9,12 +9,11 @@ stream over 256 bytes, to keep the fuzzer fast).
 Allowed out: htabtool's own errors (HtabError and its subclasses).  Also
 checked: the records handed out are exactly the bytes consumed, re-encoded.
 
-    python tests/fuzz/fuzz_records.py -max_total_time=60 CORPUS_DIR   (atheris)
-    python tests/fuzz/run.py records                                   (bounded)
+    python -m tests.fuzz.fuzz_records -max_total_time=60 CORPUS_DIR   (atheris)
+    python -m tests.fuzz.run records                                   (bounded)
 """
 
 from __future__ import annotations
-
 
 TABLE_SIZES = (None, 16, 1 << 14, 1 << 20)
 PIECES = (1, 3, 8, 13, 64, 509, 4096, None)
@@ -75,7 +74,7 @@ def one_input(data: bytes) -> None:
 
 
 def main(argv=None) -> None:
-    from corpus import fuzz_main
+    from tests.fuzz.corpus import fuzz_main
 
     fuzz_main("htabtool.records", one_input, argv)
 

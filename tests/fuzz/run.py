@@ -1,13 +1,14 @@
 """A bounded fuzzing run of htabtool's three parsers, for CI and for people.
 
-    python tests/fuzz/run.py                        # 60 s per harness, atheris if installed
+    python -m tests.fuzz.run                     # 60 s per harness, atheris if installed
     python tests/fuzz/run.py --seconds 10 container # one harness, 10 s
     python tests/fuzz/run.py --engine random        # without atheris
     python tests/fuzz/run.py --reproduce container crash-0123abcd
 
 Harnesses: records (the kernel record decoder), container (the snapshot
 reader), qemu (the migration stream walker); each is ``fuzz_<name>.py``
-beside this file, with a libFuzzer dictionary ``<name>.dict``.  The seed corpus is built by corpus.py into
+beside this file (the module ``tests.fuzz.fuzz_<name>``), with a libFuzzer
+dictionary ``<name>.dict``.  The seed corpus is built by corpus.py into
 ``--work/<name>/corpus`` (new inputs the fuzzer finds are kept there, so a
 second run with the same ``--work`` goes on from where the first stopped).
 
@@ -38,6 +39,9 @@ import tempfile
 import time
 import traceback
 
+from tests.fuzz import corpus
+from tests.helpers.paths import env_with_root
+
 HERE = pathlib.Path(__file__).resolve().parent
 HARNESSES = ("records", "container", "qemu")
 
@@ -51,9 +55,6 @@ def have_atheris() -> bool:
 
 
 def write_seeds(work: pathlib.Path, name: str) -> pathlib.Path:
-    sys.path.insert(0, str(HERE))
-    import corpus
-
     directory = work / name / "corpus"
     directory.mkdir(parents=True, exist_ok=True)
     for file_name, data in corpus.seeds()[name].items():
@@ -68,7 +69,7 @@ def run_atheris(name: str, work: pathlib.Path, seconds: float, rss_limit_mb: int
     corpus_dir = write_seeds(work, name)
     artifacts = work / name
     cmd = [
-        sys.executable, str(HERE / f"fuzz_{name}.py"),
+        sys.executable, "-m", f"tests.fuzz.fuzz_{name}",
         f"-max_total_time={max(1, int(seconds))}", f"-rss_limit_mb={rss_limit_mb}", "-timeout=20",
         f"-artifact_prefix={artifacts}{os.sep}", "-print_final_stats=1",
     ]
@@ -76,7 +77,7 @@ def run_atheris(name: str, work: pathlib.Path, seconds: float, rss_limit_mb: int
     if dictionary.exists():
         cmd.append(f"-dict={dictionary}")
     cmd.append(str(corpus_dir))
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env_with_root())
     stats = [line for line in done.stderr.splitlines() if line.startswith(("Done ", "stat::number_of_executed_units"))]
     if done.returncode == 0:
         print(f"{name}: atheris, {seconds:g} s: nothing found ({'; '.join(stats) or 'no stats'})")
@@ -85,15 +86,8 @@ def run_atheris(name: str, work: pathlib.Path, seconds: float, rss_limit_mb: int
     print(f"{name}: atheris found a failure (exit status {done.returncode}):")
     print("\n".join(done.stderr.splitlines()[-40:]))
     for crash in crashes:
-        print(f"  reproduce: python {HERE / 'run.py'} --reproduce {name} {crash}")
+        print(f"  reproduce: python -m tests.fuzz.run --reproduce {name} {crash}")
     return False
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    root = str(HERE.parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 # -- the random engine ----------------------------------------------------------------
@@ -160,7 +154,7 @@ def run_random(name: str, work: pathlib.Path, seconds: float, seed: int) -> bool
                 path.write_bytes(data)
                 found[key] = path
                 print(f"{name}: {type(exc).__name__}: {str(exc)[:200]}")
-                print(f"  reproduce: python {HERE / 'run.py'} --reproduce {name} {path}")
+                print(f"  reproduce: python -m tests.fuzz.run --reproduce {name} {path}")
     if found:
         print(f"{name}: random engine, {seconds:g} s, {runs} inputs: {len(found)} distinct failure(s)")
         return False
@@ -169,8 +163,7 @@ def run_random(name: str, work: pathlib.Path, seconds: float, seed: int) -> bool
 
 
 def _harness(name: str):
-    sys.path.insert(0, str(HERE))
-    return importlib.import_module(f"fuzz_{name}")
+    return importlib.import_module(f"tests.fuzz.fuzz_{name}")
 
 
 def reproduce(name: str, path: str) -> int:

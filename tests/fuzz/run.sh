@@ -3,4 +3,5 @@
 #   tests/fuzz/run.sh                      60 s per harness, atheris if installed
 #   tests/fuzz/run.sh --seconds 300        longer
 #   tests/fuzz/run.sh --engine random      without atheris
-exec "${PYTHON:-python3}" "$(dirname "$0")/run.py" "$@"
+root=$(cd "$(dirname "$0")/../.." && pwd)
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python3}" -m tests.fuzz.run "$@"

@@ -7,16 +7,11 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE))
-
-import corpus  # noqa: E402
-import run  # noqa: E402
+from tests.fuzz import corpus, run
+from tests.helpers import ENV, ROOT, deep_json, snapshot
 
 HARNESSES = run.HARNESSES
 needs_atheris = pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed")
@@ -34,8 +29,9 @@ def test_every_seed_passes_its_harness(name):
 @needs_atheris
 @pytest.mark.parametrize("name", HARNESSES)
 def test_a_short_atheris_run(name, tmp_path):
-    done = subprocess.run([sys.executable, str(HERE / "run.py"), "--engine", "atheris", "--seconds", "1",
-                           "--work", str(tmp_path), name], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "tests.fuzz.run", "--engine", "atheris", "--seconds", "1",
+                           "--work", str(tmp_path), name], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=ENV)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{name}: atheris, 1 s: nothing found" in done.stdout
     assert len(list((tmp_path / name / "corpus").iterdir())) >= len(corpus.seeds()[name])
@@ -73,11 +69,8 @@ def test_an_own_error_is_not_a_failure(monkeypatch):
         raise ContainerError("refused")
 
     monkeypatch.setattr(htabtool.container.ContainerParser, "receive_data", refuses)
-    run._harness("container").one_input(b"\x00" + corpus.snapshot(pieces=[]))
+    run._harness("container").one_input(b"\x00" + snapshot(pieces=[]))
 
 
 def test_the_container_harness_on_deeply_nested_metadata():
-    sys.path.insert(0, str(HERE.parent))
-    from test_bad_inputs import deep_json
-
     run._harness("container").one_input(b"\x03" + deep_json())

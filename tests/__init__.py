@@ -1,0 +1,2 @@
+"""The tests, mirroring the library: tests/records for htabtool.records, and so on; shared
+builders in tests/helpers."""

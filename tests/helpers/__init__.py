@@ -1,0 +1,151 @@
+"""The one home of what the tests share (none of it imports pytest, so the
+fuzz harnesses use it too):
+
+- :mod:`~tests.helpers.tables`: synthetic tables, kernel record streams,
+  the final table of a list of passes;
+- :mod:`~tests.helpers.snapshots`: snapshot files, sound ones and tools to
+  damage them frame by frame;
+- :mod:`~tests.helpers.qemu_streams`: QEMU migration streams field by field;
+- :mod:`~tests.helpers.cli`: the CLI through click's CliRunner (``cli_run``);
+- :mod:`~tests.helpers.processes`: the CLI as a real process;
+- :mod:`~tests.helpers.paths`: the repository, its fixtures and man pages;
+- :mod:`~tests.helpers.kernel_model`: the kernel's htab fd read side, written
+  plainly from the kernel's source (the oracle of the record codec);
+- :mod:`~tests.helpers.kvm_vm`: a real KVM-HV VM through ioctls, for the
+  real-kernel tests (imported only where /dev/kvm serves one).
+
+The names of the first six are importable from ``tests.helpers`` itself.
+"""
+
+from tests.helpers.cli import cli_run
+from tests.helpers.paths import FIXTURES, MAN, QEMU_FIXTURES, RECORD_FIXTURES, ROOT, env_with_root
+from tests.helpers.processes import ENV, HTABTOOL, run_htabtool, spawn_htabtool
+from tests.helpers.qemu_streams import (
+    EOS,
+    HTAB_END_MARKER,
+    HTAB_ID,
+    HTAB_SHIFT,
+    PAGE_SIZE,
+    RAM_BLOCK,
+    RAM_BLOCK_LENGTH,
+    RAM_ID,
+    be16,
+    be32,
+    be64,
+    block_list,
+    configuration,
+    file_header,
+    footer,
+    htab_payload,
+    htab_record,
+    idstr,
+    join_pieces,
+    piece_offset,
+    qemu_offset,
+    qemu_pieces,
+    qemu_section,
+    qemu_stream,
+    ram_item,
+    section_part,
+    section_start,
+)
+from tests.helpers.snapshots import (
+    CHNK,
+    CHNK_FIELDS,
+    ENVELOPE,
+    HEAD,
+    HEAD_FIELDS,
+    OUR_MAGIC,
+    PASS,
+    SEEK_TABLE_MAGIC,
+    TRLR,
+    TRLR_FIELDS,
+    ZSTD_MAGIC,
+    Frame,
+    deep_json,
+    descriptor,
+    flip,
+    frame,
+    frames,
+    head,
+    our_frame,
+    patch_json,
+    reseal,
+    set_fields,
+    snapshot,
+    trailer,
+    write_snapshot,
+)
+from tests.helpers.tables import final_table, raw_stream, record, record_stream, synthetic_table, whole
+
+__all__ = [
+    "CHNK",
+    "CHNK_FIELDS",
+    "ENV",
+    "ENVELOPE",
+    "EOS",
+    "FIXTURES",
+    "HEAD",
+    "HEAD_FIELDS",
+    "HTABTOOL",
+    "HTAB_END_MARKER",
+    "HTAB_ID",
+    "HTAB_SHIFT",
+    "MAN",
+    "OUR_MAGIC",
+    "PAGE_SIZE",
+    "PASS",
+    "QEMU_FIXTURES",
+    "RAM_BLOCK",
+    "RAM_BLOCK_LENGTH",
+    "RAM_ID",
+    "RECORD_FIXTURES",
+    "ROOT",
+    "SEEK_TABLE_MAGIC",
+    "TRLR",
+    "TRLR_FIELDS",
+    "ZSTD_MAGIC",
+    "Frame",
+    "be16",
+    "be32",
+    "be64",
+    "block_list",
+    "cli_run",
+    "configuration",
+    "deep_json",
+    "descriptor",
+    "env_with_root",
+    "file_header",
+    "final_table",
+    "flip",
+    "footer",
+    "frame",
+    "frames",
+    "head",
+    "htab_payload",
+    "htab_record",
+    "idstr",
+    "join_pieces",
+    "our_frame",
+    "patch_json",
+    "piece_offset",
+    "qemu_offset",
+    "qemu_pieces",
+    "qemu_section",
+    "qemu_stream",
+    "ram_item",
+    "raw_stream",
+    "record",
+    "record_stream",
+    "reseal",
+    "run_htabtool",
+    "section_part",
+    "section_start",
+    "set_fields",
+    "snapshot",
+    "spawn_htabtool",
+    "synthetic_table",
+    "trailer",
+    "whole",
+    "write_snapshot",
+]

@@ -86,7 +86,7 @@ def _snapshot_file(path, t, read=4096):
 def test_load_takes_a_target_description_and_returns_its_report(tmp_path):
     from htabtool.sources import open_snapshot
 
-    t = table(2048, 3)
+    t = synthetic_table(15, 0.4, 3)
     snap_path = _snapshot_file(tmp_path / "s.htab", t)
     out = tmp_path / "records.bin"
     with open_snapshot(str(snap_path)) as snap:
@@ -107,7 +107,7 @@ def test_load_refuses_a_snapshot_that_is_not_sound_before_writing(tmp_path):
     from htabtool.errors import HtabError
     from htabtool.sources import open_snapshot
 
-    t = table(2048, 4)
+    t = synthetic_table(15, 0.4, 4)
     snap_path = _snapshot_file(tmp_path / "s.htab", t)
     data = bytearray(snap_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -123,7 +123,7 @@ def test_dump_takes_its_write_options_as_one_object(tmp_path):
 
     from htabtool.sources import RawStreamSource, WriteOptions, open_snapshot
 
-    t = table(1 << 14, 5)
+    t = synthetic_table(18, 0.4, 5)
     raw = b"".join(r.data for r in iter_reads(StaticTable(t), 4096, "little"))
     sizes = []
     for chunk_size in (1 << 12, 1 << 20):
@@ -154,7 +154,7 @@ def test_library_errors_name_their_parameter_and_the_cli_names_the_option(tmp_pa
     assert flag_message(refused.value) == "give the table size as exactly one of --order N or --entries N"
     assert (flag_name("pass_number"), flag_name("start_index"), flag_name("changed_in")) == (
         "--pass", "--start-index", "--changed-in")
-    snap = snapshot_of(table(2048, 6))
+    snap = snapshot_of(synthetic_table(15, 0.4, 6))
     with pytest.raises(UsageError) as refused:
         list(ops.show(snap, pass_number=7))
     assert refused.value.param == "pass_number" and str(refused.value).startswith("pass_number 7: the snapshot has no")
@@ -162,7 +162,7 @@ def test_library_errors_name_their_parameter_and_the_cli_names_the_option(tmp_pa
 
 
 def test_the_json_documents_come_from_the_result_types():
-    a, b = table(2048, 7), table(2048, 7)
+    a, b = synthetic_table(15, 0.4, 7), synthetic_table(15, 0.4, 7)
     b[5] = (0x4001, 0x7000)
     d = ops.diff(snapshot_of(a), snapshot_of(b))
     doc = d.to_json()
@@ -172,4 +172,5 @@ def test_the_json_documents_come_from_the_result_types():
     assert v == [] and ops.Verification(v, 1, 2, file="x").to_json()["file"] == "x"
     gone = ops.Unreadable("x.htab", "x.htab: no such file").to_json()
     assert gone["readable"] is False and gone["problems"] == [{"where": "file", "what": "x.htab: no such file"}]
-    assert set(ops.SCHEMAS.values()) >= {"htabtool-stat/1", "htabtool-map/1", "htabtool-migrate/1", "htabtool-vm-info/1"}
+    assert set(ops.SCHEMAS.values()) >= {
+        "htabtool-stat/1", "htabtool-map/1", "htabtool-migrate/1", "htabtool-vm-info/1"}

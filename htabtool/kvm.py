@@ -809,7 +809,7 @@ class KernelWriteFd(_Closing):
 
 def explain_einval(batch, k: int, entries: int) -> str:
     """Which of kvm_htab_write's EINVAL checks record ``k`` fails."""
-    from htabtool.engine import page_shifts_array
+    from htabtool.hpte import page_shift_pair_array as page_shifts_array
 
     index, nv, ni = int(batch.index[k]), int(batch.n_valid[k]), int(batch.n_invalid[k])
     if index >= entries or index + nv + ni > entries:

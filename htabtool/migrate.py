@@ -274,8 +274,8 @@ def _round(x: float | None, digits: int = 4) -> float | None:
 def scratch_copy(vm):
     """(SimulatedHPT, Guest) copied into memory from an open VM image, so
     that the simulation changes nothing on disk."""
-    from htabtool.engine import SimulatedHPT
-    from htabtool.guest import Guest
+    from htabtool.sim.hpt import SimulatedHPT
+    from htabtool.sim.guest import Guest
 
     src = vm.hpt
     hpt = SimulatedHPT(src.order, ram_size=src.ram_size, backing_page_shift=src.backing_page_shift,
@@ -438,7 +438,7 @@ def migrate(image: str, *, bandwidth, downtime_limit=DEFAULT_DOWNTIME_LIMIT, ram
 
     from htabtool.atomic import atomic_write
     from htabtool.units import parse_bandwidth, parse_duration
-    from htabtool.vmimage import open_vm
+    from htabtool.sim.vmimage import open_vm
 
     link = Link(parse_bandwidth(bandwidth), parse_duration(downtime_limit), float(ram_share), int(max_passes),
                 ram_round=parse_duration(ram_round))
@@ -503,7 +503,7 @@ def _make_destination(snapshot_path: str, to: str, source_hpt) -> bool:
     from htabtool import ops
     from htabtool.atomic import temp_name
     from htabtool.sources import open_snapshot
-    from htabtool.vmimage import open_vm
+    from htabtool.sim.vmimage import open_vm
 
     directory, base = os.path.split(os.path.abspath(to))
     staging = temp_name(directory, base)

@@ -589,7 +589,7 @@ def load_vm(snap, image: str, *, create: bool = False, stop: bool = False, verif
     import os
 
     from htabtool.errors import VMImageError
-    from htabtool.vmimage import transaction
+    from htabtool.sim.vmimage import transaction
 
     from htabtool.atomic import dangling_link
 
@@ -621,7 +621,7 @@ def _create_and_load(snap, image, verify, buffer_size, progress=None) -> dict:
 
     from htabtool.atomic import _fsync_directory, committed, temp_name, uninterrupted
     from htabtool.errors import VMImageError
-    from htabtool.vmimage import VMImage
+    from htabtool.sim.vmimage import VMImage
 
     directory, base = os.path.split(os.path.abspath(image))
     tmp = temp_name(directory, base)
@@ -645,7 +645,7 @@ def _create_and_load(snap, image, verify, buffer_size, progress=None) -> dict:
 
 
 def _load_into(vm, snap, image, stop, verify, buffer_size, *, created, progress=None) -> dict:
-    from htabtool.engine import KVM_GET_HTAB_WRITE
+    from htabtool.sim.papr import KVM_GET_HTAB_WRITE
     from htabtool.errors import VMImageError
 
     if stop:

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from htabtool import engine
-from htabtool.engine import (
+from htabtool.sim import htabfd
+from htabtool.sim import (
     H_ANDCOND,
     H_AVPN,
     H_EXACT,
@@ -580,7 +581,7 @@ def test_a_burst_of_reads_is_reads_one_by_one_with_their_side_effects(size, star
     table, the guest view and the fd where read() calls leave them: on a
     first pass, on an incremental one after changes, and when the burst is
     abandoned half-way."""
-    monkeypatch.setattr(engine, "HARVEST_BATCH", batch)
+    monkeypatch.setattr(htabfd, "HARVEST_BATCH", batch)
     one, burst = _twins(size + start)
     fd1, fd2 = one.htab_fd(start_index=start), burst.htab_fd(start_index=start)
     rng = np.random.default_rng(size)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from htabtool.engine import KVM_GET_HTAB_WRITE, SimulatedHPT
+from htabtool.sim import KVM_GET_HTAB_WRITE, SimulatedHPT
 from htabtool.errors import UsageError
-from htabtool.guest import Guest, get_profile, ram_order
+from htabtool.sim.guest import Guest, get_profile, ram_order
 from htabtool.records import decode_batch
 
 MIB = 1 << 20

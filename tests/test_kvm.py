@@ -62,7 +62,7 @@ if INSIDE:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     import kvm_vm  # noqa: E402
 
-    from htabtool.engine import KVM_GET_HTAB_BOLTED_ONLY, KVM_GET_HTAB_WRITE, SimulatedHPT  # noqa: E402
+    from htabtool.sim import KVM_GET_HTAB_BOLTED_ONLY, KVM_GET_HTAB_WRITE, SimulatedHPT  # noqa: E402
     from htabtool.kvm import parse_cpuinfo  # noqa: E402
 
     CPU = re.match(r"POWER\d+", parse_cpuinfo(open("/proc/cpuinfo").read()) or "").group(0)

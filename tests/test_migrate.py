@@ -7,9 +7,9 @@ import pytest
 
 from conftest import cli_run
 from htabtool import ops
-from htabtool.engine import H_EXACT, H_SUCCESS, SimulatedHPT
+from htabtool.sim import H_EXACT, H_SUCCESS, SimulatedHPT
 from htabtool.errors import UsageError
-from htabtool.guest import PROFILES
+from htabtool.sim.guest import PROFILES
 from htabtool.migrate import INDEX_ENTRY_SIZE, Link, Migration, MigrationResult
 from htabtool.units import parse_bandwidth, parse_duration
 

@@ -105,6 +105,7 @@ from htabtool.sim.vmformat import (
     add_counts,
     check_state,
     describe,
+    describe_file,
     entry_counts,
     format_size,
     layout,
@@ -707,8 +708,14 @@ def run_image(path, *, ops: int | None = None, seconds: float | None = None) -> 
 
 
 def image_info(path) -> dict:
-    with open_vm(path, writable=False) as vm:
-        return vm.info()
+    """``vm info``: what the image at ``path`` holds, read from its header,
+    state and table without mapping it (no numpy, no guest model)."""
+    path = os.fspath(path)
+    fd = _open_locked(path, writable=False)
+    try:
+        return describe_file(path, fd)
+    finally:
+        os.close(fd)
 
 
 def set_running(path, running: bool) -> dict:

@@ -219,7 +219,8 @@ def lock_file(path: str, what: str = "the file") -> int | None:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise InUse(f"{path}: {what} is in use by another htabtool process; try again when it has finished") from None
+            raise InUse(f"{path}: {what} is in use by another htabtool process; "
+                        f"try again when it has finished") from None
         raise
     return fd
 
@@ -335,13 +336,17 @@ class TempFile:
 
     def __init__(self, path: str | os.PathLike, *, mode: int = 0o600, readable: bool = False):
         self.path, self.directory, base = _split_destination(path)
-        fd, self.name = _open_temp(self.directory, base, mode, self.path, readable)
-        self.fd: int | None = fd
+        self.fd, self.name = _open_temp(self.directory, base, mode, self.path, readable)
         self.temp: str | None = self.name  # None once installed or discarded
+        self._owned = True  # close() closes fd
+
+    def release(self) -> int:
+        """Hand the fd over to the caller: :meth:`close` no longer closes it."""
+        self._owned = False
+        return self.fd
 
     def sync(self) -> None:
-        if self.fd is not None:
-            fsync_file(self.fd, self.path)
+        fsync_file(self.fd, self.path)
 
     def install(self, *, replace: bool = True, final: bool = True, fsync: bool = True) -> None:
         """fsync the file (``fsync``), then :func:`install` it under ``path``."""
@@ -356,9 +361,9 @@ class TempFile:
         self.temp = None
 
     def close(self) -> None:
-        if self.fd is not None:
+        if self._owned:
+            self._owned = False
             os.close(self.fd)
-            self.fd = None
 
 
 @contextlib.contextmanager
@@ -390,13 +395,13 @@ class _File(io.BufferedWriter):
         try:
             return super().write(data)
         except OSError as exc:
-            raise _named(exc, self._name)
+            raise _named(exc, self._name) from None
 
     def flush(self):
         try:
             return super().flush()
         except OSError as exc:
-            raise _named(exc, self._name)
+            raise _named(exc, self._name) from None
 
 
 def _named(exc: OSError, name: str) -> OSError:
@@ -433,7 +438,7 @@ def _write_through(path: str) -> Iterator[BinaryIO]:
             try:
                 os.fsync(fd)
             except OSError as exc:
-                raise _named(exc, path)
+                raise _named(exc, path) from None
 
 
 @contextlib.contextmanager
@@ -457,13 +462,13 @@ def atomic_write(path: str | os.PathLike, mode: int = 0o600, *, fsync: bool = Tr
     try:
         temp = TempFile(path, mode=mode)
         try:
-            fd, temp.fd = temp.fd, None  # the file object owns it now
-            with _File(fd, path) as fileobj:
+            with _File(temp.release(), path) as fileobj:  # the file object closes it
                 yield fileobj
                 fileobj.flush()
                 if fsync:
-                    fsync_file(fileobj.fileno(), path)
-            temp.install(fsync=fsync)
+                    temp.sync()
+            install(temp.name, path, fsync=fsync)
+            temp.temp = None
         except BaseException:
             temp.discard()
             raise

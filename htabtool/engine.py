@@ -7,8 +7,8 @@ nothing is defined here, only re-exported.
 from __future__ import annotations
 
 from htabtool.hpte import page_shift_pair_array as page_shifts_array  # (base, actual), as this module had it
-from htabtool.sim.htabfd import HARVEST_BATCH, HtabFd
 from htabtool.sim.hpt import SimulatedHPT
+from htabtool.sim.htabfd import HARVEST_BATCH, HtabFd
 from htabtool.sim.mmu import (
     CPUS,
     DEFAULT_BACKING_PAGE_SHIFT,

@@ -3,7 +3,7 @@
 Strategy: the source is a private copy of a VM image (the image itself is
 only read: a simulation is rerun with the same result), its guest goes on
 running its profile while QEMU's rules drive the kernel's htab fd
-(:meth:`htabtool.engine.SimulatedHPT.htab_fd`, byte for byte the kernel's
+(:meth:`htabtool.sim.hpt.SimulatedHPT.htab_fd`, byte for byte the kernel's
 records), and a clock counts what the link would take.  Nothing loops per
 entry: reads are the engine's bursts, the pending data is one planned pass.
 

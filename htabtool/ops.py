@@ -542,7 +542,7 @@ def dump(source, out, *, level: int | None = None, threads: int | None = None, c
 def write_records(fd, pieces: Iterable[tuple[int, bytes]], buffer_size: int = 1 << 20) -> tuple[int, int]:
     """Write whole records through an htab write fd, one record per write():
     the kernel parses only the first record of a write() right (see
-    :meth:`htabtool.engine.HtabFd.write`).  ``fd.write_records(data)``
+    :meth:`htabtool.sim.htabfd.HtabFd.write`).  ``fd.write_records(data)``
     makes those writes for the records of ``data`` (at most ``buffer_size``
     bytes of records are handed over at a time; a record longer is handed
     over whole) and returns the bytes consumed; ``fd.write_calls`` counts
@@ -582,7 +582,7 @@ def load_vm(snap, image: str, *, create: bool = False, stop: bool = False, verif
             buffer_size: int = 65536, progress: Callable[[int], None] | None = None) -> dict:
     """Replay every chunk of a (checked) snapshot into a VM image through its
     htab write fd.  All or nothing: an existing image is changed in a copy
-    renamed over it at the end (:func:`htabtool.vmimage.transaction`); a new
+    renamed over it at the end (:func:`htabtool.sim.vmimage.transaction`); a new
     one (``create``) is made under a temporary name and linked into place
     when the load is done, so a failed or killed load leaves no image.
     ``progress`` is called with the bytes of each piece written."""

@@ -54,7 +54,7 @@ HANDLED_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
 
 def parse_size(text: str) -> int:
     """'64K', '4G', '512M', '4GiB', '1T' or plain bytes; binary multiples
-    (the one size parser; :func:`htabtool.vmimage.parse_size`)."""
+    (the one size parser; :func:`htabtool.sim.vmformat.parse_size`)."""
     from htabtool.sim.vmimage import parse_size as parse
 
     return parse(text)

@@ -1,4 +1,4 @@
-"""``htabtool vm``: create, run and inspect simulated VMs (thin over htabtool.vmimage)."""
+"""``htabtool vm``: create, run and inspect simulated VMs (thin over htabtool.sim.vmimage)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ setting R and C).  The guest model makes its changes through them.
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from htabtool.errors import UsageError
@@ -26,7 +29,7 @@ from htabtool.hpte import (
     v_low_bytes,
 )
 from htabtool.sim.bits import RC_BITS, not_mask
-from htabtool.sim.dirty import changes_table
+from htabtool.sim.dirty import Suspects, changes_table
 from htabtool.sim.mmu import PP_RWXX, PP_RXRX, PP_RXXX
 from htabtool.sim.papr import H_ANDCOND, H_AVPN, H_NOT_FOUND, H_PARAMETER, H_PTEG_FULL, H_SUCCESS
 
@@ -36,6 +39,20 @@ _U = np.uint64
 class BulkHypercalls:
     """The bulk forms of :class:`~htabtool.sim.hpt.SimulatedHPT` (a mixin: it
     works on the table's ``hpt``, ``rev``, ``hcalls`` and ``_suspects``)."""
+
+    if TYPE_CHECKING:  # what SimulatedHPT provides
+        npte: int
+        hash_mask: int
+        hpt: np.ndarray
+        rev: np.ndarray
+        hcalls: Counter
+        _suspects: Suspects
+
+        def settle_reads(self) -> None: ...
+        def _prepare_enter_array(self, pteh: np.ndarray, ptel: np.ndarray) -> tuple[np.ndarray, ...]: ...
+        def _mod_bits(self) -> np.uint64: ...
+        def _v(self, i: int) -> int: ...
+        def _store(self, i: int, hw_v: int, hw_r: int, g: int) -> None: ...
 
     @changes_table
     def touch_many(self, slots, write=False) -> int:
@@ -109,18 +126,18 @@ class BulkHypercalls:
                 self.hpt[s, 0] = hw_v[e]
                 slot[e] = s
             if p < w:
-                e = int(win[p])  # its primary group is full now
+                full = int(win[p])  # its primary group is full now
                 if secondary:
-                    sg = (~int(group[e])) & self.hash_mask
+                    sg = (~int(group[full])) & self.hash_mask
                     for s in range(sg * 8, sg * 8 + 8):
                         if not self._v(s) & (HPTE_V_VALID | HPTE_V_ABSENT | HPTE_V_HVLOCK):
-                            self._store(s, int(hw_v[e]) | HPTE_V_SECONDARY, int(hw_r[e]), int(g[e]))
-                            slot[e] = s
+                            self._store(s, int(hw_v[full]) | HPTE_V_SECONDARY, int(hw_r[full]), int(g[full]))
+                            slot[full] = s
                             break
                     else:
-                        rc[e] = H_PTEG_FULL
+                        rc[full] = H_PTEG_FULL
                 else:
-                    rc[e] = H_PTEG_FULL
+                    rc[full] = H_PTEG_FULL
                 pos += p + 1
                 width = min(65536, max(64, 2 * (p + 1)))
             else:
@@ -163,7 +180,8 @@ class BulkHypercalls:
             if flags & H_ANDCOND:
                 found &= (pte & avpn[pos]) == 0
             rc[pos] = np.where(found, H_SUCCESS, H_NOT_FOUND)
-            pos, s, v = pos[found], s[found], pte[found] & not_mask(HPTE_V_HVLOCK)
+            v = pte[found] & not_mask(HPTE_V_HVLOCK)
+            pos, s = pos[found], s[found]
             gr = self.rev[s].astype(np.uint64)
             valid = (v & _U(HPTE_V_VALID)) != 0
             gr = np.where(valid, gr | (self.hpt[s, 1].astype(np.uint64) & _U(RC_BITS)), gr)

@@ -105,12 +105,13 @@ class Suspects:
         return self.known
 
     def _merge(self) -> None:
+        assert self.known is not None  # merged only once known
         parts = [self.known, *self._arrays]
         if self._ints:
             parts.append(np.array(self._ints, dtype=np.int64))
         if len(parts) > 1:
             # sort and drop repeats (np.unique hashes first: several times slower here)
-            merged = np.sort(np.concatenate(parts))
+            merged: np.ndarray = np.sort(np.concatenate(parts))
             keep = np.ones(len(merged), dtype=bool)
             np.not_equal(merged[1:], merged[:-1], out=keep[1:])
             self.known = merged[keep]

@@ -239,7 +239,7 @@ class Guest:
     # -- creation -------------------------------------------------------------
 
     @classmethod
-    def boot(cls, hpt: SimulatedHPT, profile: str, seed: int, gmap: np.ndarray | None = None) -> "Guest":
+    def boot(cls, hpt: SimulatedHPT, profile: str, seed: int, gmap: np.ndarray | None = None) -> Guest:
         """A new guest on an empty table: the kernel's mappings, then the
         profile's boot programs.  The vCPUs are left running (profile
         ``empty``: stopped, the MMU not ready, nothing mapped)."""
@@ -458,10 +458,12 @@ class Guest:
 
     def _new_context(self) -> int:
         ctx = self.state["next_context"]
-        self.state["next_context"] = FIRST_USER_CONTEXT + ((ctx + 1 - FIRST_USER_CONTEXT) % ((1 << CONTEXT_BITS) - 2 - FIRST_USER_CONTEXT))
+        contexts = (1 << CONTEXT_BITS) - 2 - FIRST_USER_CONTEXT
+        self.state["next_context"] = FIRST_USER_CONTEXT + ((ctx + 1 - FIRST_USER_CONTEXT) % contexts)
         return ctx
 
-    def _add_vma(self, proc: dict, npages: int, prot: str, kind: str, shared_pa: int | None = None, start: int | None = None) -> list:
+    def _add_vma(self, proc: dict, npages: int, prot: str, kind: str, shared_pa: int | None = None,
+                 start: int | None = None) -> list:
         if start is None:
             if kind in ("text", "data", "heap"):
                 start = proc.setdefault("brk", USER_TEXT)
@@ -550,7 +552,7 @@ class Guest:
         self.state["processes"].append(child)
         slots, ea = self._resident_pages(parent)
         cow = np.zeros(len(ea), dtype=bool)
-        for start, npages, prot, kind, shared_pa in parent["vmas"]:
+        for start, npages, prot, _kind, shared_pa in parent["vmas"]:
             if "w" in prot and shared_pa is None:
                 cow |= (ea >= _U(start)) & (ea < _U(start + (npages << PAGE_SHIFT)))
         self._unmap_slots(slots[cow])
@@ -721,6 +723,7 @@ class Guest:
             ops = int(self.rng.poisson(prof.rate * seconds)) if prof.rate else 0
             elapsed = float(seconds)
         else:
+            assert ops is not None  # exactly one of the two is given
             if ops < 0:
                 raise UsageError("ops must not be negative")
             elapsed = ops / prof.rate if prof.rate else 0.0
@@ -768,4 +771,6 @@ EVENTS = {
 }
 
 
-__all__ = ["Guest", "Profile", "PROFILES", "RunStats", "get_profile", "profile_names", "ram_order", "get_vsid", "hash_pages"]
+__all__ = ["Guest", "Profile", "PROFILES", "RunStats", "EVENTS", "get_profile", "profile_names", "ram_order",
+           "get_vsid",
+           "hash_pages"]

@@ -578,7 +578,7 @@ class SimulatedHPT(BulkHypercalls):
 
     # -- the htab fd ---------------------------------------------------------
 
-    def htab_fd(self, flags: int = 0, start_index: int = 0, *, byte_order: str | None = None) -> "HtabFd":
+    def htab_fd(self, flags: int = 0, start_index: int = 0, *, byte_order: str | None = None) -> HtabFd:
         """KVM_PPC_GET_HTAB_FD: an fd-like object to read the table from or
         write it to.  ``flags``: KVM_GET_HTAB_BOLTED_ONLY, KVM_GET_HTAB_WRITE
         (any other bit: OSError EINVAL).  ``byte_order`` of the record

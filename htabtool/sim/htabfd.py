@@ -61,7 +61,7 @@ class HtabFd:
             if self.readable():
                 self.hpt.hpte_mod_interest -= 1
 
-    def __enter__(self) -> "HtabFd":
+    def __enter__(self) -> HtabFd:
         return self
 
     def __exit__(self, *exc) -> None:

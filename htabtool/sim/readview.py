@@ -41,7 +41,7 @@ class HptSource:
         # dirty rows, their entries as V16, their guest views); a later
         # pass's words and side effects come from it, not from new gathers
         # (random reads of a large table cost a cache and TLB miss each)
-        self._seen = None
+        self._seen: tuple | None = None
 
     def kinds(self, lo: int, hi: int, first_pass: bool) -> np.ndarray:
         hb = self.e.hpt[lo:hi].view(np.uint8)  # (n, 16): v then r, big-endian
@@ -133,9 +133,10 @@ class HptSource:
         swapping of the table, and rows gathered 16 bytes at a time."""
         e = self.e
         every = rows is None  # invalid rows too: R/C only where HPTE_V_VALID
-        pos = None if every else self._from_seen(rows + lo)
-        if pos is not None:
-            return self._words_of(self._seen[2][pos], self._seen[3][pos], False)
+        seen = self._seen
+        pos = None if rows is None else self._from_seen(rows + lo)
+        if pos is not None and seen is not None:
+            return self._words_of(seen[2][pos], seen[3][pos], False)
         if every:
             rows = np.arange(hi - lo, dtype=np.int64)
         return self._words_of(e.hpt[lo:hi].view(ENTRY_BYTES)[:, 0][rows], e.rev[lo:hi][rows], every)
@@ -198,14 +199,14 @@ class HptSource:
     def _clear(self, idx: np.ndarray) -> None:
         e = self.e
         e.generation += 1
-        pos = self._from_seen(idx)
-        if pos is not None:
-            w, gr = self._seen[2][pos], self._seen[3][pos]
+        pos, seen = self._from_seen(idx), self._seen
+        if pos is not None and seen is not None:
+            w, gr = seen[2][pos], seen[3][pos]
         else:
             w, gr = e.hpt.view(ENTRY_BYTES)[:, 0][idx], e.rev[idx]
         vr = w.view(">u8").reshape(-1, 2)
         harvested = (vr[:, 1] & _U(RC_BITS)) * ((vr[:, 0] & _U(HPTE_V_VALID)) != 0)
         e.rev[idx] = (gr | harvested) & not_mask(HPTE_GR_MODIFIED)
         e._suspects.changes += 1
-        if pos is not None:  # what it gathered holds for the entries not cleared yet
-            self._seen = (e._suspects.changes,) + self._seen[1:]
+        if pos is not None and seen is not None:  # what it gathered holds for the entries not cleared yet
+            self._seen = (e._suspects.changes,) + seen[1:]

@@ -149,14 +149,14 @@ class VMImage:
         self._maps = (table, rev, gmap)  # flushed on save
         # plain ndarray views of the maps: numpy's memmap subclass costs a
         # Python call on every slice, and the engine slices per read
-        table, rev, gmap = (m.view(np.ndarray) for m in self._maps)
+        hpt_array, rev_array, gmap_array = (m.view(np.ndarray) for m in self._maps)
         self.hpt = SimulatedHPT(
             header["order"],
             ram_size=header["ram"],
             backing_page_shift=header["backing_page_shift"],
             map_vrma=bool(flags & FLAG_MAP_VRMA),
-            hpt=table,
-            rev=rev,
+            hpt=hpt_array,
+            rev=rev_array,
             cpu=header["cpu"],
         )
         self.hpt.vcpus_running = bool(flags & FLAG_RUNNING)
@@ -169,7 +169,7 @@ class VMImage:
         check_state(state, path)
         self.hpt.hcalls.update(state.get("engine", {}).get("hcalls", {}))
         try:
-            self.guest = Guest(self.hpt, gmap, state["guest"])
+            self.guest = Guest(self.hpt, gmap_array, state["guest"])
         except (KeyError, TypeError, ValueError, HtabError) as exc:
             raise VMImageError(f"{path}: the guest state does not hold: {exc}") from None
         self.state = state
@@ -177,7 +177,7 @@ class VMImage:
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, writable: bool = True) -> "VMImage":
+    def open(cls, path: str | os.PathLike, writable: bool = True) -> VMImage:
         path = os.fspath(path)
         fd = _open_locked(path, writable)
         try:
@@ -187,7 +187,7 @@ class VMImage:
             raise
 
     @classmethod
-    def _from_fd(cls, path: str, fd: int, writable: bool, file: str | None = None) -> "VMImage":
+    def _from_fd(cls, path: str, fd: int, writable: bool, file: str | None = None) -> VMImage:
         """The image open (and locked) on ``fd``: ``file`` is its name in the
         file system (default ``path``), ``path`` its name in messages."""
         header = read_header(fd, path)
@@ -208,7 +208,7 @@ class VMImage:
         force: bool = False,
         final: bool = True,
         cpu: str = DEFAULT_CPU,
-    ) -> "VMImage":
+    ) -> VMImage:
         """Make a new image and boot its guest.  The table size is ``order``,
         else QEMU's default for ``ram``; RAM defaults to 128 times the table
         (the inverse rule).  The file appears whole or not at all; an
@@ -260,7 +260,7 @@ class VMImage:
 
     @classmethod
     def _create(cls, path, directory, header, lay, npte, ram, order, profile, seed, backing_page_shift, vrma,
-                force, final=True) -> "VMImage":
+                force, final=True) -> VMImage:
         import numpy as np
 
         from htabtool.sim.guest import Guest
@@ -269,7 +269,8 @@ class VMImage:
         try:
             new = TempFile(path, readable=True)
         except OSError as exc:
-            raise VMImageError(f"{os.path.join(directory, os.path.basename(path))}: cannot create: {_short(exc)}") from None
+            where = os.path.join(directory, os.path.basename(path))
+            raise VMImageError(f"{where}: cannot create: {_short(exc)}") from None
         fd, tmp = new.fd, new.name
         image = None
         try:
@@ -288,11 +289,11 @@ class VMImage:
                 why = _short(exc) if isinstance(exc, OSError) else str(exc)
                 raise VMImageError(f"{path}: cannot map a table of {npte} entries: {why}") from None
             vm._maps = (table, rev, gmap)
-            table, rev, gmap = (m.view(np.ndarray) for m in vm._maps)
-            hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=table, rev=rev,
-                               cpu=header["cpu"])
+            hpt_array, rev_array, gmap_array = (m.view(np.ndarray) for m in vm._maps)
+            hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=hpt_array,
+                               rev=rev_array, cpu=header["cpu"])
             vm.hpt = hpt
-            vm.guest = Guest.boot(hpt, profile, seed, gmap=gmap)
+            vm.guest = Guest.boot(hpt, profile, seed, gmap=gmap_array)
             vm.state = state
             image = vm
             vm.save()
@@ -356,7 +357,7 @@ class VMImage:
         finally:
             self._drop()
             os.close(self._fd)
-            self._fd = None
+            self._fd = None  # type: ignore[assignment]  # closed: close() again does nothing
 
     def flush(self) -> None:
         """Write the mapped arrays back (the table, the reverse map, the
@@ -366,10 +367,10 @@ class VMImage:
 
     def _drop(self) -> None:
         """Let go of the mapped arrays."""
-        self.hpt = None
-        self.guest = None
+        self.hpt = None  # type: ignore[assignment]  # dropped: the maps can be let go
+        self.guest = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "VMImage":
+    def __enter__(self) -> VMImage:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -503,6 +504,7 @@ def _sizes(ram: int | None, order: int | None) -> tuple[int, int]:
         if ram < (16 << 20) or ram % (1 << 16):
             raise UsageError(f"--ram must be a multiple of 64 KiB and at least 16 MiB, not {ram}")
     if order is None:
+        assert ram is not None  # one of the two is given
         order = ram_order(ram)
     if ram is None:
         ram = 1 << (order + 7)
@@ -680,11 +682,11 @@ def _copy_sparse(src: int, dst: int, block: int = 1 << 20) -> None:
     os.ftruncate(dst, size)
 
 
-def create_image(path, *, ram=None, order=None, profile="idle", seed=0, backing_page_shift=DEFAULT_BACKING_PAGE_SHIFT, vrma=False, force=False,
-                 cpu=DEFAULT_CPU) -> dict:
+def create_image(path, *, ram=None, order=None, profile="idle", seed=0,
+                 backing_page_shift=DEFAULT_BACKING_PAGE_SHIFT, vrma=False, force=False, cpu=DEFAULT_CPU) -> dict:
     vm = VMImage.create(
-        path, ram=ram, order=order, profile=profile, seed=seed, backing_page_shift=backing_page_shift, vrma=vrma, force=force,
-        cpu=cpu,
+        path, ram=ram, order=order, profile=profile, seed=seed, backing_page_shift=backing_page_shift, vrma=vrma,
+        force=force, cpu=cpu,
     )
     try:
         return vm.info()

@@ -15,48 +15,7 @@ wait.  A lock is taken on the inode a path names; since changes replace the
 file (below), an open checks after locking that the path still names the
 inode locked, and opens again if not.
 
-On-disk layout, format version 1
---------------------------------
-
-All header integers are little-endian.  The header is one 4096-byte block::
-
-    offset size field
-         0    8 magic: 89 48 54 41 42 56 4d 0a ("\\x89HTABVM\\n")
-         8    4 format version: 1
-        12    4 header size: 4096
-        16    4 order: log2 of the table's size in bytes (18..46)
-        20    4 flags: bit 0 vCPUs running, bit 1 MMU ready,
-                bit 2 map the VRMA on the first run
-        24    8 entries: 2**(order-4)
-        32    8 guest RAM size in bytes
-        40    4 backing page shift (log2 of the host pages backing RAM)
-        44    4 host CPU: 0 POWER8 (also every image made before this
-                field was used), 9 POWER9, 10 POWER10
-        48    8 table offset          56  8 table length   (entries * 16)
-        64    8 reverse map offset    72  8 its length     (entries * 8)
-        80    8 guest map offset      88  8 its length     (entries * 8)
-        96    8 state offset         104  8 state length   (bytes of JSON)
-       112    8 vrma_slb_v: the VRMA's SLB word (0 until set up)
-       120    8 LPCR bits of the VRMA (the VRMASD field)
-       128    8 generation: bumped by every save
-       136    4 CRC-32 (zlib) of bytes 0..135
-       140  ... zero to the end of the block
-
-The sections start at multiples of 64 KiB, in this order:
-
-- table: the HPT as the hardware sees it, each entry two big-endian 64-bit
-  doublewords (as the HPT is in memory), with KVM's software bits and host
-  real addresses;
-- reverse map: each entry's ``guest_rpte`` (the guest's view of the second
-  doubleword, HPTE_GR_MODIFIED in bit 62), little-endian 64-bit;
-- guest map: the guest model's record of each slot, little-endian 64-bit
-  (bit 63 present, bit 62 clean-but-writable, bits 40..58 context, bits
-  0..32 the 64K page within the context's 512T); zero where the guest
-  believes the slot is free;
-- state: UTF-8 JSON, ``{"format": 1, "tool": ..., "guest": {...},
-  "engine": {"hcalls": {...}}}``; the guest part holds the profile, seed,
-  the generator state, the processes and their mappings.  It is the last
-  section; a save rewrites it and truncates the file after it.
+The on-disk layout (format version 1) is :mod:`htabtool.sim.vmformat`'s.
 
 A reader refuses an image whose magic, version, header checksum, sizes or
 JSON do not hold, and anything that is not a regular file (a FIFO, a
@@ -131,22 +90,18 @@ class VMImage:
         self._fd = fd
         self.header = header
         self.writable = writable
-        npte = header["entries"]
         file = path if file is None else file
         try:  # the file locked on fd, whatever the name names by now
-            table = _map(file, fd, writable, ">u8", header["table_offset"], (npte, 2))
-            rev = _map(file, fd, writable, "<u8", header["rev_offset"], (npte,))
-            gmap = _map(file, fd, writable, "<u8", header["gmap_offset"], (npte,))
+            maps = _map_sections(file, fd, writable, header)
         except (OSError, ValueError) as exc:
-            why = _short(exc) if isinstance(exc, OSError) else str(exc)
-            raise VMImageError(f"{path}: cannot map the image: {why}") from None
+            raise VMImageError(f"{path}: cannot map the image: {_map_error(exc)}") from None
         import numpy as np
 
         from htabtool.sim.guest import Guest
         from htabtool.sim.hpt import SimulatedHPT
 
         flags = header["flags"]
-        self._maps = (table, rev, gmap)  # flushed on save
+        self._maps = maps  # flushed on save
         # plain ndarray views of the maps: numpy's memmap subclass costs a
         # Python call on every slice, and the engine slices per read
         hpt_array, rev_array, gmap_array = (m.view(np.ndarray) for m in self._maps)
@@ -282,13 +237,9 @@ class VMImage:
             vm = cls.__new__(cls)
             vm.path, vm._fd, vm.header, vm.writable = tmp, fd, header, True
             try:
-                table = _map(tmp, fd, True, ">u8", lay["table"], (npte, 2))
-                rev = _map(tmp, fd, True, "<u8", lay["rev"], (npte,))
-                gmap = _map(tmp, fd, True, "<u8", lay["gmap"], (npte,))
+                vm._maps = _map_sections(tmp, fd, True, header)
             except (OSError, ValueError) as exc:
-                why = _short(exc) if isinstance(exc, OSError) else str(exc)
-                raise VMImageError(f"{path}: cannot map a table of {npte} entries: {why}") from None
-            vm._maps = (table, rev, gmap)
+                raise VMImageError(f"{path}: cannot map a table of {npte} entries: {_map_error(exc)}") from None
             hpt_array, rev_array, gmap_array = (m.view(np.ndarray) for m in vm._maps)
             hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=hpt_array,
                                rev=rev_array, cpu=header["cpu"])
@@ -476,6 +427,18 @@ def _lock_existing(path: str) -> int | None:
         if not os.path.isfile(path):
             return None  # it went away meanwhile: nothing to wait for
         raise
+
+
+def _map_sections(name: str, fd: int, writable: bool, h: dict) -> tuple[np.memmap, np.memmap, np.memmap]:
+    """The table, the reverse map and the guest map of the image on ``fd`` (see :func:`_map`)."""
+    npte = h["entries"]
+    return (_map(name, fd, writable, ">u8", h["table_offset"], (npte, 2)),
+            _map(name, fd, writable, "<u8", h["rev_offset"], (npte,)),
+            _map(name, fd, writable, "<u8", h["gmap_offset"], (npte,)))
+
+
+def _map_error(exc: OSError | ValueError) -> str:
+    return _short(exc) if isinstance(exc, OSError) else str(exc)
 
 
 def _map(name: str, fd: int, writable: bool, dtype: str, offset: int, shape: tuple) -> np.memmap:

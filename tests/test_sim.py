@@ -20,6 +20,7 @@ from htabtool.sim import VMReadOptions, vmformat
 from htabtool.sim.guest import EVENTS
 from htabtool.sim.profiles import PROFILES
 from htabtool.sim.vmimage import VMImage, create_image, image_info
+from test_engine_model import lp_shifts as kernel_page_shifts  # the kernel model: kvmppc_hpte_page_shifts as C has it
 
 LEFTOVER = re.compile(r"^\.(?P<base>.+)\.[0-9a-f]{16}\.tmp$")
 
@@ -29,28 +30,6 @@ def leftovers(directory) -> list[str]:
 
 
 # -- hpte: kvmppc_hpte_page_shifts, the VRMA test, the low byte of v ----------
-
-
-def kernel_page_shifts(v: int, r: int) -> int:
-    """kvmppc_hpte_page_shifts as arch/powerpc/include/asm/kvm_book3s_64.h writes it."""
-    if not v & 0x4:
-        return 12
-    lphi = (r >> 16) & 0xF
-    lp = (r >> 12) & 0xF
-    if lp == 0:
-        return 24 if not lphi else 0
-    if lp == 1:
-        return 16
-    if lp == 3:
-        return 34 if not lphi else 0
-    if lp == 7:
-        return (16 << 8) + 12
-    if lp == 8:
-        if not lphi:
-            return (24 << 8) + 16
-        if lphi == 3:
-            return (24 << 8) + 12
-    return 0
 
 
 def every_encoding():

@@ -85,7 +85,7 @@ def incremental_pass(image: str, fraction: float = 0.01, rounds: int = 3) -> tup
     ``rounds`` such passes (seconds, and that pass's bytes)."""
     import numpy as np
 
-    from htabtool.vmimage import open_vm
+    from htabtool.sim.vmimage import open_vm
 
     with open_vm(image) as vm:
         hpt = vm.hpt

@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from htabtool.engine import SimulatedHPT
-from htabtool.guest import Guest, ram_order
-from htabtool.vmimage import VMImage, table_counts
+from htabtool.sim.guest import Guest, ram_order
+from htabtool.sim.hpt import SimulatedHPT
+from htabtool.sim.vmimage import VMImage, table_counts
 
 READ = 64 << 10
 

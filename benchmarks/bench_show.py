@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temporary one)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-show-") as work:
-        print(f"| order | entries | valid | command | time | peak RSS |")
+        print("| order | entries | valid | command | time | peak RSS |")
         print("| --- | --- | --- | --- | --- | --- |")
         for order in args.orders:
             path = os.path.join(work, f"o{order}.htab")

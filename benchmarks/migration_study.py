@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from htabtool import ops
-from htabtool.vmimage import create_image, run_image
+from htabtool.sim.vmimage import create_image, run_image
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("idle", "kernel-build", "database")

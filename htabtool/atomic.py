@@ -61,12 +61,14 @@ import errno
 import io
 import os
 import stat
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from htabtool.errors import HtabError
 
 __all__ = ["atomic_write", "temp_name", "TEMP_SUFFIX", "check_destination", "same_file", "OutputRefused",
-           "Interrupted", "on_signal", "uninterrupted", "committed", "lock_file", "InUse", "dangling_link"]
+           "Interrupted", "on_signal", "uninterrupted", "committed", "lock_file", "InUse", "dangling_link",
+           "TempFile", "staged", "install", "discard", "fsync_directory", "fsync_file"]
 
 TEMP_SUFFIX = ".tmp"
 _ATTEMPTS = 16
@@ -217,7 +219,8 @@ def lock_file(path: str, what: str = "the file") -> int | None:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise InUse(f"{path}: {what} is in use by another htabtool process; try again when it has finished") from None
+            raise InUse(f"{path}: {what} is in use by another htabtool process; "
+                        f"try again when it has finished") from None
         raise
     return fd
 
@@ -233,8 +236,8 @@ def _token() -> str:
     return os.urandom(8).hex()
 
 
-def _open_temp(directory: str, base: str, mode: int, final: str) -> tuple[int, str]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+def _open_temp(directory: str, base: str, mode: int, final: str, readable: bool = False) -> tuple[int, str]:
+    flags = (os.O_RDWR if readable else os.O_WRONLY) | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     flags |= getattr(os, "O_CLOEXEC", 0)
     for _ in range(_ATTEMPTS):
         name = temp_name(directory, base)
@@ -249,7 +252,14 @@ def _open_temp(directory: str, base: str, mode: int, final: str) -> tuple[int, s
     )
 
 
-def _fsync_directory(directory: str) -> None:
+#: errors of fsync on a directory that mean "not supported here", not "lost"
+_DIRECTORY_FSYNC_UNSUPPORTED = (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EROFS)
+
+
+def fsync_directory(directory: str) -> None:
+    """Make the renames and links in ``directory`` durable.  A directory we
+    cannot open, or a file system that refuses fsync on directories (EINVAL,
+    ENOTSUP, EBADF, EROFS), is skipped: the rename is done either way."""
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
@@ -257,11 +267,121 @@ def _fsync_directory(directory: str) -> None:
     try:
         os.fsync(fd)
     except OSError as exc:
-        # Some file systems refuse fsync on a directory (EINVAL); others lack it.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EROFS):
+        if exc.errno not in _DIRECTORY_FSYNC_UNSUPPORTED:
             raise
     finally:
         os.close(fd)
+
+
+_fsync_directory = fsync_directory  # the name ops.py imports today
+
+
+def fsync_file(fd: int, name: str) -> None:
+    """fsync the file open on ``fd``; an error names ``name`` (the final
+    path, not a temporary one)."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise _named(exc, name) from None
+
+
+def install(temp: str, path: str, *, replace: bool = True, final: bool = True, fsync: bool = True) -> None:
+    """Put the file named ``temp`` into place under ``path``: renamed over
+    whatever is there (``replace``), or linked under ``path`` and its
+    temporary name removed (``replace=False``: FileExistsError if ``path``
+    exists, nothing replaced).  A signal cannot cut it; ``final`` marks it
+    the command's commit point (:func:`committed`).  Then (``fsync``) the
+    directory is fsynced so that the change is durable."""
+    with uninterrupted():
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        if final:
+            committed()
+    if fsync:
+        fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def discard(temp: str | None) -> None:
+    """Remove a temporary file that was not put into place (a signal held
+    meanwhile); nothing if it is gone already or ``temp`` is None."""
+    if temp is None:
+        return
+    with uninterrupted(), contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+
+
+def _split_destination(path: str | os.PathLike) -> tuple[str, str, str]:
+    """(path as a str, its directory, its base name); a name that is a
+    directory's (nothing after the last ``/``) is IsADirectoryError."""
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    directory, base = os.path.split(os.path.abspath(path))
+    if not base:
+        raise IsADirectoryError(errno.EISDIR, "not a file name", path)
+    return path, directory, base
+
+
+class TempFile:
+    """A new file beside ``path`` under the documented leftover name
+    (``.BASE.<16 hex>.tmp``), created ``O_EXCL | O_NOFOLLOW`` with ``mode``
+    (``readable``: open for reading too, as a mapped VM image is).
+    :meth:`install` puts it into place, :meth:`discard` removes it unless
+    it was installed; :meth:`close` closes the fd (a caller may keep it
+    open past :meth:`install`).  Errors of the file name ``path``."""
+
+    def __init__(self, path: str | os.PathLike, *, mode: int = 0o600, readable: bool = False):
+        self.path, self.directory, base = _split_destination(path)
+        self.fd, self.name = _open_temp(self.directory, base, mode, self.path, readable)
+        self.temp: str | None = self.name  # None once installed or discarded
+        self._owned = True  # close() closes fd
+
+    def release(self) -> int:
+        """Hand the fd over to the caller: :meth:`close` no longer closes it."""
+        self._owned = False
+        return self.fd
+
+    def sync(self) -> None:
+        fsync_file(self.fd, self.path)
+
+    def install(self, *, replace: bool = True, final: bool = True, fsync: bool = True) -> None:
+        """fsync the file (``fsync``), then :func:`install` it under ``path``."""
+        if fsync:
+            self.sync()
+        install(self.name, self.path, replace=replace, final=final, fsync=fsync)
+        self.temp = None
+
+    def discard(self) -> None:
+        """Remove the file unless it was installed."""
+        discard(self.temp)
+        self.temp = None
+
+    def close(self) -> None:
+        if self._owned:
+            self._owned = False
+            os.close(self.fd)
+
+
+@contextlib.contextmanager
+def staged(path: str | os.PathLike, *, replace: bool = True, final: bool = True,
+           fsync: bool = True) -> Iterator[str]:
+    """A temporary name beside ``path`` (the documented leftover naming) for
+    the block to make a file under (by whatever means: a VM image, a
+    snapshot); when the block ends without an exception that file is put
+    into place (:func:`install`), else it is removed.  A block that made
+    no file under the name is an error (FileNotFoundError)."""
+    path, directory, base = _split_destination(path)
+    temp = temp_name(directory, base)
+    try:
+        yield temp
+        install(temp, path, replace=replace, final=final, fsync=fsync)
+    except BaseException:
+        discard(temp)
+        raise
 
 
 class _File(io.BufferedWriter):
@@ -275,13 +395,13 @@ class _File(io.BufferedWriter):
         try:
             return super().write(data)
         except OSError as exc:
-            raise _named(exc, self._name)
+            raise _named(exc, self._name) from None
 
     def flush(self):
         try:
             return super().flush()
         except OSError as exc:
-            raise _named(exc, self._name)
+            raise _named(exc, self._name) from None
 
 
 def _named(exc: OSError, name: str) -> OSError:
@@ -318,7 +438,7 @@ def _write_through(path: str) -> Iterator[BinaryIO]:
             try:
                 os.fsync(fd)
             except OSError as exc:
-                raise _named(exc, path)
+                raise _named(exc, path) from None
 
 
 @contextlib.contextmanager
@@ -333,37 +453,25 @@ def atomic_write(path: str | os.PathLike, mode: int = 0o600, *, fsync: bool = Tr
     A FIFO, a character device or a name in /dev or /proc is written
     through instead (see the module's notes).
     """
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    directory, base = os.path.split(os.path.abspath(path))
-    if not base:
-        raise IsADirectoryError(errno.EISDIR, "not a file name", path)
+    path, _, _ = _split_destination(path)
     if _written_through(path):
         with _write_through(path) as fileobj:
             yield fileobj
         return
     held = lock_file(path)
     try:
-        fd, temp = _open_temp(directory, base, mode, path)
+        temp = TempFile(path, mode=mode)
         try:
-            with _File(fd, path) as fileobj:
+            with _File(temp.release(), path) as fileobj:  # the file object closes it
                 yield fileobj
                 fileobj.flush()
                 if fsync:
-                    try:
-                        os.fsync(fileobj.fileno())
-                    except OSError as exc:
-                        raise _named(exc, path)
-            with uninterrupted():
-                os.replace(temp, path)
-                committed()
+                    temp.sync()
+            install(temp.name, path, fsync=fsync)
+            temp.temp = None
         except BaseException:
-            with uninterrupted(), contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+            temp.discard()
             raise
     finally:
         if held is not None:
             os.close(held)
-    if fsync:
-        _fsync_directory(directory)

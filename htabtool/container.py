@@ -32,10 +32,11 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO, Union
 
 import numpy as np
 import zstandard
@@ -47,8 +48,8 @@ from htabtool.records import (
     MAX_RUN,
     NEED_DATA,
     _scan,
-    decode_batch,
     check_indexable_order,
+    decode_batch,
     header_dtype,
     record_stats,
 )
@@ -1423,7 +1424,7 @@ class SnapshotWriter:
         """Stop without a trailer (the snapshot reads as truncated)."""
         self._fail()
 
-    def __enter__(self) -> "SnapshotWriter":
+    def __enter__(self) -> SnapshotWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

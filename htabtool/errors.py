@@ -4,7 +4,7 @@ Strategy: the library raises these and only these for bad input; messages
 carry the numbers a user needs (record number, byte offset, sizes).  The CLI
 maps every HtabError to one line ``htabtool: error: ...`` and exit status 2.
 Errors of the simulated kernel side are :class:`OSError` with the kernel's
-errno instead (see :mod:`htabtool.engine`), as a real htab fd raises them.
+errno instead (see :mod:`htabtool.sim`), as a real htab fd raises them.
 """
 
 from __future__ import annotations

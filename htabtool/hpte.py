@@ -36,6 +36,9 @@ HPTE_V_LOCK = 0x0000000000000008
 HPTE_V_LARGE = 0x0000000000000004
 HPTE_V_SECONDARY = 0x0000000000000002
 HPTE_V_VALID = 0x0000000000000001
+#: the bits below the AVPN: the hypercalls compare ``v & ~AVPN_IGNORED_BITS``
+#: with an AVPN they are given (kvmppc_do_h_remove, kvmppc_h_protect, ...)
+AVPN_IGNORED_BITS = 0x7F
 #: ISA 3.0 (POWER9, POWER10) keeps only these bits of the first doubleword;
 #: the segment size moves to the second (hpte_old_to_new_v/hpte_new_to_old_v)
 HPTE_V_COMMON_BITS = 0x000FFFFFFFFFFFFF
@@ -82,44 +85,69 @@ SEGMENT_SIZE_NAMES = {0: "256M", 1: "1T", 2: "reserved(2)", 3: "reserved(3)"}
 PAGE_SIZE_NAMES = {12: "4K", 16: "64K", 24: "16M", 34: "16G", 0: "invalid"}
 
 
+#: kvmppc_hpte_page_shifts's large-page encodings, in its order: (LP, the LP
+#: field's high nibble or None for any, base page shift, actual page shift).
+#: LP is r's bits 12..15, its high nibble bits 16..19; an entry without
+#: HPTE_V_LARGE is a 4K page, a large one matching no row does not decode.
+LARGE_PAGE_ENCODINGS = (
+    (0, 0, 24, 24),  # 16M
+    (1, None, 16, 16),  # 64K
+    (3, 0, 34, 34),  # 16G
+    (7, None, 12, 16),  # 64K in 4K (MPSS)
+    (8, 0, 16, 24),  # 16M in 64K
+    (8, 3, 12, 24),  # 16M in 4K
+)
+LP_HI_SHIFT = 16
+LP_NIBBLE = 0xF
+SMALL_PAGE_SHIFT = 12
+
+
+def page_shift_pair(v: int, r: int) -> tuple[int, int]:
+    """kvmppc_hpte_page_shifts as (base, actual) page shift; (0, 0) when the
+    large-page encoding does not decode."""
+    if not v & HPTE_V_LARGE:
+        return SMALL_PAGE_SHIFT, SMALL_PAGE_SHIFT
+    lp = (r >> LP_SHIFT) & LP_NIBBLE
+    lphi = (r >> LP_HI_SHIFT) & LP_NIBBLE
+    for code, hi, base, actual in LARGE_PAGE_ENCODINGS:
+        if lp == code and (hi is None or lphi == hi):
+            return base, actual
+    return 0, 0
+
+
+def _packed(base, actual):
+    """The kernel's packing: the base shift, and for a mixed page size the
+    actual shift in the next byte up."""
+    return base if actual == base else (actual << 8) + base
+
+
 def page_shifts(v: int, r: int) -> int:
     """kvmppc_hpte_page_shifts: the base page shift, and for a mixed page
     size (MPSS) entry the actual page shift in the next byte up; 0 when the
     large-page encoding does not decode."""
-    if not v & HPTE_V_LARGE:
-        return 12  # 4K
-    lphi = (r >> 16) & 0xF
-    lp = (r >> 12) & 0xF
-    if lp == 0:
-        return 24 if not lphi else 0  # 16M
-    if lp == 1:
-        return 16  # 64K
-    if lp == 3:
-        return 34 if not lphi else 0  # 16G
-    if lp == 7:
-        return (16 << 8) + 12  # 64K in 4K
-    if lp == 8:
-        if not lphi:
-            return (24 << 8) + 16  # 16M in 64K
-        if lphi == 3:
-            return (24 << 8) + 12  # 16M in 4K
-    return 0
+    return _packed(*page_shift_pair(v, r))
 
 
 def base_page_shift(v: int, r: int) -> int:
     """kvmppc_hpte_base_page_shift: 12, 16, 24, 34, or 0 (does not decode)."""
-    return page_shifts(v, r) & 0xFF
+    return page_shift_pair(v, r)[0]
 
 
 def actual_page_shift(v: int, r: int) -> int:
     """kvmppc_hpte_actual_page_shift."""
-    tmp = page_shifts(v, r)
-    return tmp >> 8 if tmp >= 0x100 else tmp
+    return page_shift_pair(v, r)[1]
+
+
+#: is_vrma_hpte: the first doubleword of a VRMA entry above its low 24 bits
+#: (a 1T segment of VRMA_VSID), and those bits, which it ignores
+VRMA_HPTE_V = HPTE_V_1TB_SEG | (VRMA_VSID << (40 - 16))
+VRMA_IGNORED_BITS = 0xFFFFFF
+_M64 = 0xFFFFFFFFFFFFFFFF
 
 
 def is_vrma_hpte(v: int) -> bool:
     """is_vrma_hpte: an entry of the virtual real-mode area (VRMA_VSID, 1T)."""
-    return (v & ~0xFFFFFF & 0xFFFFFFFFFFFFFFFF) == (HPTE_V_1TB_SEG | (VRMA_VSID << (40 - 16)))
+    return (v & ~VRMA_IGNORED_BITS & _M64) == VRMA_HPTE_V
 
 
 # -- fields: each works on a Python int or on a numpy uint64 array alike ------
@@ -285,46 +313,69 @@ def decode(v: int, r: int) -> HPTE:
 
 # -- vectorised forms, for numpy arrays of native uint64 doublewords ---------
 
+def page_shift_pair_array(v, r):
+    """:func:`page_shift_pair` over arrays of native doublewords: (base,
+    actual) page shifts as uint8 arrays, 0 where they do not decode."""
+    import numpy as np
+
+    v = np.asarray(v, dtype=np.uint64)
+    r = np.asarray(r, dtype=np.uint64)
+    large = (v & np.uint64(HPTE_V_LARGE)) != 0
+    lp = ((r >> np.uint64(LP_SHIFT)) & np.uint64(LP_NIBBLE)).astype(np.uint8)
+    lphi = ((r >> np.uint64(LP_HI_SHIFT)) & np.uint64(LP_NIBBLE)).astype(np.uint8)
+    base = np.zeros(v.shape, dtype=np.uint8)
+    actual = np.zeros(v.shape, dtype=np.uint8)
+    for code, hi, b, a in LARGE_PAGE_ENCODINGS:
+        match = lp == code
+        if hi is not None:
+            match &= lphi == hi
+        base[match] = b
+        actual[match] = a
+    base[~large] = SMALL_PAGE_SHIFT
+    actual[~large] = SMALL_PAGE_SHIFT
+    return base, actual
+
+
 def page_shifts_array(v, r):
     """kvmppc_hpte_page_shifts over arrays (uint16): the base page shift, and
     for a mixed page size entry the actual shift in the next byte up; 0
     where the large-page encoding does not decode."""
     import numpy as np
 
-    v = np.asarray(v, dtype=np.uint64)
-    r = np.asarray(r, dtype=np.uint64)
-    large = (v & np.uint64(HPTE_V_LARGE)) != 0
-    lp = ((r >> np.uint64(12)) & np.uint64(0xF)).astype(np.uint8)
-    lphi = ((r >> np.uint64(16)) & np.uint64(0xF)).astype(np.uint8)
-    shift = np.zeros(v.shape, dtype=np.uint16)
-    shift[(lp == 0) & (lphi == 0)] = 24  # 16M
-    shift[lp == 1] = 16  # 64K
-    shift[(lp == 3) & (lphi == 0)] = 34  # 16G
-    shift[lp == 7] = (16 << 8) + 12  # 64K in 4K
-    shift[(lp == 8) & (lphi == 0)] = (24 << 8) + 16  # 16M in 64K
-    shift[(lp == 8) & (lphi == 3)] = (24 << 8) + 12  # 16M in 4K
-    return np.where(large, shift, np.uint16(12))
+    base, actual = page_shift_pair_array(v, r)
+    base, actual = base.astype(np.uint16), actual.astype(np.uint16)
+    return np.where(actual == base, base, (actual << np.uint16(8)) + base)
 
 
 def base_page_shift_array(v, r):
     """kvmppc_hpte_base_page_shift over arrays; 0 where it does not decode."""
-    import numpy as np
-
-    return (page_shifts_array(v, r) & np.uint16(0xFF)).astype(np.uint8)
+    return page_shift_pair_array(v, r)[0]
 
 
 def actual_page_shift_array(v, r):
     """kvmppc_hpte_actual_page_shift over arrays."""
-    import numpy as np
-
-    tmp = page_shifts_array(v, r)
-    return np.where(tmp >= 0x100, tmp >> np.uint16(8), tmp).astype(np.uint8)
+    return page_shift_pair_array(v, r)[1]
 
 
 def vrma_array(v):
+    """:func:`is_vrma_hpte` over an array of native first doublewords."""
     import numpy as np
 
     v = np.asarray(v, dtype=np.uint64)
-    return (v & np.uint64(~0xFFFFFF & 0xFFFFFFFFFFFFFFFF)) == np.uint64(
-        HPTE_V_1TB_SEG | (VRMA_VSID << (40 - 16))
-    )
+    return (v & np.uint64(~VRMA_IGNORED_BITS & _M64)) == np.uint64(VRMA_HPTE_V)
+
+
+# -- entries as the table holds them: two big-endian doublewords, 16 bytes ----
+
+#: the byte of a big-endian entry that holds v's lowest 8 bits (HPTE_V_VALID,
+#: HPTE_V_SECONDARY, HPTE_V_LARGE, HPTE_V_LOCK, HPTE_V_BOLTED and KVM's
+#: HPTE_V_ABSENT and HPTE_V_HVLOCK): enough to tell an entry's kind
+V_LOW_BYTE = 7
+
+
+def v_low_bytes(entries):
+    """The lowest byte of each entry's v, from entries as they lie in the
+    table: an (N, 2) '>u8' array or (N, 16) bytes (a view, no copy)."""
+    import numpy as np
+
+    return entries.view(np.uint8).reshape(-1, HPTE_SIZE)[:, V_LOW_BYTE]

@@ -34,7 +34,7 @@ Standard library only: ``fcntl.ioctl``, ``os.read``/``os.write``,
   record lies below the end of the one before (it belongs to the next
   pass).
 - Writes: one record per write(), since kvm_htab_write parses only the
-  first record of a write() right (see :meth:`htabtool.engine.HtabFd.write`),
+  first record of a write() right (see :meth:`htabtool.sim.htabfd.HtabFd.write`),
   every return value checked; EBUSY, EINVAL and EIO become one-line errors
   naming the record.
 """
@@ -771,7 +771,7 @@ def open_source(pid=None, fd: int | None = None, *, ignore_readers: bool = False
 class KernelWriteFd(_Closing):
     """An htab write fd of the real kernel, written one record per write()
     with every return value checked (the interface of
-    :meth:`htabtool.engine.HtabFd.write_records`)."""
+    :meth:`htabtool.sim.htabfd.HtabFd.write_records`)."""
 
     def __init__(self, vm: KVMVM, byte_order: str | None = None):
         self.vm = vm
@@ -842,7 +842,7 @@ class KernelWriteFd(_Closing):
 
 def explain_einval(batch, k: int, entries: int) -> str:
     """Which of kvm_htab_write's EINVAL checks record ``k`` fails."""
-    from htabtool.engine import page_shifts_array
+    from htabtool.hpte import page_shift_pair_array as page_shifts_array
 
     index, nv, ni = int(batch.index[k]), int(batch.n_valid[k]), int(batch.n_invalid[k])
     if index >= entries or index + nv + ni > entries:

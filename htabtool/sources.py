@@ -559,7 +559,7 @@ class VMSource(SourceBase):
         modified marks and harvested R/C bits that any read of the kernel's
         fd changes; they are written back in place and the image's state
         is not rewritten."""
-        from htabtool.vmimage import VMImage, transaction
+        from htabtool.sim.vmimage import VMImage, transaction
 
         options = options or VMReadOptions()
         if options.live:
@@ -581,7 +581,7 @@ class VMSource(SourceBase):
         """(pass number, one read's bytes, its records' statistics): the
         reads describe their records as they make them (ReadResult.stats),
         so a snapshot writer need not scan them again."""
-        from htabtool.engine import KVM_GET_HTAB_BOLTED_ONLY
+        from htabtool.sim.papr import KVM_GET_HTAB_BOLTED_ONLY
 
         hpt = self.vm.hpt
         flags = KVM_GET_HTAB_BOLTED_ONLY if self.info.bolted_only else 0
@@ -610,6 +610,6 @@ class VMSource(SourceBase):
         if len(self.pass_changes) > 1 and not self.info.bolted_only and not self.info.start_index:
             # nothing ran after the last pass: the table is what the passes add up to (an absent
             # entry is reported with HPTE_V_VALID, as the kernel does)
-            from htabtool.vmimage import table_counts
+            from htabtool.sim.vmimage import table_counts
 
             self.final_valid = table_counts(hpt)["valid"]

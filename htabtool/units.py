@@ -6,7 +6,7 @@ needs, so that a command line, a library caller and a test read ``10G`` and
 as links are sold (``1G`` = 10**9 bit/s, ``25G``, ``100M``; ``k`` is 10**3;
 an optional ``b``, ``bit``, ``bps`` or ``bit/s`` after the suffix); bytes
 and their binary multiples (``64K`` = 65536 bytes) are
-:func:`htabtool.vmimage.parse_size`'s business, not this module's.
+:func:`htabtool.sim.vmformat.parse_size`'s business, not this module's.
 Durations take ``ns``, ``us``, ``ms``, ``s`` (a bare number is seconds).
 Both refuse what they cannot read with one :class:`UsageError` line.
 """

@@ -113,8 +113,8 @@ class Group(click.Group):
 
 def parse_size(text: str) -> int:
     """'64K', '4G', '512M', '4GiB', '1T' or plain bytes; binary multiples
-    (the one size parser; :func:`htabtool.vmimage.parse_size`)."""
-    from htabtool.vmimage import parse_size as parse
+    (the one size parser; :func:`htabtool.sim.vmformat.parse_size`)."""
+    from htabtool.sim.vmimage import parse_size as parse
 
     return parse(text)
 

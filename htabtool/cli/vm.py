@@ -1,4 +1,4 @@
-"""``htabtool vm``: create, run and inspect simulated VMs (thin over htabtool.vmimage)."""
+"""``htabtool vm``: create, run and inspect simulated VMs (thin over htabtool.sim.vmimage)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def create(image, ram, order, profile, seed, vrma, backing, cpu, force, as_json)
       htabtool vm create -f guest.img --ram 4G     # replace guest.img
       htabtool vm create p9.img --ram 4G --cpu POWER9
     """
-    from htabtool.vmimage import create_image
+    from htabtool.sim.vmimage import create_image
 
     if ram is None and order is None:
         raise click.UsageError("give --ram SIZE or --order N")
@@ -95,7 +95,7 @@ def create(image, ram, order, profile, seed, vrma, backing, cpu, force, as_json)
 
 
 def _create_lines(info):
-    from htabtool.vmimage import format_size
+    from htabtool.sim.vmimage import format_size
 
     g = info["guest"]
     yield (
@@ -120,7 +120,7 @@ def run(image, ops, seconds, as_json):
       htabtool vm run guest.img --ops 1000
       htabtool vm run guest.img --seconds 30 --json
     """
-    from htabtool.vmimage import run_image
+    from htabtool.sim.vmimage import run_image
 
     if (ops is None) == (seconds is None):
         raise click.UsageError("give exactly one of --ops N or --seconds S")
@@ -149,13 +149,13 @@ def info(image, as_json):
     Example:
       htabtool vm info guest.img --json
     """
-    from htabtool.vmimage import image_info
+    from htabtool.sim.vmimage import image_info
 
     _emit(image_info(image), as_json, _info_lines, "info")
 
 
 def _info_lines(i):
-    from htabtool.vmimage import format_size
+    from htabtool.sim.vmimage import format_size
 
     g = i["guest"]
     yield f"image:        {i['path']} (format {i['format_version']}, generation {i['generation']})"
@@ -188,7 +188,7 @@ def stop(image, as_json):
       htabtool vm stop guest.img
       htabtool vm stop guest.img --json
     """
-    from htabtool.vmimage import set_running
+    from htabtool.sim.vmimage import set_running
 
     _emit(set_running(image, False), as_json, _state_lines, "state")
 
@@ -204,7 +204,7 @@ def cont(image, as_json):
       htabtool vm cont guest.img
       htabtool vm cont guest.img --json
     """
-    from htabtool.vmimage import set_running
+    from htabtool.sim.vmimage import set_running
 
     _emit(set_running(image, True), as_json, _state_lines, "state")
 

@@ -178,7 +178,7 @@ def records_out(snap: SnapshotInput, write: Callable[[bytes], object], byte_orde
 def write_records(fd, pieces: Iterable[tuple[int, bytes]], buffer_size: int = 1 << 20) -> tuple[int, int]:
     """Write whole records through an htab write fd, one record per write():
     the kernel parses only the first record of a write() right (see
-    :meth:`htabtool.engine.HtabFd.write`).  ``fd.write_records(data)``
+    :meth:`htabtool.sim.htabfd.HtabFd.write`).  ``fd.write_records(data)``
     makes those writes for the records of ``data`` (at most ``buffer_size``
     bytes of records are handed over at a time; a record longer is handed
     over whole) and returns the bytes consumed; ``fd.write_calls`` counts
@@ -217,12 +217,12 @@ def load_vm(snap: SnapshotFileInput, image: str, *, create: bool = False, stop: 
             buffer_size: int = 65536, progress: Callable[[int], None] | None = None) -> VMLoad:
     """Replay every chunk of a (checked) snapshot into a VM image through its
     htab write fd.  All or nothing: an existing image is changed in a copy
-    renamed over it at the end (:func:`htabtool.vmimage.transaction`); a new
+    renamed over it at the end (:func:`htabtool.sim.vmimage.transaction`); a new
     one (``create``) is made under a temporary name and linked into place
     when the load is done, so a failed or killed load leaves no image.
     ``progress`` is called with the bytes of each piece written."""
     from htabtool.atomic import dangling_link
-    from htabtool.vmimage import transaction
+    from htabtool.sim.vmimage import transaction
 
     link = dangling_link(image)
     if link:
@@ -252,7 +252,7 @@ def _create_and_load(snap, image, verify, buffer_size, progress=None) -> VMLoad:
 
     from htabtool.atomic import _fsync_directory, committed, temp_name, uninterrupted
     from htabtool.errors import VMImageError
-    from htabtool.vmimage import VMImage
+    from htabtool.sim.vmimage import VMImage
 
     directory, base = os.path.split(os.path.abspath(image))
     tmp = temp_name(directory, base)
@@ -276,7 +276,7 @@ def _create_and_load(snap, image, verify, buffer_size, progress=None) -> VMLoad:
 
 
 def _load_into(vm, snap, image, stop, verify, buffer_size, *, created, progress=None) -> VMLoad:
-    from htabtool.engine import KVM_GET_HTAB_WRITE
+    from htabtool.sim.papr import KVM_GET_HTAB_WRITE
 
     if stop:
         vm.hpt.stop()

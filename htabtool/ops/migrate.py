@@ -3,7 +3,7 @@
 Strategy: the source is a private copy of a VM image (the image itself is
 only read: a simulation is rerun with the same result), its guest goes on
 running its profile while QEMU's rules drive the kernel's htab fd
-(:meth:`htabtool.engine.SimulatedHPT.htab_fd`, byte for byte the kernel's
+(:meth:`htabtool.sim.hpt.SimulatedHPT.htab_fd`, byte for byte the kernel's
 records), and a clock counts what the link would take.  Nothing loops per
 entry: reads are the engine's bursts, the pending data is one planned pass.
 
@@ -128,8 +128,8 @@ class Link:
 def scratch_copy(vm):
     """(SimulatedHPT, Guest) copied into memory from an open VM image, so
     that the simulation changes nothing on disk."""
-    from htabtool.engine import SimulatedHPT
-    from htabtool.guest import Guest
+    from htabtool.sim.guest import Guest
+    from htabtool.sim.hpt import SimulatedHPT
 
     src = vm.hpt
     hpt = SimulatedHPT(src.order, ram_size=src.ram_size, backing_page_shift=src.backing_page_shift,
@@ -291,8 +291,8 @@ def migrate(image: str, *, bandwidth, downtime_limit=DEFAULT_DOWNTIME_LIMIT, ram
     import tempfile
 
     from htabtool.atomic import atomic_write
+    from htabtool.sim.vmimage import open_vm
     from htabtool.units import parse_bandwidth, parse_duration
-    from htabtool.vmimage import open_vm
 
     link = Link(parse_bandwidth(bandwidth), parse_duration(downtime_limit), float(ram_share), int(max_passes),
                 ram_round=parse_duration(ram_round))
@@ -356,8 +356,8 @@ def _make_destination(snapshot_path: str, to: str, source_hpt) -> bool:
     whatever ``to`` named, and compare its table with the source's."""
     from htabtool.atomic import temp_name
     from htabtool.ops.load import load_vm
+    from htabtool.sim.vmimage import open_vm
     from htabtool.sources import open_snapshot
-    from htabtool.vmimage import open_vm
 
     directory, base = os.path.split(os.path.abspath(to))
     staging = temp_name(directory, base)

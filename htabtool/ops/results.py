@@ -541,13 +541,13 @@ class MigrationResult:
     to_json = to_dict
 
 
-# -- vm (the image's own reports, from htabtool.vmimage, under their schema) ----------------
+# -- vm (the image's own reports, from htabtool.sim.vmimage, under their schema) ----------------
 
 
 @dataclass
 class VMReport:
     """``htabtool vm info|create|run|stop|cont``: the image's report (a dict
-    of :mod:`htabtool.vmimage`) under its schema (``kind``: info, run or
+    of :mod:`htabtool.sim.vmimage`) under its schema (``kind``: info, run or
     state)."""
 
     kind: str

@@ -50,7 +50,7 @@ class TableSource(Protocol):
 
     # optional: ``later_rows(lo, limit)`` -> (rows, kinds, hi) or None: a
     # later pass's dirty entries from lo on, without a scan (see
-    # htabtool.engine._HptSource.later_rows); the planner then costs what changed
+    # htabtool.sim.readview.HptSource.later_rows); the planner then costs what changed
 
 
 class StaticTable:

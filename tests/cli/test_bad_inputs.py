@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from htabtool.vmimage import create_image
+from htabtool.sim.vmimage import create_image
 from tests import helpers as C
 
 MAN = C.MAN / "htabtool-errors.7"
@@ -221,15 +221,15 @@ def huge_table(path: Path) -> None:
     """The header of an image rewritten for the largest table (order 46:
     2**42 entries, 64 TiB), its sections where such a table puts them and
     its checksum right: only the file's size can tell."""
-    from htabtool import vmimage
+    from htabtool.sim import vmformat
 
-    raw = bytearray(path.read_bytes()[: vmimage._HEADER.size])
-    fields = list(vmimage._HEADER.unpack_from(raw))
+    raw = bytearray(path.read_bytes()[: vmformat.HEADER.size])
+    fields = list(vmformat.HEADER.unpack_from(raw))
     entries = 1 << 42
-    lay = vmimage._layout(entries)
+    lay = vmformat.layout(entries)
     fields[3], fields[5] = 46, entries
     fields[9:16] = [lay["table"], entries * 16, lay["rev"], entries * 8, lay["gmap"], entries * 8, lay["state"]]
-    body = vmimage._HEADER.pack(*fields)
+    body = vmformat.HEADER.pack(*fields)
     patch(path, 0, body + struct.pack("<I", zlib.crc32(body)))
 
 
@@ -496,10 +496,10 @@ def state_edit(edit) -> Callable[[Path], None]:
     """A VM image whose state JSON is changed by ``edit`` (header fixed up)."""
 
     def damage(path: Path) -> None:
-        from htabtool import vmimage
+        from htabtool.sim import vmformat
 
-        raw = bytearray(path.read_bytes()[: vmimage._HEADER.size])
-        fields = list(vmimage._HEADER.unpack_from(raw))
+        raw = bytearray(path.read_bytes()[: vmformat.HEADER.size])
+        fields = list(vmformat.HEADER.unpack_from(raw))
         off, length = fields[15], fields[16]
         state = json.loads(path.read_bytes()[off : off + length])
         edit(state)
@@ -509,7 +509,7 @@ def state_edit(edit) -> Callable[[Path], None]:
             f.write(blob)
             f.truncate(off + len(blob))
         fields[16] = len(blob)
-        body = vmimage._HEADER.pack(*fields)
+        body = vmformat.HEADER.pack(*fields)
         patch(path, 0, body + struct.pack("<I", zlib.crc32(body)))
 
     return damage
@@ -517,11 +517,11 @@ def state_edit(edit) -> Callable[[Path], None]:
 
 def header_field(index: int, value: int) -> Callable[[Path], None]:
     def damage(path: Path) -> None:
-        from htabtool import vmimage
+        from htabtool.sim import vmformat
 
-        fields = list(vmimage._HEADER.unpack_from(path.read_bytes()[: vmimage._HEADER.size]))
+        fields = list(vmformat.HEADER.unpack_from(path.read_bytes()[: vmformat.HEADER.size]))
         fields[index] = value
-        body = vmimage._HEADER.pack(*fields)
+        body = vmformat.HEADER.pack(*fields)
         patch(path, 0, body + struct.pack("<I", zlib.crc32(body)))
 
     return damage

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from htabtool import ops, vmimage
+from htabtool import ops
+from htabtool.sim import vmimage
 from htabtool.sources import open_snapshot
 from tests.helpers import ENV, cli_run, record_stream, spawn_htabtool
 
@@ -32,7 +33,7 @@ IN_USE = "the VM image is in use by another htabtool process; try again when it 
 
 HOLDER = r"""
 import sys
-from htabtool.vmimage import open_vm
+from htabtool.sim.vmimage import open_vm
 with open_vm(sys.argv[1], writable=sys.argv[2] == "write"):
     print("held", flush=True)
     sys.stdin.readline()

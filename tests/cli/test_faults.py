@@ -62,10 +62,10 @@ def wrap(owner, name, label):
     setattr(owner, name, hooked)
 for name in ("open", "pwrite", "ftruncate", "fsync", "replace", "rename", "link", "unlink"):
     wrap(os, name, name)
-import htabtool.atomic, htabtool.engine
+import htabtool.atomic, htabtool.sim.htabfd
 wrap(htabtool.atomic._File, "write", "file-write")
-wrap(htabtool.engine.HtabFd, "write", "htab-write")
-wrap(htabtool.engine.HtabFd, "write_records", "htab-write")  # one record per write(), a burst of them
+wrap(htabtool.sim.htabfd.HtabFd, "write", "htab-write")
+wrap(htabtool.sim.htabfd.HtabFd, "write_records", "htab-write")  # one record per write(), a burst of them
 if not target:
     atexit.register(lambda: sys.stderr.write("\nKILL-POINTS " + " ".join(trace) + "\n"))
 from htabtool.cli import main
@@ -531,7 +531,7 @@ def test_everything_written_is_mode_0600_even_with_umask_0(inputs, tmp_path):
 def test_the_working_copy_of_an_image_never_follows_a_planted_symlink(inputs, tmp_path, monkeypatch):
     """The copy's name is random; even a guessed name holding a symlink is
     not followed (O_EXCL | O_NOFOLLOW): another name is taken."""
-    from htabtool import vmimage
+    from htabtool.sim import vmimage
 
     d = workdir(tmp_path, inputs, "guest.img")
     victim = tmp_path / "victim"

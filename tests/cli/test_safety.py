@@ -655,7 +655,7 @@ def test_a_newline_in_a_file_name_does_not_split_the_error(tmp_path):
 def test_an_output_onto_an_image_in_use_is_refused(inputs, tmp_path):
     """load --raw-out -f IMG while vm run holds IMG: refused, or vm run's
     rename would silently undo it."""
-    from htabtool.vmimage import VMImage
+    from htabtool.sim.vmimage import VMImage
 
     d = workdir(tmp_path, inputs, "a.htab", "g.img")
     held = VMImage.open(str(d / "g.img"))  # as vm run holds it
@@ -743,11 +743,11 @@ def test_vm_create_with_more_ram_than_the_table_maps_is_refused_at_once(tmp_path
 
 
 def _edit_state(path: Path, edit) -> None:
-    from htabtool import vmimage
+    from htabtool.sim import vmformat
 
     with open(path, "r+b") as f:
-        raw = bytearray(f.read(vmimage.HEADER_SIZE))
-        fields = list(vmimage._HEADER.unpack_from(raw))
+        raw = bytearray(f.read(vmformat.HEADER_SIZE))
+        fields = list(vmformat.HEADER.unpack_from(raw))
         off, length = fields[15], fields[16]
         f.seek(off)
         state = json.loads(f.read(length))
@@ -757,7 +757,7 @@ def _edit_state(path: Path, edit) -> None:
         f.write(blob)
         f.truncate(off + len(blob))
         fields[16] = len(blob)
-        body = vmimage._HEADER.pack(*fields)
+        body = vmformat.HEADER.pack(*fields)
         import zlib
 
         f.seek(0)
@@ -791,14 +791,14 @@ def test_a_vm_state_of_the_wrong_types_is_one_line(inputs, tmp_path, damage, arg
 
 
 def test_a_generation_at_its_maximum_is_refused_for_changes(inputs, tmp_path):
-    from htabtool import vmimage
+    from htabtool.sim import vmformat
 
     d = workdir(tmp_path, inputs, "g.img")
     with open(d / "g.img", "r+b") as f:
-        raw = bytearray(f.read(vmimage._HEADER.size))
-        fields = list(vmimage._HEADER.unpack_from(raw))
+        raw = bytearray(f.read(vmformat.HEADER.size))
+        fields = list(vmformat.HEADER.unpack_from(raw))
         fields[-1] = (1 << 64) - 1
-        body = vmimage._HEADER.pack(*fields)
+        body = vmformat.HEADER.pack(*fields)
         import zlib
 
         f.seek(0)

@@ -56,8 +56,8 @@ INSIDE = os.path.exists("/dev/kvm") and os.path.exists("/proc/cpuinfo") and "POW
 inside = pytest.mark.skipif(not INSIDE, reason="needs a POWER KVM-HV host (/dev/kvm); run through the kernel kit")
 
 if INSIDE:
-    from htabtool.engine import KVM_GET_HTAB_BOLTED_ONLY, KVM_GET_HTAB_WRITE, SimulatedHPT  # noqa: E402
     from htabtool.kvm import parse_cpuinfo  # noqa: E402
+    from htabtool.sim import KVM_GET_HTAB_BOLTED_ONLY, KVM_GET_HTAB_WRITE, SimulatedHPT  # noqa: E402
     from tests.helpers import kvm_vm  # noqa: E402
 
     CPU = re.match(r"POWER\d+", parse_cpuinfo(open("/proc/cpuinfo").read()) or "").group(0)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from htabtool import kvm
-from htabtool.engine import H_AVPN, H_EXACT, H_NOT_FOUND, H_SUCCESS, KVM_GET_HTAB_WRITE, SimulatedHPT
 from htabtool.errors import KVMError, UsageError, VMImageError
 from htabtool.records import decode_batch
+from htabtool.sim import H_AVPN, H_EXACT, H_NOT_FOUND, H_SUCCESS, KVM_GET_HTAB_WRITE, SimulatedHPT
 from tests.helpers import cli_run, record
 
 VALID, LARGE, BOLTED = 0x1, 0x4, 0x10
@@ -219,7 +219,7 @@ def test_vm_create_cpu_is_kept_in_the_image(tmp_path):
     r = cli_run("vm", "create", "p9.img", "--order", 18, "--cpu", "POWER9", "--json", cwd=tmp_path)
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["cpu"] == "POWER9"
-    from htabtool.vmimage import open_vm
+    from htabtool.sim.vmimage import open_vm
 
     with open_vm(tmp_path / "p9.img", writable=False) as vm:
         assert vm.hpt.cpu == "POWER9" and vm.hpt.isa300

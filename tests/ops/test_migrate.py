@@ -6,10 +6,10 @@ import json
 import pytest
 
 from htabtool import ops
-from htabtool.engine import H_EXACT, H_SUCCESS, SimulatedHPT
 from htabtool.errors import UsageError
-from htabtool.guest import PROFILES
 from htabtool.ops.migrate import INDEX_ENTRY_SIZE, Link, Migration, MigrationResult
+from htabtool.sim import H_EXACT, H_SUCCESS, SimulatedHPT
+from htabtool.sim.guest import PROFILES
 from htabtool.units import parse_bandwidth, parse_duration
 from tests.helpers import cli_run
 

@@ -495,7 +495,8 @@ def test_an_index_past_32_bits_is_refused_never_ored_into_n_valid():
 
 @pytest.mark.parametrize("order", [37, 40, 46])
 def test_orders_the_index_cannot_address_are_refused_everywhere(order, tmp_path):
-    from htabtool import container, qemu, sources, vmimage
+    from htabtool import container, qemu, sources
+    from htabtool.sim import vmimage
 
     assert records.check_indexable_order(36) == 36
     with pytest.raises(UsageError,

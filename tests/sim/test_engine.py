@@ -15,7 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from htabtool import engine
-from htabtool.engine import (
+from htabtool.errors import UsageError
+from htabtool.hpte import is_vrma_hpte
+from htabtool.records import decode_batch
+from htabtool.sim import (
     H_ANDCOND,
     H_AVPN,
     H_EXACT,
@@ -27,10 +30,8 @@ from htabtool.engine import (
     KVM_GET_HTAB_BOLTED_ONLY,
     KVM_GET_HTAB_WRITE,
     SimulatedHPT,
+    htabfd,
 )
-from htabtool.errors import UsageError
-from htabtool.hpte import is_vrma_hpte
-from htabtool.records import decode_batch
 from tests.helpers import record
 
 VALID, SECONDARY, LARGE, BOLTED, ABSENT, HVLOCK = 0x1, 0x2, 0x4, 0x10, 0x20, 0x40
@@ -574,7 +575,7 @@ def test_a_burst_of_reads_is_reads_one_by_one_with_their_side_effects(size, star
     table, the guest view and the fd where read() calls leave them: on a
     first pass, on an incremental one after changes, and when the burst is
     abandoned half-way."""
-    monkeypatch.setattr(engine, "HARVEST_BATCH", batch)
+    monkeypatch.setattr(htabfd, "HARVEST_BATCH", batch)
     one, burst = _twins(size + start)
     fd1, fd2 = one.htab_fd(start_index=start), burst.htab_fd(start_index=start)
     rng = np.random.default_rng(size)

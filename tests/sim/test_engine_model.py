@@ -32,7 +32,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from htabtool.engine import SimulatedHPT
+from htabtool.sim import SimulatedHPT
 
 # -- constants, from the kernel headers -------------------------------------
 VALID, SECONDARY, LARGE, BOLTED = 0x1, 0x2, 0x4, 0x10

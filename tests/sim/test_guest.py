@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from htabtool.engine import KVM_GET_HTAB_WRITE, SimulatedHPT
 from htabtool.errors import UsageError
-from htabtool.guest import Guest, get_profile, ram_order
 from htabtool.records import decode_batch
+from htabtool.sim import KVM_GET_HTAB_WRITE, SimulatedHPT
+from htabtool.sim.guest import Guest, get_profile, ram_order
 
 MIB = 1 << 20
 VALID, SECONDARY, BOLTED, ABSENT = 0x1, 0x2, 0x10, 0x20

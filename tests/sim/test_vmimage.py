@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from htabtool.engine import KVM_GET_HTAB_WRITE
 from htabtool.errors import UsageError, VMImageError
-from htabtool.vmimage import MAGIC, VMImage, create_image, image_info, open_vm, parse_size, run_image, set_running
+from htabtool.sim import KVM_GET_HTAB_WRITE
+from htabtool.sim.vmimage import MAGIC, VMImage, create_image, image_info, open_vm, parse_size, run_image, set_running
 from tests.helpers import cli_run, run_htabtool
 
 MIB = 1 << 20
@@ -56,7 +56,7 @@ def test_reopened_in_another_process_is_the_same_guest(img, tmp_path):
     # one continues here, the other in a child process: same guest, same table
     run_image(img, ops=60)
     code = (
-        "import sys; from htabtool.vmimage import run_image; "
+        "import sys; from htabtool.sim.vmimage import run_image; "
         "run_image(sys.argv[1], ops=25); run_image(sys.argv[1], ops=35)"
     )
     subprocess.run([sys.executable, "-c", code, other], check=True)
@@ -73,7 +73,7 @@ def test_dump_in_one_process_load_in_another(img, tmp_path):
     dump = str(tmp_path / "pass.bin")
     code = (
         "import sys\n"
-        "from htabtool.vmimage import open_vm\n"
+        "from htabtool.sim.vmimage import open_vm\n"
         "with open_vm(sys.argv[1]) as vm, vm.hpt.htab_fd() as fd, open(sys.argv[2], 'wb') as out:\n"
         "    while True:\n"
         "        out.write(fd.read(1 << 16))\n"

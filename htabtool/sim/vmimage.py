@@ -15,48 +15,7 @@ wait.  A lock is taken on the inode a path names; since changes replace the
 file (below), an open checks after locking that the path still names the
 inode locked, and opens again if not.
 
-On-disk layout, format version 1
---------------------------------
-
-All header integers are little-endian.  The header is one 4096-byte block::
-
-    offset size field
-         0    8 magic: 89 48 54 41 42 56 4d 0a ("\\x89HTABVM\\n")
-         8    4 format version: 1
-        12    4 header size: 4096
-        16    4 order: log2 of the table's size in bytes (18..46)
-        20    4 flags: bit 0 vCPUs running, bit 1 MMU ready,
-                bit 2 map the VRMA on the first run
-        24    8 entries: 2**(order-4)
-        32    8 guest RAM size in bytes
-        40    4 backing page shift (log2 of the host pages backing RAM)
-        44    4 host CPU: 0 POWER8 (also every image made before this
-                field was used), 9 POWER9, 10 POWER10
-        48    8 table offset          56  8 table length   (entries * 16)
-        64    8 reverse map offset    72  8 its length     (entries * 8)
-        80    8 guest map offset      88  8 its length     (entries * 8)
-        96    8 state offset         104  8 state length   (bytes of JSON)
-       112    8 vrma_slb_v: the VRMA's SLB word (0 until set up)
-       120    8 LPCR bits of the VRMA (the VRMASD field)
-       128    8 generation: bumped by every save
-       136    4 CRC-32 (zlib) of bytes 0..135
-       140  ... zero to the end of the block
-
-The sections start at multiples of 64 KiB, in this order:
-
-- table: the HPT as the hardware sees it, each entry two big-endian 64-bit
-  doublewords (as the HPT is in memory), with KVM's software bits and host
-  real addresses;
-- reverse map: each entry's ``guest_rpte`` (the guest's view of the second
-  doubleword, HPTE_GR_MODIFIED in bit 62), little-endian 64-bit;
-- guest map: the guest model's record of each slot, little-endian 64-bit
-  (bit 63 present, bit 62 clean-but-writable, bits 40..58 context, bits
-  0..32 the 64K page within the context's 512T); zero where the guest
-  believes the slot is free;
-- state: UTF-8 JSON, ``{"format": 1, "tool": ..., "guest": {...},
-  "engine": {"hcalls": {...}}}``; the guest part holds the profile, seed,
-  the generator state, the processes and their mappings.  It is the last
-  section; a save rewrites it and truncates the file after it.
+The on-disk layout (format version 1) is :mod:`htabtool.sim.vmformat`'s.
 
 A reader refuses an image whose magic, version, header checksum, sizes or
 JSON do not hold, and anything that is not a regular file (a FIFO, a
@@ -83,73 +42,42 @@ import errno
 import fcntl
 import json
 import os
-import re
 import stat as stat_module
-import struct
-import zlib
-from typing import Iterator
-
-import numpy as np
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from htabtool import __version__
-from htabtool.atomic import OutputRefused, check_destination, committed, temp_name, uninterrupted
-from htabtool.engine import (
-    CPUS,
-    DEFAULT_BACKING_PAGE_SHIFT,
-    DEFAULT_CPU,
-    PPC_MAX_HPT_ORDER,
-    PPC_MIN_HPT_ORDER,
-    SimulatedHPT,
-)
+from htabtool.atomic import OutputRefused, TempFile, check_destination, fsync_directory, uninterrupted
 from htabtool.errors import HtabError, UsageError, VMImageError
-from htabtool.guest import PAGE_SHIFT, Guest, get_profile, ram_order  # PAGE_SHIFT: the linear map's pages
+from htabtool.sim.mmu import DEFAULT_BACKING_PAGE_SHIFT, DEFAULT_CPU, GUEST_PAGE_SHIFT, ram_order
+from htabtool.sim.papr import PPC_MAX_HPT_ORDER, PPC_MIN_HPT_ORDER
+from htabtool.sim.profiles import get_profile
+from htabtool.sim.vmformat import (
+    CPU_CODES,
+    FLAG_MAP_VRMA,
+    FLAG_MMU_READY,
+    FLAG_RUNNING,
+    FORMAT_VERSION,
+    MAGIC,
+    MAX_U64,
+    SECTION_ALIGN,
+    add_counts,
+    check_state,
+    describe,
+    describe_file,
+    entry_counts,
+    format_size,
+    layout,
+    parse_size,
+    read_header,
+    read_state,
+    write_header,
+)
 
-MAGIC = b"\x89HTABVM\n"
-FORMAT_VERSION = 1
-HEADER_SIZE = 4096
-SECTION_ALIGN = 1 << 16
-_HEADER = struct.Struct("<8sIIIIQQII" + "Q" * 8 + "QQQ")
-assert _HEADER.size == 136
+if TYPE_CHECKING:  # numpy, the engine and the guest are imported when an image is mapped, not for vm info
+    import numpy as np
 
-FLAG_RUNNING = 1
-FLAG_MMU_READY = 2
-FLAG_MAP_VRMA = 4
-
-#: the header's host CPU field (0: POWER8, the only host before the field was used)
-CPU_CODES = {"POWER8": 0, "POWER9": 9, "POWER10": 10}
-assert set(CPU_CODES) == set(CPUS)
-
-
-def _align(x: int) -> int:
-    return (x + SECTION_ALIGN - 1) // SECTION_ALIGN * SECTION_ALIGN
-
-
-def _layout(npte: int) -> dict:
-    table = _align(HEADER_SIZE)
-    rev = _align(table + npte * 16)
-    gmap = _align(rev + npte * 8)
-    state = _align(gmap + npte * 8)
-    return {"table": table, "rev": rev, "gmap": gmap, "state": state}
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
-
-
-def parse_size(text: str) -> int:
-    """'4G', '512M', '4GiB', '1T' or plain bytes; binary multiples."""
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise UsageError(f"not a size: {text!r} (use e.g. 4G, 512M, 1T)")
-    n = int(m.group(1))
-    shift = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
-    return n << shift
-
-
-def format_size(n: int) -> str:
-    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} bytes"
+    from htabtool.sim.hpt import SimulatedHPT
 
 
 class VMImage:
@@ -162,40 +90,41 @@ class VMImage:
         self._fd = fd
         self.header = header
         self.writable = writable
-        npte = header["entries"]
         file = path if file is None else file
         try:  # the file locked on fd, whatever the name names by now
-            table = _map(file, fd, writable, ">u8", header["table_offset"], (npte, 2))
-            rev = _map(file, fd, writable, "<u8", header["rev_offset"], (npte,))
-            gmap = _map(file, fd, writable, "<u8", header["gmap_offset"], (npte,))
+            maps = _map_sections(file, fd, writable, header)
         except (OSError, ValueError) as exc:
-            why = _short(exc) if isinstance(exc, OSError) else str(exc)
-            raise VMImageError(f"{path}: cannot map the image: {why}") from None
+            raise VMImageError(f"{path}: cannot map the image: {_map_error(exc)}") from None
+        import numpy as np
+
+        from htabtool.sim.guest import Guest
+        from htabtool.sim.hpt import SimulatedHPT
+
         flags = header["flags"]
-        self._maps = (table, rev, gmap)  # flushed on save
+        self._maps = maps  # flushed on save
         # plain ndarray views of the maps: numpy's memmap subclass costs a
         # Python call on every slice, and the engine slices per read
-        table, rev, gmap = (m.view(np.ndarray) for m in self._maps)
+        hpt_array, rev_array, gmap_array = (m.view(np.ndarray) for m in self._maps)
         self.hpt = SimulatedHPT(
             header["order"],
             ram_size=header["ram"],
             backing_page_shift=header["backing_page_shift"],
             map_vrma=bool(flags & FLAG_MAP_VRMA),
-            hpt=table,
-            rev=rev,
+            hpt=hpt_array,
+            rev=rev_array,
             cpu=header["cpu"],
         )
         self.hpt.vcpus_running = bool(flags & FLAG_RUNNING)
         self.hpt.mmu_ready = bool(flags & FLAG_MMU_READY)
         self.hpt.vrma_slb_v = header["vrma_slb_v"]
         self.hpt.lpcr = header["lpcr"]
-        if writable and header["generation"] >= _MAX_U64:
+        if writable and header["generation"] >= MAX_U64:
             raise VMImageError(f"{path}: the VM image's generation is at its maximum ({header['generation']}); "
                                f"it cannot be changed again")
-        _check_state(state, path)
+        check_state(state, path)
         self.hpt.hcalls.update(state.get("engine", {}).get("hcalls", {}))
         try:
-            self.guest = Guest(self.hpt, gmap, state["guest"])
+            self.guest = Guest(self.hpt, gmap_array, state["guest"])
         except (KeyError, TypeError, ValueError, HtabError) as exc:
             raise VMImageError(f"{path}: the guest state does not hold: {exc}") from None
         self.state = state
@@ -203,7 +132,7 @@ class VMImage:
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, writable: bool = True) -> "VMImage":
+    def open(cls, path: str | os.PathLike, writable: bool = True) -> VMImage:
         path = os.fspath(path)
         fd = _open_locked(path, writable)
         try:
@@ -213,11 +142,11 @@ class VMImage:
             raise
 
     @classmethod
-    def _from_fd(cls, path: str, fd: int, writable: bool, file: str | None = None) -> "VMImage":
+    def _from_fd(cls, path: str, fd: int, writable: bool, file: str | None = None) -> VMImage:
         """The image open (and locked) on ``fd``: ``file`` is its name in the
         file system (default ``path``), ``path`` its name in messages."""
-        header = _read_header(fd, path)
-        state = _read_state(fd, path, header)
+        header = read_header(fd, path)
+        state = read_state(fd, path, header)
         return cls(path, fd, header, state, writable, file)
 
     @classmethod
@@ -234,7 +163,7 @@ class VMImage:
         force: bool = False,
         final: bool = True,
         cpu: str = DEFAULT_CPU,
-    ) -> "VMImage":
+    ) -> VMImage:
         """Make a new image and boot its guest.  The table size is ``order``,
         else QEMU's default for ``ram``; RAM defaults to 128 times the table
         (the inverse rule).  The file appears whole or not at all; an
@@ -252,7 +181,7 @@ class VMImage:
             raise VMImageError(str(exc)) from None
         directory = os.path.dirname(os.path.abspath(path))
         npte = 1 << (order - 4)
-        lay = _layout(npte)
+        lay = layout(npte)
         header = {
             "version": FORMAT_VERSION,
             "order": order,
@@ -286,55 +215,51 @@ class VMImage:
 
     @classmethod
     def _create(cls, path, directory, header, lay, npte, ram, order, profile, seed, backing_page_shift, vrma,
-                force, final=True) -> "VMImage":
-        fd, tmp = _open_copy(directory, os.path.basename(path), "cannot create")
+                force, final=True) -> VMImage:
+        import numpy as np
+
+        from htabtool.sim.guest import Guest
+        from htabtool.sim.hpt import SimulatedHPT
+
+        try:
+            new = TempFile(path, readable=True)
+        except OSError as exc:
+            where = os.path.join(directory, os.path.basename(path))
+            raise VMImageError(f"{where}: cannot create: {_short(exc)}") from None
+        fd, tmp = new.fd, new.name
         image = None
         try:
             _lock(fd, path, True)
             os.ftruncate(fd, lay["state"])
-            _write_header(fd, header)
+            write_header(fd, header)
             state = {"guest": None}
             # boot on the mapped arrays, then write the state
             vm = cls.__new__(cls)
             vm.path, vm._fd, vm.header, vm.writable = tmp, fd, header, True
             try:
-                table = _map(tmp, fd, True, ">u8", lay["table"], (npte, 2))
-                rev = _map(tmp, fd, True, "<u8", lay["rev"], (npte,))
-                gmap = _map(tmp, fd, True, "<u8", lay["gmap"], (npte,))
+                vm._maps = _map_sections(tmp, fd, True, header)
             except (OSError, ValueError) as exc:
-                why = _short(exc) if isinstance(exc, OSError) else str(exc)
-                raise VMImageError(f"{path}: cannot map a table of {npte} entries: {why}") from None
-            vm._maps = (table, rev, gmap)
-            table, rev, gmap = (m.view(np.ndarray) for m in vm._maps)
-            hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=table, rev=rev,
-                               cpu=header["cpu"])
+                raise VMImageError(f"{path}: cannot map a table of {npte} entries: {_map_error(exc)}") from None
+            hpt_array, rev_array, gmap_array = (m.view(np.ndarray) for m in vm._maps)
+            hpt = SimulatedHPT(order, ram_size=ram, backing_page_shift=backing_page_shift, map_vrma=vrma, hpt=hpt_array,
+                               rev=rev_array, cpu=header["cpu"])
             vm.hpt = hpt
-            vm.guest = Guest.boot(hpt, profile, seed, gmap=gmap)
+            vm.guest = Guest.boot(hpt, profile, seed, gmap=gmap_array)
             vm.state = state
             image = vm
             vm.save()
-            os.fsync(fd)
-            with uninterrupted():
-                if force:
-                    os.replace(tmp, path)
-                else:
-                    try:
-                        os.link(tmp, path)
-                    except FileExistsError:
-                        raise VMImageError(f"{path}: already exists; not overwritten (use -f to replace it)") from None
-                    os.unlink(tmp)
-                if final:
-                    committed()
-            _fsync_dir(directory)
+            try:
+                new.install(replace=force, final=final)  # fsyncs the file, then the directory
+            except FileExistsError:
+                raise VMImageError(f"{path}: already exists; not overwritten (use -f to replace it)") from None
             vm.path = path
             return vm
         except BaseException as exc:
             with uninterrupted():
                 if image is not None:
                     image._drop()
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                new.close()
+                new.discard()
             if isinstance(exc, OSError):  # a full disk, a file size limit: named, as any error of a file
                 raise VMImageError(f"{path}: cannot create the VM image ({_short(exc)}); nothing was created") from None
             raise
@@ -370,7 +295,7 @@ class VMImage:
         )
         os.pwrite(self._fd, blob, h["state_offset"])
         os.ftruncate(self._fd, h["state_offset"] + len(blob))
-        _write_header(self._fd, h)
+        write_header(self._fd, h)
 
     def close(self, save: bool = True) -> None:
         """Save (unless ``save`` is false: nothing was changed) and let go."""
@@ -383,7 +308,7 @@ class VMImage:
         finally:
             self._drop()
             os.close(self._fd)
-            self._fd = None
+            self._fd = None  # type: ignore[assignment]  # closed: close() again does nothing
 
     def flush(self) -> None:
         """Write the mapped arrays back (the table, the reverse map, the
@@ -393,10 +318,10 @@ class VMImage:
 
     def _drop(self) -> None:
         """Let go of the mapped arrays."""
-        self.hpt = None
-        self.guest = None
+        self.hpt = None  # type: ignore[assignment]  # dropped: the maps can be let go
+        self.guest = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "VMImage":
+    def __enter__(self) -> VMImage:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -405,43 +330,22 @@ class VMImage:
     # -- for people -----------------------------------------------------------------
 
     def info(self) -> dict:
-        h = self.header
+        """``vm info``'s dictionary (:func:`htabtool.sim.vmformat.describe`) of the image as it is now."""
         hpt = self.hpt
-        counts = table_counts(hpt)
-        st = os.fstat(self._fd)
-        return {
-            "path": self.path,
-            "format_version": h["version"],
-            "generation": h["generation"],
-            "order": h["order"],
-            "entries": h["entries"],
-            "table_bytes": h["table_length"],
-            "ram_bytes": h["ram"],
-            "backing_page_shift": h["backing_page_shift"],
-            "cpu": h["cpu"],
-            "vcpus": "running" if hpt.vcpus_running else "stopped",
-            "mmu_ready": hpt.mmu_ready,
-            "map_vrma": hpt.map_vrma,
-            "vrma_slb_v": f"{hpt.vrma_slb_v:#x}",
-            **counts,
-            "guest": self.guest.summary(),
-            "hcalls": dict(sorted(hpt.hcalls.items())),
-            "file_bytes": st.st_size,
-            "disk_bytes": st.st_blocks * 512,
-        }
+        return describe(self.path, self.header, table_counts(hpt), self.guest.state, hpt.hcalls, os.fstat(self._fd),
+                        running=hpt.vcpus_running, mmu_ready=hpt.mmu_ready, map_vrma=hpt.map_vrma,
+                        vrma_slb_v=hpt.vrma_slb_v)
 
 
 def table_counts(hpt: SimulatedHPT, chunk: int = 1 << 22) -> dict:
-    """Valid (valid or absent), bolted, absent, secondary and VRMA entries, by chunks."""
-    out = {"valid": 0, "bolted": 0, "absent": 0, "secondary": 0}
+    """Valid (valid or absent), bolted, absent and secondary entries, by chunks
+    (:func:`htabtool.sim.vmformat.entry_counts`)."""
+    from htabtool.hpte import v_low_bytes
+
+    total: dict = {}
     for lo in range(0, hpt.npte, chunk):
-        low = hpt.hpt[lo : lo + chunk].view(np.uint8)[:, 7]
-        valid = (low & 0x21) != 0
-        out["valid"] += int(np.count_nonzero(valid))
-        out["bolted"] += int(np.count_nonzero(valid & ((low & 0x10) != 0)))
-        out["absent"] += int(np.count_nonzero((low & 0x20) != 0))
-        out["secondary"] += int(np.count_nonzero(valid & ((low & 0x02) != 0)))
-    return out
+        add_counts(total, entry_counts(v_low_bytes(hpt.hpt[lo : lo + chunk]).tobytes()))
+    return total
 
 
 # -- the header and the state ---------------------------------------------------
@@ -525,6 +429,18 @@ def _lock_existing(path: str) -> int | None:
         raise
 
 
+def _map_sections(name: str, fd: int, writable: bool, h: dict) -> tuple[np.memmap, np.memmap, np.memmap]:
+    """The table, the reverse map and the guest map of the image on ``fd`` (see :func:`_map`)."""
+    npte = h["entries"]
+    return (_map(name, fd, writable, ">u8", h["table_offset"], (npte, 2)),
+            _map(name, fd, writable, "<u8", h["rev_offset"], (npte,)),
+            _map(name, fd, writable, "<u8", h["gmap_offset"], (npte,)))
+
+
+def _map_error(exc: OSError | ValueError) -> str:
+    return _short(exc) if isinstance(exc, OSError) else str(exc)
+
+
 def _map(name: str, fd: int, writable: bool, dtype: str, offset: int, shape: tuple) -> np.memmap:
     """A numpy memmap of the file open (and locked) on ``fd``, through a new
     open of ``name`` checked to be that same file.  (Not through a duplicate
@@ -533,217 +449,13 @@ def _map(name: str, fd: int, writable: bool, dtype: str, offset: int, shape: tup
     with open(name, "r+b" if writable else "rb", buffering=0) as f:
         if not _same_file(os.fstat(f.fileno()), os.fstat(fd)):
             raise OSError(errno.ESTALE, "the image was replaced while it was being opened", name)
+        import numpy as np
+
         return np.memmap(f, dtype=dtype, mode="r+" if writable else "r", offset=offset, shape=shape)
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _write_header(fd: int, h: dict) -> None:
-    try:
-        body = _pack_header(h)
-    except struct.error as exc:
-        raise VMImageError(f"a VM image header field is out of range ({exc})") from None
-    block = body + struct.pack("<I", zlib.crc32(body))
-    os.pwrite(fd, block + bytes(HEADER_SIZE - len(block)), 0)
-
-
-def _pack_header(h: dict) -> bytes:
-    return _HEADER.pack(
-        MAGIC,
-        h["version"],
-        HEADER_SIZE,
-        h["order"],
-        h["flags"],
-        h["entries"],
-        h["ram"],
-        h["backing_page_shift"],
-        CPU_CODES[h["cpu"]],
-        h["table_offset"],
-        h["table_length"],
-        h["rev_offset"],
-        h["rev_length"],
-        h["gmap_offset"],
-        h["gmap_length"],
-        h["state_offset"],
-        h["state_length"],
-        h["vrma_slb_v"],
-        h["lpcr"],
-        h["generation"],
-    )
-
-
-def _read_header(fd: int, path: str) -> dict:
-    raw = os.pread(fd, HEADER_SIZE, 0)
-    if len(raw) < _HEADER.size + 4 or raw[:8] != MAGIC:
-        if len(raw) >= 8 and raw[:8] != MAGIC:
-            raise VMImageError(f"{path}: not a VM image (bad magic {raw[:8].hex()})")
-        raise VMImageError(f"{path}: not a VM image (only {len(raw)} bytes)")
-    fields = _HEADER.unpack_from(raw)
-    (
-        _,
-        version,
-        header_size,
-        order,
-        flags,
-        entries,
-        ram,
-        backing,
-        cpu_code,
-        t_off,
-        t_len,
-        r_off,
-        r_len,
-        g_off,
-        g_len,
-        s_off,
-        s_len,
-        vrma_slb_v,
-        lpcr,
-        generation,
-    ) = fields
-    if version != FORMAT_VERSION:
-        raise VMImageError(
-            f"{path}: VM image format version {version}; this htabtool reads version {FORMAT_VERSION}"
-        )
-    (crc,) = struct.unpack_from("<I", raw, _HEADER.size)
-    if crc != zlib.crc32(raw[: _HEADER.size]):
-        raise VMImageError(f"{path}: the VM image header is corrupted (checksum mismatch)")
-    if header_size != HEADER_SIZE:
-        raise VMImageError(f"{path}: unexpected header size {header_size}")
-    cpu = {code: name for name, code in CPU_CODES.items()}.get(cpu_code)
-    if cpu is None:
-        raise VMImageError(f"{path}: unknown host CPU code {cpu_code} in the VM image header")
-    if not PPC_MIN_HPT_ORDER <= order <= PPC_MAX_HPT_ORDER or entries != 1 << (order - 4):
-        raise VMImageError(f"{path}: order {order} and {entries} entries do not agree")
-    lay = _layout(entries)
-    want = (lay["table"], entries * 16, lay["rev"], entries * 8, lay["gmap"], entries * 8, lay["state"])
-    if (t_off, t_len, r_off, r_len, g_off, g_len, s_off) != want:
-        raise VMImageError(f"{path}: the section offsets do not match a table of {entries} entries")
-    size = os.fstat(fd).st_size
-    if size < s_off + s_len:
-        raise VMImageError(f"{path}: truncated VM image: {size} bytes, the header says {s_off + s_len}")
-    return {
-        "version": version,
-        "order": order,
-        "flags": flags,
-        "entries": entries,
-        "ram": ram,
-        "backing_page_shift": backing,
-        "cpu": cpu,
-        "table_offset": t_off,
-        "table_length": t_len,
-        "rev_offset": r_off,
-        "rev_length": r_len,
-        "gmap_offset": g_off,
-        "gmap_length": g_len,
-        "state_offset": s_off,
-        "state_length": s_len,
-        "vrma_slb_v": vrma_slb_v,
-        "lpcr": lpcr,
-        "generation": generation,
-    }
-
-
-def _read_state(fd: int, path: str, h: dict) -> dict:
-    blob = os.pread(fd, h["state_length"], h["state_offset"])
-    try:
-        state = json.loads(blob.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VMImageError(f"{path}: the VM image's state is not valid JSON ({exc})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("guest"), dict):
-        raise VMImageError(f"{path}: the VM image's state has no guest")
-    return state
-
-
-_MAX_U64 = (1 << 64) - 1
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _MAX_U64
-
-
-def _is_number(x) -> bool:
-    return (isinstance(x, (int, float)) and not isinstance(x, bool)) and 0 <= x < float("inf")
-
-
-_GUEST_FIELDS = {
-    "profile": lambda x: isinstance(x, str),
-    "seed": lambda x: isinstance(x, int) and not isinstance(x, bool),
-    "rng": lambda x: isinstance(x, dict),
-    "clock": _is_number,
-    "events": _is_int,
-    "next_pid": _is_int,
-    "next_context": _is_int,
-    "processes": lambda x: isinstance(x, list),
-    "vmalloc_next": _is_int,
-    "shm": lambda x: x is None or (isinstance(x, dict) and _is_int(x.get("pages")) and _is_int(x.get("pa"))),
-    "totals": lambda x: isinstance(x, dict) and all(isinstance(k, str) and _is_int(v) for k, v in x.items()),
-}
-_PROCESS_FIELDS = {
-    "pid": _is_int,
-    "ppid": _is_int,
-    "comm": lambda x: isinstance(x, str),
-    "ctx": _is_int,
-    "vmas": lambda x: isinstance(x, list) and all(_is_vma(v) for v in x),
-}
-_PROCESS_OPTIONAL = {"brk": _is_int, "mmap_top": _is_int}
-
-
-def _is_vma(v) -> bool:
-    """[start, 64K pages, protection, kind, shared physical address or None]"""
-    return (isinstance(v, list) and len(v) == 5 and _is_int(v[0]) and _is_int(v[1]) and isinstance(v[2], str)
-            and isinstance(v[3], str) and (v[4] is None or _is_int(v[4])))
-
-
-def _check_state(state: dict, path: str) -> None:
-    """The types of the state's JSON, field by field (a hand-edited or
-    damaged image is refused in one line, not met by a TypeError later)."""
-    def fail(where: str) -> None:
-        raise VMImageError(f"{path}: the VM image's state does not hold: {where}")
-
-    guest = state["guest"]
-    for key, ok in _GUEST_FIELDS.items():
-        if key not in guest:
-            fail(f"guest.{key} is missing")
-        if not ok(guest[key]):
-            fail(f"guest.{key} has the wrong type or value ({type(guest[key]).__name__})")
-    try:
-        programs = get_profile(guest["profile"]).programs
-    except HtabError:
-        fail(f"unknown profile {guest['profile']!r}")
-    for i, proc in enumerate(guest["processes"]):
-        if not isinstance(proc, dict):
-            fail(f"guest.processes[{i}] is not an object")
-        for key, ok in _PROCESS_FIELDS.items():
-            if key not in proc:
-                fail(f"guest.processes[{i}].{key} is missing")
-            if not ok(proc[key]):
-                fail(f"guest.processes[{i}].{key} has the wrong type or value")
-        for key, ok in _PROCESS_OPTIONAL.items():
-            if key in proc and not ok(proc[key]):
-                fail(f"guest.processes[{i}].{key} has the wrong type or value")
-        if proc["comm"] not in programs:
-            fail(f"guest.processes[{i}].comm {proc['comm']!r} is not a program of profile {guest['profile']!r}")
-    engine = state.get("engine", {})
-    hcalls = engine.get("hcalls", {}) if isinstance(engine, dict) else None
-    if not isinstance(hcalls, dict) or not all(isinstance(k, str) and _is_int(v) for k, v in hcalls.items()):
-        fail("engine.hcalls is not an object of counts")
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(dfd)
 
 
 def _sizes(ram: int | None, order: int | None) -> tuple[int, int]:
@@ -755,6 +467,7 @@ def _sizes(ram: int | None, order: int | None) -> tuple[int, int]:
         if ram < (16 << 20) or ram % (1 << 16):
             raise UsageError(f"--ram must be a multiple of 64 KiB and at least 16 MiB, not {ram}")
     if order is None:
+        assert ram is not None  # one of the two is given
         order = ram_order(ram)
     if ram is None:
         ram = 1 << (order + 7)
@@ -762,9 +475,9 @@ def _sizes(ram: int | None, order: int | None) -> tuple[int, int]:
 
     check_indexable_order(order)
     entries = 1 << (order - 4)
-    if ram >> PAGE_SHIFT > entries:
+    if ram >> GUEST_PAGE_SHIFT > entries:
         raise UsageError(
-            f"--ram {format_size(ram)} needs {ram >> PAGE_SHIFT:,} bolted entries for the kernel's linear "
+            f"--ram {format_size(ram)} needs {ram >> GUEST_PAGE_SHIFT:,} bolted entries for the kernel's linear "
             f"map, more than the {entries:,} entries of an order {order} table (give a larger --order, or leave it "
             f"out: QEMU's default is 1/128 of RAM)"
         )
@@ -805,7 +518,12 @@ def transaction(path, check=None) -> Iterator[VMImage]:
         st = os.fstat(original._fd)
         _check_replaceable(path, st)
         _check_space(directory, st.st_size, path)
-        fd, tmp = _open_copy(directory, base)
+        try:
+            work = TempFile(real, readable=True)
+        except OSError as exc:
+            raise VMImageError(f"{os.path.join(directory, base)}: cannot make a working copy beside it: "
+                               f"{_short(exc)}") from None
+        fd = work.fd
         copy = None
         try:
             try:
@@ -818,27 +536,22 @@ def transaction(path, check=None) -> Iterator[VMImage]:
                     f"the image is left as it was"
                 ) from None
             _lock(fd, path, True)
-            copy = VMImage._from_fd(path, fd, True, file=tmp)
+            copy = VMImage._from_fd(path, fd, True, file=work.name)
             yield copy
             try:
                 copy.save()
-                os.fsync(fd)
+                work.sync()
             except OSError as exc:
                 raise VMImageError(f"{path}: cannot save the changed image ({_short(exc)}); "
                                    f"the image is left as it was") from None
-            with uninterrupted():
-                os.replace(tmp, real)
-                tmp = None
-                committed()
-            _fsync_dir(directory)
+            work.install(fsync=False)  # synced above
+            fsync_directory(directory)
         finally:
             with uninterrupted():
                 if copy is not None:
                     copy._drop()
-                os.close(fd)
-                if tmp is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
+                work.close()
+                work.discard()
     finally:
         original.close(save=False)
 
@@ -889,22 +602,6 @@ def _check_space(directory: str, size: int, path: str) -> None:
         )
 
 
-def _open_copy(directory: str, base: str, what: str = "cannot make a working copy beside it") -> tuple[int, str]:
-    """A new file for a working copy (or a new image): the temporary name
-    of htabtool.atomic beside the image (``.IMAGE.<16 hex>.tmp``), O_EXCL
-    and O_NOFOLLOW (never through a symlink), mode 0600."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(_OPEN_ATTEMPTS):
-        name = temp_name(directory, base)
-        try:
-            return os.open(name, flags, 0o600), name
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise VMImageError(f"{os.path.join(directory, base)}: {what}: {_short(exc)}") from None
-    raise VMImageError(f"{directory}: could not make a uniquely named working copy")
-
-
 def _short(exc: OSError) -> str:
     """What an OSError says, without the (temporary) file it names."""
     if exc.errno in (errno.EMFILE, errno.ENFILE):
@@ -948,11 +645,11 @@ def _copy_sparse(src: int, dst: int, block: int = 1 << 20) -> None:
     os.ftruncate(dst, size)
 
 
-def create_image(path, *, ram=None, order=None, profile="idle", seed=0, backing_page_shift=DEFAULT_BACKING_PAGE_SHIFT, vrma=False, force=False,
-                 cpu=DEFAULT_CPU) -> dict:
+def create_image(path, *, ram=None, order=None, profile="idle", seed=0,
+                 backing_page_shift=DEFAULT_BACKING_PAGE_SHIFT, vrma=False, force=False, cpu=DEFAULT_CPU) -> dict:
     vm = VMImage.create(
-        path, ram=ram, order=order, profile=profile, seed=seed, backing_page_shift=backing_page_shift, vrma=vrma, force=force,
-        cpu=cpu,
+        path, ram=ram, order=order, profile=profile, seed=seed, backing_page_shift=backing_page_shift, vrma=vrma,
+        force=force, cpu=cpu,
     )
     try:
         return vm.info()
@@ -976,8 +673,14 @@ def run_image(path, *, ops: int | None = None, seconds: float | None = None) -> 
 
 
 def image_info(path) -> dict:
-    with open_vm(path, writable=False) as vm:
-        return vm.info()
+    """``vm info``: what the image at ``path`` holds, read from its header,
+    state and table without mapping it (no numpy, no guest model)."""
+    path = os.fspath(path)
+    fd = _open_locked(path, writable=False)
+    try:
+        return describe_file(path, fd)
+    finally:
+        os.close(fd)
 
 
 def set_running(path, running: bool) -> dict:

@@ -2,7 +2,7 @@
 
 Strategy: the guest does what a ppc64le Linux guest on the hash MMU does
 to its HPT, through the hypercalls a pseries guest uses, and only through
-them (:class:`htabtool.engine.SimulatedHPT`'s bulk forms, each exactly a
+them (:class:`htabtool.sim.hpt.SimulatedHPT`'s bulk forms, each exactly a
 sequence of H_ENTER, H_REMOVE or H_PROTECT).  Every entry is placed by the
 architecture's hash of (VSID, page) (mmu-hash.h: hpt_vpn, hpt_hash,
 hpte_encode_avpn) into the first free slot of its primary group, else of
@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from htabtool.engine import H_ANDCOND, H_AVPN, H_SUCCESS, SimulatedHPT
 from htabtool.errors import UsageError
 from htabtool.hpte import (
     HPTE_R_C,
@@ -71,6 +70,11 @@ from htabtool.hpte import (
     HPTE_V_SECONDARY,
     HPTE_V_VALID,
 )
+from htabtool.sim.hpt import SimulatedHPT
+from htabtool.sim.mmu import GUEST_PAGE_SHIFT, ram_order
+from htabtool.sim.papr import H_ANDCOND, H_AVPN, H_SUCCESS
+from htabtool.sim.profiles import PROFILES, Profile, get_profile, profile_names
+from htabtool.sim.vmformat import guest_summary
 
 STATE_VERSION = 1
 
@@ -82,7 +86,7 @@ CONTEXT_BITS = 19
 ESID_BITS = VA_BITS - (SID_SHIFT + CONTEXT_BITS)
 ESID_BITS_1T = VA_BITS - (SID_SHIFT_1T + CONTEXT_BITS)
 VSID_MULTIPLIER = 12538073  # a 24-bit prime, for both segment sizes
-PAGE_SHIFT = 16  # the guest's base page size: 64K
+PAGE_SHIFT = GUEST_PAGE_SHIFT  # the guest's base page size: 64K
 LP_64K = 0x1000  # the LP encoding of a 64K page in the second doubleword
 
 LINEAR_BASE = 0xC000000000000000
@@ -183,138 +187,6 @@ def encode_avpn(vpn: np.ndarray, ssize: np.ndarray) -> np.ndarray:
     return ((vpn >> _U(23 - 12)) << _U(7)) | (ssize.astype(np.uint64) << _U(62))
 
 
-# -- profiles -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Image:
-    """A program: its mappings' sizes in 64K pages and how much of each is
-    resident after exec."""
-
-    text: int
-    data: int
-    heap: int
-    libs: int
-    stack: int
-    resident: float  # fraction of the mapped pages faulted in at exec
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    description: str
-    rate: float  # events per simulated second
-    weights: dict  # event name -> weight
-    boot: tuple  # program names started at boot (pid 1 first)
-    programs: dict  # name -> Image
-    exec_mix: dict  # program name -> weight, for exec events
-    vmalloc_pages: int  # per 4G of RAM, at boot
-    io_pages: int
-    fault_pages: int  # mean pages per fault event
-    max_procs: int
-    shm_fraction: float = 0.0  # a shared buffer pool, as a fraction of RAM
-    shm_backends: int = 0  # processes that map (part of) it
-    persistent: tuple = ()  # programs that never exit or exec (server processes)
-
-    def summary(self) -> dict:
-        return {"name": self.name, "description": self.description, "rate": self.rate}
-
-
-_SH = Image(text=6, data=1, heap=2, libs=26, stack=2, resident=0.55)
-_PROGRAMS = {
-    "init": Image(text=8, data=2, heap=4, libs=30, stack=2, resident=0.55),
-    "sh": _SH,
-    "sleep": Image(text=2, data=1, heap=1, libs=20, stack=1, resident=0.45),
-    "make": Image(text=12, data=3, heap=40, libs=30, stack=2, resident=0.6),
-    "gcc": Image(text=40, data=4, heap=16, libs=30, stack=2, resident=0.5),
-    "cc1": Image(text=420, data=30, heap=1200, libs=34, stack=4, resident=0.7),
-    "as": Image(text=30, data=4, heap=80, libs=34, stack=2, resident=0.6),
-    "ld": Image(text=60, data=6, heap=400, libs=34, stack=2, resident=0.6),
-    "postgres": Image(text=140, data=12, heap=160, libs=40, stack=4, resident=0.6),
-    "psql": Image(text=20, data=2, heap=10, libs=36, stack=2, resident=0.5),
-}
-
-PROFILES = {
-    "empty": Profile(
-        name="empty",
-        description="no guest yet: an incoming VM waiting for its state (MMU not ready, vCPUs stopped)",
-        rate=0.0,
-        weights={},
-        boot=(),
-        programs={},
-        exec_mix={},
-        vmalloc_pages=0,
-        io_pages=0,
-        fault_pages=0,
-        max_procs=0,
-    ),
-    "idle": Profile(
-        name="idle",
-        description="a booted, idle guest: init and a shell loop forking `sleep 1` once a second",
-        rate=6.0,
-        weights={"fork": 1, "exec": 1, "exit": 1, "fault": 1, "write": 0.5, "touch": 1.5, "vmalloc": 0.1, "vfree": 0.1},
-        boot=("init", "sh"),
-        programs=_PROGRAMS,
-        exec_mix={"sleep": 1},
-        vmalloc_pages=24,
-        io_pages=4,
-        fault_pages=2,
-        max_procs=4,
-    ),
-    "kernel-build": Profile(
-        name="kernel-build",
-        description="make -j: fork/exec heavy, short-lived compilers with large heaps",
-        rate=120.0,
-        weights={
-            "fork": 3,
-            "exec": 3,
-            "exit": 3,
-            "fault": 6,
-            "write": 3,
-            "touch": 3,
-            "mmap": 1.5,
-            "munmap": 1.5,
-            "vmalloc": 0.3,
-            "vfree": 0.3,
-        },
-        boot=("init", "sh", "make"),
-        programs=_PROGRAMS,
-        exec_mix={"cc1": 5, "gcc": 3, "as": 2, "sh": 3, "ld": 0.3, "make": 0.5},
-        vmalloc_pages=48,
-        io_pages=4,
-        fault_pages=48,
-        max_procs=24,
-    ),
-    "database": Profile(
-        name="database",
-        description="a database server: a large shared buffer pool resident in many backends, few changes",
-        rate=25.0,
-        weights={"touch": 8, "write": 3, "fault": 2, "mmap": 0.2, "munmap": 0.2, "fork": 0.1, "exit": 0.1, "exec": 0.1},
-        boot=("init", "sh", "postgres"),
-        programs=_PROGRAMS,
-        exec_mix={"psql": 1},
-        vmalloc_pages=32,
-        io_pages=8,
-        fault_pages=16,
-        max_procs=16,
-        shm_fraction=0.5,
-        shm_backends=6,
-        persistent=("postgres",),
-    ),
-}
-
-
-def profile_names() -> list[str]:
-    return list(PROFILES)
-
-
-def get_profile(name: str) -> Profile:
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise UsageError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None
-
-
 # -- the guest ----------------------------------------------------------------
 
 
@@ -367,7 +239,7 @@ class Guest:
     # -- creation -------------------------------------------------------------
 
     @classmethod
-    def boot(cls, hpt: SimulatedHPT, profile: str, seed: int, gmap: np.ndarray | None = None) -> "Guest":
+    def boot(cls, hpt: SimulatedHPT, profile: str, seed: int, gmap: np.ndarray | None = None) -> Guest:
         """A new guest on an empty table: the kernel's mappings, then the
         profile's boot programs.  The vCPUs are left running (profile
         ``empty``: stopped, the MMU not ready, nothing mapped)."""
@@ -586,10 +458,12 @@ class Guest:
 
     def _new_context(self) -> int:
         ctx = self.state["next_context"]
-        self.state["next_context"] = FIRST_USER_CONTEXT + ((ctx + 1 - FIRST_USER_CONTEXT) % ((1 << CONTEXT_BITS) - 2 - FIRST_USER_CONTEXT))
+        contexts = (1 << CONTEXT_BITS) - 2 - FIRST_USER_CONTEXT
+        self.state["next_context"] = FIRST_USER_CONTEXT + ((ctx + 1 - FIRST_USER_CONTEXT) % contexts)
         return ctx
 
-    def _add_vma(self, proc: dict, npages: int, prot: str, kind: str, shared_pa: int | None = None, start: int | None = None) -> list:
+    def _add_vma(self, proc: dict, npages: int, prot: str, kind: str, shared_pa: int | None = None,
+                 start: int | None = None) -> list:
         if start is None:
             if kind in ("text", "data", "heap"):
                 start = proc.setdefault("brk", USER_TEXT)
@@ -678,7 +552,7 @@ class Guest:
         self.state["processes"].append(child)
         slots, ea = self._resident_pages(parent)
         cow = np.zeros(len(ea), dtype=bool)
-        for start, npages, prot, kind, shared_pa in parent["vmas"]:
+        for start, npages, prot, _kind, shared_pa in parent["vmas"]:
             if "w" in prot and shared_pa is None:
                 cow |= (ea >= _U(start)) & (ea < _U(start + (npages << PAGE_SHIFT)))
         self._unmap_slots(slots[cow])
@@ -722,67 +596,83 @@ class Guest:
         return cand[int(self.rng.integers(0, len(cand)))]
 
     def _event(self, name: str) -> None:
-        prof = self.profile
-        rng = self.rng
-        procs = self.state["processes"]
-        if name == "fork":
-            if len(procs) >= prof.max_procs:
-                name = "exit"
-            else:
-                # clients are started by the shell, not by the servers
-                cand = [p for p in procs if p["comm"] not in prof.persistent] or procs
-                if cand:
-                    self._fork(cand[int(rng.integers(0, len(cand)))])
-        if name == "exec":
-            boot = len(prof.boot)
-            cand = [p for p in procs if p["pid"] > boot and p["comm"] not in prof.persistent]
-            if not cand and len(procs) < prof.max_procs and procs:
-                cand = [self._fork(procs[-1])]
-            proc = cand[int(rng.integers(0, len(cand)))] if cand else None
-            if proc is not None:
-                names = list(prof.exec_mix)
-                w = np.array([prof.exec_mix[k] for k in names], dtype=float)
-                self._exec(proc, names[int(rng.choice(len(names), p=w / w.sum()))])
-        elif name == "exit":
-            # never the boot programs
-            cand = [p for p in procs if p["pid"] > len(prof.boot) and p["comm"] not in prof.persistent]
-            if cand:
-                self._exit(cand[int(rng.integers(0, len(cand)))])
-        elif name == "fault":
-            proc = self._pick(exclude_init=False)
-            if proc is not None and proc["vmas"]:
-                vma = proc["vmas"][int(rng.integers(0, len(proc["vmas"])))]
-                self._fault_vma(proc, vma, int(rng.geometric(1 / max(1, prof.fault_pages))), write_fraction=0.5)
-        elif name == "write":
-            proc = self._pick(exclude_init=False)
-            if proc is not None:
-                self._first_writes(proc, int(rng.integers(1, 17)))
-        elif name == "touch":
-            self._touch(64)
-        elif name == "mmap":
-            proc = self._pick()
-            if proc is not None:
-                npages = int(rng.integers(1, 64))
-                vma = self._add_vma(proc, npages, "rw-" if rng.random() < 0.7 else "r--", "mmap")
-                self._fault_vma(proc, vma, max(1, npages // 2), write_fraction=0.5)
-        elif name == "munmap":
-            proc = self._pick()
-            if proc is not None:
-                cand = [v for v in proc["vmas"] if v[3] == "mmap"]
-                if cand:
-                    vma = cand[int(rng.integers(0, len(cand)))]
-                    slots, ea = self._resident_pages(proc)
-                    inside = (ea >= _U(vma[0])) & (ea < _U(vma[0] + (vma[1] << PAGE_SHIFT)))
-                    self._unmap_slots(slots[inside])
-                    proc["vmas"].remove(vma)
-        elif name == "vmalloc":
-            self._vmalloc(int(rng.integers(1, 9)))
-        elif name == "vfree":
-            slots = self.slots_of(CTX_VMALLOC)
-            if len(slots) > 8:
-                k = int(rng.integers(1, 9))
-                self._unmap_slots(slots[rng.choice(len(slots), size=min(k, len(slots)), replace=False)])
-        self.stats.events[name] += 1
+        """One event of the churn: its handler (:data:`EVENTS`) runs; a
+        handler may turn into another event (a fork with the process table
+        full is an exit), which is then counted instead."""
+        self.stats.events[EVENTS[name](self) or name] += 1
+
+    def _on_fork(self) -> str | None:
+        prof, procs = self.profile, self.state["processes"]
+        if len(procs) >= prof.max_procs:
+            self._on_exit()
+            return "exit"
+        # clients are started by the shell, not by the servers
+        cand = [p for p in procs if p["comm"] not in prof.persistent] or procs
+        if cand:
+            self._fork(cand[int(self.rng.integers(0, len(cand)))])
+        return None
+
+    def _on_exec(self) -> None:
+        prof, procs, rng = self.profile, self.state["processes"], self.rng
+        boot = len(prof.boot)
+        cand = [p for p in procs if p["pid"] > boot and p["comm"] not in prof.persistent]
+        if not cand and len(procs) < prof.max_procs and procs:
+            cand = [self._fork(procs[-1])]
+        proc = cand[int(rng.integers(0, len(cand)))] if cand else None
+        if proc is not None:
+            names = list(prof.exec_mix)
+            w = np.array([prof.exec_mix[k] for k in names], dtype=float)
+            self._exec(proc, names[int(rng.choice(len(names), p=w / w.sum()))])
+
+    def _on_exit(self) -> None:
+        prof, procs = self.profile, self.state["processes"]
+        # never the boot programs
+        cand = [p for p in procs if p["pid"] > len(prof.boot) and p["comm"] not in prof.persistent]
+        if cand:
+            self._exit(cand[int(self.rng.integers(0, len(cand)))])
+
+    def _on_fault(self) -> None:
+        proc = self._pick(exclude_init=False)
+        if proc is not None and proc["vmas"]:
+            vma = proc["vmas"][int(self.rng.integers(0, len(proc["vmas"])))]
+            n = int(self.rng.geometric(1 / max(1, self.profile.fault_pages)))
+            self._fault_vma(proc, vma, n, write_fraction=0.5)
+
+    def _on_write(self) -> None:
+        proc = self._pick(exclude_init=False)
+        if proc is not None:
+            self._first_writes(proc, int(self.rng.integers(1, 17)))
+
+    def _on_touch(self) -> None:
+        self._touch(64)
+
+    def _on_mmap(self) -> None:
+        proc = self._pick()
+        if proc is not None:
+            npages = int(self.rng.integers(1, 64))
+            vma = self._add_vma(proc, npages, "rw-" if self.rng.random() < 0.7 else "r--", "mmap")
+            self._fault_vma(proc, vma, max(1, npages // 2), write_fraction=0.5)
+
+    def _on_munmap(self) -> None:
+        proc = self._pick()
+        if proc is None:
+            return
+        cand = [v for v in proc["vmas"] if v[3] == "mmap"]
+        if cand:
+            vma = cand[int(self.rng.integers(0, len(cand)))]
+            slots, ea = self._resident_pages(proc)
+            inside = (ea >= _U(vma[0])) & (ea < _U(vma[0] + (vma[1] << PAGE_SHIFT)))
+            self._unmap_slots(slots[inside])
+            proc["vmas"].remove(vma)
+
+    def _on_vmalloc(self) -> None:
+        self._vmalloc(int(self.rng.integers(1, 9)))
+
+    def _on_vfree(self) -> None:
+        slots = self.slots_of(CTX_VMALLOC)
+        if len(slots) > 8:
+            k = int(self.rng.integers(1, 9))
+            self._unmap_slots(slots[self.rng.choice(len(slots), size=min(k, len(slots)), replace=False)])
 
     def _first_writes(self, proc: dict, n: int) -> None:
         """Writes to writable pages mapped read-only while clean: the guest
@@ -833,6 +723,7 @@ class Guest:
             ops = int(self.rng.poisson(prof.rate * seconds)) if prof.rate else 0
             elapsed = float(seconds)
         else:
+            assert ops is not None  # exactly one of the two is given
             if ops < 0:
                 raise UsageError("ops must not be negative")
             elapsed = ops / prof.rate if prof.rate else 0.0
@@ -862,23 +753,24 @@ class Guest:
     # -- for people ---------------------------------------------------------------
 
     def summary(self) -> dict:
-        procs = self.state["processes"]
-        return {
-            "profile": self.state["profile"],
-            "seed": self.state["seed"],
-            "clock_seconds": round(self.state["clock"], 6),
-            "events": self.state["events"],
-            "processes": len(procs),
-            "programs": dict(Counter(p["comm"] for p in procs)),
-            "totals": dict(self.state.get("totals", {})),
-        }
+        return guest_summary(self.state)
 
 
-def ram_order(ram_size: int) -> int:
-    """QEMU's default HPT size for a RAM size (spapr_hpt_shift_for_ramsize):
-    1/128 of RAM rounded up to a power of two, 18 to 46."""
-    shift = max(0, (int(ram_size) - 1).bit_length()) - 7
-    return max(18, min(46, shift))
+#: the churn's events: a profile's ``weights`` name them, each is a method of :class:`Guest`
+EVENTS = {
+    "fork": Guest._on_fork,
+    "exec": Guest._on_exec,
+    "exit": Guest._on_exit,
+    "fault": Guest._on_fault,
+    "write": Guest._on_write,
+    "touch": Guest._on_touch,
+    "mmap": Guest._on_mmap,
+    "munmap": Guest._on_munmap,
+    "vmalloc": Guest._on_vmalloc,
+    "vfree": Guest._on_vfree,
+}
 
 
-__all__ = ["Guest", "Profile", "PROFILES", "RunStats", "get_profile", "profile_names", "ram_order", "get_vsid", "hash_pages"]
+__all__ = ["Guest", "Profile", "PROFILES", "RunStats", "EVENTS", "get_profile", "profile_names", "ram_order",
+           "get_vsid",
+           "hash_pages"]

@@ -32,11 +32,10 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import BinaryIO, Union
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 import zstandard
@@ -48,8 +47,8 @@ from htabtool.records import (
     MAX_RUN,
     NEED_DATA,
     _scan,
-    check_indexable_order,
     decode_batch,
+    check_indexable_order,
     header_dtype,
     record_stats,
 )
@@ -1424,7 +1423,7 @@ class SnapshotWriter:
         """Stop without a trailer (the snapshot reads as truncated)."""
         self._fail()
 
-    def __enter__(self) -> SnapshotWriter:
+    def __enter__(self) -> "SnapshotWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -58,10 +58,9 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import BinaryIO
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 

@@ -144,9 +144,9 @@ def _say(line: str) -> None:
 
 
 def _die(signum: int) -> None:
-    import threading
-
     from htabtool.cli.common import die_by_signal
+
+    import threading
 
     if threading.current_thread() is threading.main_thread():
         die_by_signal(signum)

@@ -28,7 +28,7 @@ import os
 import stat as stat_module
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from htabtool.atomic import atomic_write
@@ -237,6 +237,25 @@ class VMReadOptions:
     churn: int = 1000
     until_dirty: int | None = None
     max_passes: int = 30
+
+    def __post_init__(self) -> None:
+        check_byte_order(self.byte_order)
+        for name in ("start_index", "buffer_size", "passes", "churn", "max_passes"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must not be negative, not {getattr(self, name)}", param=name)
+        if self.until_dirty is not None and self.until_dirty < 0:
+            raise UsageError(f"until_dirty must not be negative, not {self.until_dirty}", param="until_dirty")
+
+    @classmethod
+    def of(cls, options: VMReadOptions | None = None, **keywords) -> VMReadOptions:
+        """``options``, or the options the keywords give (both: the keywords
+        replace those fields of ``options``)."""
+        unknown = set(keywords) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown VM read option(s): {', '.join(sorted(unknown))}")
+        if options is None:
+            return cls(**keywords)
+        return replace(options, **keywords) if keywords else options
 
     @property
     def live(self) -> bool:
@@ -521,7 +540,6 @@ class VMSource(SourceBase):
 
     def __init__(self, vm, options: VMReadOptions | None = None):
         options = options or VMReadOptions()
-        check_byte_order(options.byte_order)
         if options.start_index >= vm.hpt.npte:
             raise UsageError(f"start_index {options.start_index} is past the table of {vm.hpt.npte} entries",
                              param="start_index")

@@ -19,7 +19,6 @@ QEMU streams, the sources or the CLI):
 - :mod:`~htabtool.sim.guest`     :class:`Guest`: the guest model, its events in a dispatch table
 - :mod:`~htabtool.sim.vmformat`  the VM image format (header, sections, state), no numpy
 - :mod:`~htabtool.sim.vmimage`   :class:`VMImage` and the library calls behind ``htabtool vm``
-- :mod:`~htabtool.sim.options`   :class:`VMReadOptions`: how a VM's passes are read
 
 The names below are re-exported lazily (PEP 562), so that ``vm info``, which
 needs the image format alone, does not import numpy.
@@ -52,7 +51,6 @@ _HOMES = {
     "table_counts": "vmimage",
     "parse_size": "vmformat",
     "format_size": "vmformat",
-    "VMReadOptions": "options",
     "ram_order": "mmu",
     "CPUS": "mmu",
     "DEFAULT_CPU": "mmu",

@@ -16,7 +16,7 @@ import pytest
 
 from htabtool import atomic, hpte
 from htabtool.errors import UsageError
-from htabtool.sim import VMReadOptions, vmformat
+from htabtool.sim import vmformat
 from htabtool.sim.guest import EVENTS
 from htabtool.sim.profiles import PROFILES
 from htabtool.sim.vmimage import VMImage, create_image, image_info
@@ -147,31 +147,6 @@ def test_a_fork_with_the_process_table_full_is_counted_as_an_exit():
 
 
 # -- the VM read options -----------------------------------------------------------
-
-
-def test_the_vm_read_options_default_to_the_readers_keywords():
-    from htabtool.sources import VMSource
-
-    params = inspect.signature(VMSource.__init__).parameters
-    for field in dataclasses.fields(VMReadOptions):
-        assert params[field.name].default == field.default, field.name
-
-
-def test_vm_read_options_from_keywords_and_replacing_fields():
-    opts = VMReadOptions.of(passes=3, churn=10)
-    assert (opts.passes, opts.churn, opts.pass_limit, opts.changes_the_guest) == (3, 10, 3, True)
-    assert VMReadOptions.of(opts) is opts
-    until = VMReadOptions.of(opts, until_dirty=5)
-    assert (until.passes, until.until_dirty, until.pass_limit) == (3, 5, 30)
-    assert not VMReadOptions().changes_the_guest
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        opts.passes = 4  # type: ignore[misc]
-    with pytest.raises(TypeError, match="threads"):
-        VMReadOptions.of(threads=2)
-    with pytest.raises(UsageError):
-        VMReadOptions(buffer_size=-1)
-    with pytest.raises(UsageError, match="past the table"):
-        VMReadOptions(start_index=8).check_start(8)
 
 
 # -- atomic: temporary names, install, staged, fsync ----------------------------

@@ -164,7 +164,8 @@ def measure(order: int, fill: float, repeat: int, work: str, threads: int | None
         "snapshot_bytes": stat["file_bytes"],
         "incremental_seconds": inc_seconds,
         "incremental_bytes": inc_bytes,
-        "rows": {k: {"seconds": v.seconds, "rss_mib": v.rss_kib / 1024, "mb_s": table_mb / v.seconds} for k, v in rows.items()},
+        "rows": {k: {"seconds": v.seconds, "rss_mib": v.rss_kib / 1024, "mb_s": table_mb / v.seconds}
+                 for k, v in rows.items()},
     }
     for p in (img, img2, snap, snap2, raw, rawz):
         if os.path.exists(p):
@@ -219,8 +220,10 @@ def kvm_lines(kvm: dict | None) -> list[str]:
         "",
         "| step | seconds | records/s | MB/s |",
         "| --- | ---: | ---: | ---: |",
-        f"| load --kvm (whole process) | {ld['seconds']:.2f} | {ld['records_per_s']:,.0f} | {ld['bytes_per_s'] / 1e6:.3f} |",
-        f"| dump --kvm (whole process) | {d['seconds']:.2f} | {d['records_per_s']:,.0f} | {d['bytes_per_s'] / 1e6:.3f} |",
+        f"| load --kvm (whole process) | {ld['seconds']:.2f} | {ld['records_per_s']:,.0f} | "
+        f"{ld['bytes_per_s'] / 1e6:.3f} |",
+        f"| dump --kvm (whole process) | {d['seconds']:.2f} | {d['records_per_s']:,.0f} | "
+        f"{d['bytes_per_s'] / 1e6:.3f} |",
         f"| a command's start-up there (stat of the snapshot) | {kvm['startup_seconds']:.2f} | | |",
         f"| load in-process (ops.load_kvm) | {p['seconds']:.2f} | {p['records_per_s']:,.0f} | |",
         f"| a plain os.write loop, one record a write() | {f['seconds']:.2f} | {f['records_per_s']:,.0f} | "
@@ -331,7 +334,8 @@ def main() -> None:
             results.append(r)
             z = r["rows"]["zstd -1 -T1"]["seconds"]
             print(f"order {order} fill {100 * r['fill']:.1f} %: " + ", ".join(
-                f"{k} {v['seconds']:.3f}s ({v['seconds'] / z:.1f}x, {v['rss_mib']:.0f} MiB)" for k, v in r["rows"].items()
+                f"{k} {v['seconds']:.3f}s ({v['seconds'] / z:.1f}x, {v['rss_mib']:.0f} MiB)"
+                for k, v in r["rows"].items()
             ) + f"; incremental {r['incremental_seconds'] * 1000:.1f} ms", flush=True)
     argv = []  # the command line to print, without where this run wrote its results
     skip = False

@@ -216,7 +216,8 @@ def report(r: dict) -> str:
         f"{d['bytes_per_s'] / 1e6:.2f} MB/s",
         f"load in-process (ops.load_kvm): {p['seconds']:.2f} s, {p['records_per_s']:,.0f} records/s",
         f"floor, a plain os.write loop: {f['seconds']:.2f} s, {f['records_per_s']:,.0f} records/s, "
-        f"{f['us_per_write']:.0f} us inside each write() ({100 * f['in_write_seconds'] / f['seconds']:.0f} % of the loop)",
+        f"{f['us_per_write']:.0f} us inside each write() "
+        f"({100 * f['in_write_seconds'] / f['seconds']:.0f} % of the loop)",
         f"cProfile of ops.load_kvm ({p['profiled_seconds']:.2f} s profiled), top by own time:",
         "   ncalls  tottime  percall  cumtime  percall filename:lineno(function)",
         *p["top_by_own_time"],

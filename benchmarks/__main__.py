@@ -1,7 +1,7 @@
 """The benchmark harness: whole processes, measured from the outside.
 
     python -m benchmarks [--orders 20,24,28,30] [--fills 0.03,0.5] [--repeat 3]
-                         [--threads N] [--out BENCHMARKS.md] [--workdir DIR]
+                         [--threads N] [--kvm] [--out BENCHMARKS.md] [--workdir DIR]
 
 For each table order and fill it makes a simulated VM and times, as separate
 processes (the way an operator's script runs them): ``vm create``, ``dump``
@@ -14,6 +14,9 @@ stream (what ``zstd -dc`` of the snapshot prints), it times ``zstd -1
 -T1``, ``zstd -1 -T0``, ``zstd -dc`` and ``cat`` as yardsticks.  For each: the best wall time of
 ``--repeat`` runs, MB/s of table, the peak RSS of the process (wait4), and
 the snapshot's size.  Results are printed and written as Markdown.
+With ``--kvm`` it also runs ``benchmarks.bench_kvm`` inside the kernel kit
+(``load --kvm`` and ``dump --kvm`` records per second through the real
+kernel's htab fd; minutes under software emulation) and adds its figures.
 
 Fills: 3 % is a real idle Linux guest (the ``idle`` profile, RAM 128 times
 the table, as QEMU sizes it); 50 % is the same guest with 16 times the RAM
@@ -161,7 +164,8 @@ def measure(order: int, fill: float, repeat: int, work: str, threads: int | None
         "snapshot_bytes": stat["file_bytes"],
         "incremental_seconds": inc_seconds,
         "incremental_bytes": inc_bytes,
-        "rows": {k: {"seconds": v.seconds, "rss_mib": v.rss_kib / 1024, "mb_s": table_mb / v.seconds} for k, v in rows.items()},
+        "rows": {k: {"seconds": v.seconds, "rss_mib": v.rss_kib / 1024, "mb_s": table_mb / v.seconds}
+                 for k, v in rows.items()},
     }
     for p in (img, img2, snap, snap2, raw, rawz):
         if os.path.exists(p):
@@ -191,6 +195,7 @@ def startup_times(repeat: int, work: str) -> dict[str, float]:
     py = [sys.executable, "-c"]
     steps = {
         "python -c pass": py + ["pass"],
+        "python -c 'import click'": py + ["import click"],
         "python -c 'import click, zstandard'": py + ["import click, zstandard"],
         "python -c 'import numpy'": py + ["import numpy"],
         "python -c 'import numpy, click, zstandard'": py + ["import numpy, click, zstandard"],
@@ -200,8 +205,38 @@ def startup_times(repeat: int, work: str) -> dict[str, float]:
     return {name: best(argv, max(repeat, 5)).seconds for name, argv in steps.items()}
 
 
+def kvm_lines(kvm: dict | None) -> list[str]:
+    """The kernel kit's figures (benchmarks.bench_kvm), or where to get them."""
+    if kvm is None:
+        return ["The real kernel (`load --kvm`, `dump --kvm` through KVM_PPC_GET_HTAB_FD): not measured in this run;",
+                "`python -m benchmarks --kvm`, or `python -m benchmarks.bench_kvm` alone, runs them inside the kernel",
+                "kit (benchmarks/README.md has the last figures).", ""]
+    f, ld, d, p = kvm["floor"], kvm["load_kvm"], kvm["dump_kvm"], kvm["load_in_process"]
+    return [
+        f"## The real kernel (kernel kit: {kvm['host']['cpu'].split(',')[0]} under software emulation, "
+        f"Linux {kvm['host']['kernel']})",
+        "",
+        f"Order {kvm['order']}, {ld['records']:,} records ({ld['bytes']:,} bytes); `python -m benchmarks.bench_kvm`.",
+        "",
+        "| step | seconds | records/s | MB/s |",
+        "| --- | ---: | ---: | ---: |",
+        f"| load --kvm (whole process) | {ld['seconds']:.2f} | {ld['records_per_s']:,.0f} | "
+        f"{ld['bytes_per_s'] / 1e6:.3f} |",
+        f"| dump --kvm (whole process) | {d['seconds']:.2f} | {d['records_per_s']:,.0f} | "
+        f"{d['bytes_per_s'] / 1e6:.3f} |",
+        f"| a command's start-up there (stat of the snapshot) | {kvm['startup_seconds']:.2f} | | |",
+        f"| load in-process (ops.load_kvm) | {p['seconds']:.2f} | {p['records_per_s']:,.0f} | |",
+        f"| a plain os.write loop, one record a write() | {f['seconds']:.2f} | {f['records_per_s']:,.0f} | "
+        f"{f['bytes_per_s'] / 1e6:.3f} |",
+        "",
+        f"Each write() spends {f['us_per_write']:.0f} us in the kernel here "
+        f"({100 * f['in_write_seconds'] / f['seconds']:.0f} % of the plain loop).",
+        "",
+    ]
+
+
 def markdown(results: list[dict], help_seconds: float, argv: list[str], startup: dict[str, float],
-             info_seconds: float | None = None) -> str:
+             info_seconds: float | None = None, kvm: dict | None = None) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -234,6 +269,7 @@ def markdown(results: list[dict], help_seconds: float, argv: list[str], startup:
         "| --- | ---: |",
         *[f"| `{name}` | {seconds * 1000:.0f} |" for name, seconds in startup.items()],
         "",
+        *kvm_lines(kvm),
     ]
     for r in results:
         lines += [
@@ -270,6 +306,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None,
                     help="dump's -T for the default rows (default: dump's own, one per CPU)")
+    ap.add_argument("--kvm", action="store_true",
+                    help="also measure load --kvm and dump --kvm inside the kernel kit (benchmarks.bench_kvm)")
     ap.add_argument("--out", default="BENCHMARKS.md")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -284,13 +322,20 @@ def main() -> None:
     print(f"htabtool vm info (order 24): {info * 1000:.0f} ms", flush=True)
     startup = startup_times(args.repeat, work)
     print("start-up: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in startup.items()), flush=True)
+    kvm = None
+    if args.kvm:
+        from benchmarks import bench_kvm
+
+        kvm = bench_kvm.outside_main(bench_kvm.parse_args([]))
+        print(bench_kvm.report(kvm), flush=True)
     for order in [int(x) for x in args.orders.split(",")]:
         for fill in [float(x) for x in args.fills.split(",")]:
             r = measure(order, fill, args.repeat, work, args.threads)
             results.append(r)
             z = r["rows"]["zstd -1 -T1"]["seconds"]
             print(f"order {order} fill {100 * r['fill']:.1f} %: " + ", ".join(
-                f"{k} {v['seconds']:.3f}s ({v['seconds'] / z:.1f}x, {v['rss_mib']:.0f} MiB)" for k, v in r["rows"].items()
+                f"{k} {v['seconds']:.3f}s ({v['seconds'] / z:.1f}x, {v['rss_mib']:.0f} MiB)"
+                for k, v in r["rows"].items()
             ) + f"; incremental {r['incremental_seconds'] * 1000:.1f} ms", flush=True)
     argv = []  # the command line to print, without where this run wrote its results
     skip = False
@@ -300,7 +345,7 @@ def main() -> None:
             continue
         argv.append(a)
     with open(args.out, "w") as f:
-        f.write(markdown(results, h, argv, startup, info) + "\n")
+        f.write(markdown(results, h, argv, startup, info, kvm) + "\n")
     print(f"wrote {args.out}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -46,7 +46,7 @@ class LazyGroup(click.Group):
     exit status 141 and a signal into death by that signal (see
     :mod:`htabtool.cli.common`)."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, **extra):
+    def main(self, args=None, prog_name=None, complete_var=None, **extra):  # type: ignore[override]
         from htabtool.atomic import SIGNALS, Interrupted
         from htabtool.cli.common import EXIT_BROKEN_PIPE, StreamClosed, guard_streams, handle_signals, quiet_stdout
 
@@ -81,7 +81,7 @@ class LazyGroup(click.Group):
                 _report(exc.format_message(), False)
                 code = EXIT_TROUBLE
             except StreamClosed as exc:
-                _report(exc.strerror, debug)
+                _report(str(exc.strerror), debug)
                 sys.stdout = open(os.devnull, "w")  # nothing left to flush at exit
                 code = EXIT_TROUBLE
             except Exception as exc:
@@ -97,6 +97,11 @@ class LazyGroup(click.Group):
                 else:
                     raise
         sys.exit(code)
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        if parent is None and "terminal_width" not in extra:
+            extra["terminal_width"] = _help_width()  # inherited by every subcommand's context
+        return super().make_context(info_name, args, parent, **extra)
 
     def _run(self, argv, prog_name, complete_var, extra, debug) -> int:
         self._main_shell_completion(extra, prog_name, complete_var)
@@ -144,9 +149,9 @@ def _say(line: str) -> None:
 
 
 def _die(signum: int) -> None:
-    from htabtool.cli.common import die_by_signal
-
     import threading
+
+    from htabtool.cli.common import die_by_signal
 
     if threading.current_thread() is threading.main_thread():
         die_by_signal(signum)
@@ -161,14 +166,42 @@ def _take_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def _module_exists(module: str) -> bool:
-    import importlib.util
+    """Whether a command's module is there (``htabtool.cli.NAME``), found
+    by the import system's own path finder without importing it (nor
+    importlib.util, a millisecond of every start)."""
+    from importlib.machinery import PathFinder
 
-    return importlib.util.find_spec(module) is not None
+    package = module.rpartition(".")[0]
+    return PathFinder.find_spec(module, sys.modules[package].__path__) is not None
+
+
+def _help_width() -> int:
+    """The width click's help formatter picks by itself (CliRunner's forced
+    width; else $COLUMNS, else standard output's terminal, else 80; at most
+    78, at least 50), found without importing shutil for its
+    get_terminal_size: shutil brings bz2, lzma and zlib, 3-4 ms of
+    ``htabtool --help``'s start."""
+    from click import formatting
+
+    if formatting.FORCED_WIDTH is not None:
+        return formatting.FORCED_WIDTH
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        stdout = sys.__stdout__
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 0
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return max(min(columns or 80, 80) - 2, 50)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="htabtool", message="%(prog)s %(version)s")
-@click.option("--debug", is_flag=True, help="Show a traceback instead of a one-line error (before or after the command).")
+@click.option("--debug", is_flag=True,
+              help="Show a traceback instead of a one-line error (before or after the command).")
 @click.pass_context
 def cli(ctx, debug):
     """Save, restore, inspect and compare the hashed page table (HPT) of
@@ -223,9 +256,10 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _short_of_memory(exc: BaseException) -> bool:
+def _short_of_memory(error: BaseException) -> bool:
     """MemoryError, ENOMEM, or an import that failed for want of memory
     (numpy's, under a low ulimit -v), anywhere in the exception's chain."""
+    exc: BaseException | None = error
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
 import os
 import signal
 import sys
@@ -392,6 +391,8 @@ def plain(stream=None) -> bool:
 
 
 def emit_json(obj, err: bool = False) -> None:
+    import json  # here: --help and the commands without --json never pay for it
+
     click.echo(json.dumps(obj, indent=2), err=err)
 
 

@@ -508,9 +508,10 @@ def test_orders_the_index_cannot_address_are_refused_everywhere(order, tmp_path)
 
 def test_a_snapshot_header_of_order_37_is_refused_on_reading():
     from htabtool import container
+    from htabtool.container.writer import header_frame
     from htabtool.errors import ContainerError
 
-    good = container._header_frame(container.SnapshotHeader(byte_order="little", order=36, chunk_limit=1 << 20))
+    good = header_frame(container.SnapshotHeader(byte_order="little", order=36, chunk_limit=1 << 20))
     body = bytearray(good[12:-4])
     body[21] = 37  # order
     struct.pack_into("<Q", body, 24, 1 << 33)  # entries

@@ -63,7 +63,9 @@ def chunk_stats(data, byte_order: str, raw_offset: int, first_record: int, n_ent
             offset=raw_offset + used,
             record=first_record + len(batch),
         )
-    return batch.stats()
+    stats = batch.stats()
+    assert stats is not None  # whole records, at least one
+    return stats
 
 
 def scan_records(data, byte_order: str, n_entries: int, rounds: int = 64):
@@ -80,7 +82,7 @@ def scan_records(data, byte_order: str, n_entries: int, rounds: int = 64):
         return None
     chain = words[scanned[0]]
     stats = record_stats(*(chain[name].astype(np.int64) for name in ("index", "n_valid", "n_invalid")))
-    return stats if stats[2] <= n_entries else None
+    return stats if stats is not None and stats[2] <= n_entries else None
 
 
 def merged_stats(a: tuple | None, b: tuple | None) -> tuple | None:

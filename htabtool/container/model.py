@@ -47,7 +47,7 @@ class SnapshotHeader:
 
     byte_order: str
     order: int
-    entries: int | None = None
+    entries: int = None  # type: ignore[assignment]  # None: derived from order; an int once made
     bolted_only: bool = False
     start_index: int = 0
     source: dict = field(default_factory=lambda: {"kind": "raw"})

@@ -11,6 +11,7 @@ END_OF_STREAM, or NEED_DATA when it wants bytes.  Its input waits in an
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from htabtool.container.checks import (
@@ -270,7 +271,7 @@ class ContainerParser:
             raise ContainerError(f"unexpected data after the end of the snapshot at offset {at:#x}", offset=at)
         return END_OF_STREAM if self._buf.eof else None
 
-    def _our_frame(self, limit: int, what: str):
+    def _our_frame(self, limit: Callable[[bytes], int], what: str):
         """The next of our skippable frames, checked: (tag, body, offset, size)
         or None for NEED_DATA.  The size is checked against ``limit`` (a
         callable of the tag) before anything is buffered for it."""
@@ -406,20 +407,21 @@ class ContainerParser:
             self._pass_first_chunk = number
         elif pass_number != self._open_pass:
             raise fail(f"belongs to pass {pass_number} but pass {self._open_pass} has not ended")
+        assert self.header is not None  # the HEADER state ran first
         check_chunk_fields(info, self.header, fail)
         self._descriptor = info
         self._state = _State.DATA
         return _CONTINUE
 
     def _read_data(self):
-        info = self._descriptor
+        info, header = self._descriptor, self.header
+        assert info is not None and header is not None  # the DATA state follows a descriptor
         frame = self._need(info.compressed_size, f"chunk {info.number}")
         if frame is None:
             return None
-        check = self.header.entries if self.check_records else None
-        event = CompressedChunk(info, frame, self.header.byte_order, check)
-        if self.decompress:
-            event = event.decompress()
+        check = header.entries if self.check_records else None
+        compressed = CompressedChunk(info, frame, header.byte_order, check)
+        event = compressed.decompress() if self.decompress else compressed
         self._consume(info.compressed_size)
         self._frames.append((info.compressed_size, info.raw_size))
         self._chunks.append(info)
@@ -459,6 +461,7 @@ class ContainerParser:
             raise ContainerError(
                 f"trailer at offset {at:#x} while pass {self._open_pass} has not ended", offset=at
             )
+        assert self.header is not None
         trailer = parse_trailer_body(body, at, self.header)
         if trailer.chunks != tuple(self._chunks):
             n = next(
@@ -502,6 +505,7 @@ class ContainerParser:
             )
         self._consume(8 + size)
         self._state = _State.DONE
+        assert self._pending_trailer is not None  # the trailer came before the seek table
         self.trailer = replace(self._pending_trailer, file_size=self._buf.offset)
         return Trailer(self.trailer)
 

@@ -103,6 +103,7 @@ class SnapshotReader:
                 if event is not END_OF_STREAM:
                     self._queued.append(event)
             self._header = self._parser.header
+        assert self._header is not None  # else the parser raised (an empty file is truncated)
         return self._header
 
     @property
@@ -182,6 +183,7 @@ class SnapshotReader:
         """Read and check the whole snapshot; returns its trailer."""
         for _ in self.events():
             pass
+        assert self._trailer is not None  # the stream ended after a sound trailer
         return self._trailer
 
     def _next(self):
@@ -224,6 +226,7 @@ class SnapshotReader:
         return Chunk(info, data, self.header.byte_order)
 
     def _read_at(self, offset: int, size: int, what: str) -> bytes:
+        assert self._base is not None  # seekable
         self._f.seek(self._base + offset)
         data = self._f.read(size)
         if len(data) != size:
@@ -235,6 +238,7 @@ class SnapshotReader:
 
     def _trailer_from_end(self) -> SnapshotTrailer:
         f = self._f
+        assert self._base is not None  # seekable
         size = f.seek(0, os.SEEK_END) - self._base
         header = self._header_from_start(size)
         if size < ENVELOPE.size + SEEK_TABLE_FOOTER.size:

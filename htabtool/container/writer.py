@@ -16,7 +16,7 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, overload
 
 import numpy as np
 import zstandard
@@ -121,6 +121,14 @@ class SnapshotWriter:
     the body leaves the snapshot without a trailer (readers report it as
     truncated) and stops the workers.
     """
+
+    @overload
+    def __init__(self, fileobj: BinaryIO, header: SnapshotHeader, *, options: WriterOptions) -> None: ...
+
+    @overload
+    def __init__(
+        self, fileobj: BinaryIO, header: SnapshotHeader, *, level: int = ..., threads: int = ..., chunk_size: int = ...
+    ) -> None: ...
 
     def __init__(
         self,

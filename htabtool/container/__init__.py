@@ -38,11 +38,13 @@ What lives where (layout, then the sans-I/O parser, then the I/O adapters):
   parser over a file object in bounded memory; on a seekable file it can
   answer from the trailer alone.
 
-Layering: this package imports the record layer (:mod:`htabtool.records`),
-:mod:`htabtool.sansio`, :mod:`htabtool.errors` and, for durability,
-:mod:`htabtool.atomic`; never the sources, the operations or the CLI.  The
-writer and the reader take file objects: opening, syncing and renaming
-files is :mod:`htabtool.atomic`'s, at the edge.
+Layering: this package may import the record layer (:mod:`htabtool.records`),
+:mod:`htabtool.sansio`, :mod:`htabtool.errors` and :mod:`htabtool.atomic`;
+never the sources, the operations or the CLI.  Inside it, each module
+imports only those above it in the list (``format`` none of them, the
+``parser`` no file object).  The writer and the reader take file objects:
+opening, syncing and renaming files (durability) is :mod:`htabtool.atomic`'s,
+at the edge; no module here has temp-file, fsync or rename code.
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
-"""WriterOptions: the snapshot writer's knobs as one value (issue #15)."""
+"""The container package: its layering, its named layouts, WriterOptions (the writer's knobs as one value)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import io
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from htabtool import container
 from htabtool.container import SnapshotHeader, SnapshotReader, SnapshotWriter, WriterOptions
 from htabtool.errors import UsageError
 from htabtool.records import StaticTable, iter_reads
@@ -68,3 +72,54 @@ def test_bad_options_are_refused_with_the_same_message_either_way(kw, message):
         WriterOptions(**kw)
     with pytest.raises(UsageError, match=message):
         SnapshotWriter(io.BytesIO(), SnapshotHeader(byte_order="little", order=16), **kw)
+
+
+# -- layering and the named layouts -------------------------------------------------------
+
+PACKAGE = Path(container.__file__).parent
+LOWER = ("htabtool.container", "htabtool.records", "htabtool.sansio", "htabtool.errors", "htabtool.atomic")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == "htabtool":
+            names.update(f"htabtool.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in PACKAGE.glob("*.py")))
+def test_the_container_imports_only_the_layers_below_it(module):
+    ours = {n for n in _imports(PACKAGE / module) if n.startswith("htabtool.")}
+    assert all(n.startswith(LOWER) or n == "htabtool.__version__" for n in ours), ours
+
+
+def test_the_parser_does_no_io():
+    assert not _imports(PACKAGE / "parser.py") & {"io", "os", "builtins", "htabtool.atomic"}
+    assert "open(" not in (PACKAGE / "parser.py").read_text()
+
+
+def test_the_named_layouts_have_the_man_pages_sizes_and_fields():
+    from htabtool.container import format as F
+
+    page = (Path(__file__).resolve().parents[1] / "man" / "htabtool-snapshot.5").read_text()
+    sizes = {"HEADER": 48, "DESCRIPTOR": 64, "CHUNK_ENTRY": 72, "PASS_END": 52, "TRAILER": 56,
+             "ENVELOPE": 8, "SEEK_TABLE_ENTRY": 8, "SEEK_TABLE_FOOTER": 9}
+    for name, size in sizes.items():
+        layout, fields = getattr(F, name), getattr(F, name + "_FIELDS")
+        assert isinstance(layout, struct.Struct) and layout.size == size, name
+        assert len(fields) == len(layout.unpack(bytes(size))), name
+        for field_name in fields:
+            assert field_name in page, (name, field_name)
+
+
+def test_every_public_name_is_there_from_the_package():
+    for name in container.__all__:
+        assert getattr(container, name) is not None
+    assert container.SnapshotWriter.__module__ == "htabtool.container.writer"
+    assert container.ContainerParser.__module__ == "htabtool.container.parser"

@@ -55,7 +55,7 @@ from htabtool.records.decode import (
     RecordDecoder,
     decode_batch,
     iter_batches,
-    scan_records,
+    scan_headers,
 )
 from htabtool.records.encode import (
     UNBOUNDED_READ,
@@ -99,14 +99,6 @@ from htabtool.records.passes import (
     wrap_starts,
 )
 from htabtool.sansio import END_OF_STREAM, NEED_DATA
-
-# private names of the single module of old that callers outside the package
-# still reach for; the public names are expand_ranges, layout_records,
-# scan_records, UNBOUNDED_READ
-_expand_ranges = expand_ranges
-_layout = layout_records
-_scan = scan_records
-_UNLIMITED = UNBOUNDED_READ
 
 __all__ = [
     "BYTE_ORDERS",
@@ -152,7 +144,7 @@ __all__ = [
     "plan_records",
     "plan_sparse_records",
     "record_stats",
-    "scan_records",
+    "scan_headers",
     "split_passes",
     "split_passes_stated",
     "wrap_starts",

@@ -1,7 +1,7 @@
 """Decoding, sans I/O: bytes cut anywhere in, whole records out.
 
 :func:`decode_batch` takes the complete records at the start of a buffer
-(without a loop per record where :func:`scan_records` can vouch for the result,
+(without a loop per record where :func:`scan_headers` can vouch for the result,
 else with the walk that names the fault); :class:`RecordDecoder` is the
 streaming form (``receive_data`` / ``next_event``, as h11), keeping its
 input in :class:`htabtool.sansio.ReceiveBuffer` and answering with the
@@ -48,7 +48,7 @@ def _walk(n_valid: memoryview, n_words: int) -> tuple[list[int], int]:
     return positions, pos
 
 
-def scan_records(headers: np.ndarray, n_words: int, n_entries: int, rounds: int = 64):
+def scan_headers(headers: np.ndarray, n_words: int, n_entries: int, rounds: int = 64):
     """The walk without a loop per record, where it can vouch for the result.
 
     Records start at multiples of 8 bytes, and a header at word w says the
@@ -106,7 +106,7 @@ def decode_batch(
     the stream offset of ``buf[0]``, for messages; with ``n_entries`` the
     records are also checked against the table (RecordBatch.check).
     ``scan_bound`` (the table size, without the checks) lets the records be
-    found without a loop per record (:func:`scan_records`); ``n_entries`` does too."""
+    found without a loop per record (:func:`scan_headers`); ``n_entries`` does too."""
     check_byte_order(byte_order)
     mv = memoryview(buf).cast("B")
     n_words = len(mv) // 8
@@ -114,7 +114,7 @@ def decode_batch(
         return RecordBatch.empty(first_record), 0
     all_headers = np.frombuffer(mv, dtype=header_dtype(byte_order), count=n_words)
     bound = scan_bound if scan_bound is not None else n_entries
-    scanned = scan_records(all_headers, n_words, bound) if bound is not None else None
+    scanned = scan_headers(all_headers, n_words, bound) if bound is not None else None
     if scanned is not None:
         pos, end_word = scanned
     else:

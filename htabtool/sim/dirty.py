@@ -73,7 +73,7 @@ class Suspects:
         index = np.asarray(index, dtype=np.int64)
         inside = index < self.npte
         index = index[inside]
-        self.add(records._expand_ranges(index, np.minimum(np.asarray(lengths)[inside], self.npte - index)))
+        self.add(records.expand_ranges(index, np.minimum(np.asarray(lengths)[inside], self.npte - index)))
 
     def forget(self) -> None:
         self.known = self.swept = None

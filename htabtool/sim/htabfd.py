@@ -104,7 +104,7 @@ class HtabFd:
         what is dirty once reads have gone over the whole table."""
         self._check(want_read=True)
         self.hpt.settle_reads()
-        return records.encode_read(self._source, 0, False, records._UNLIMITED, self.byte_order)
+        return records.encode_read(self._source, 0, False, records.UNBOUNDED_READ, self.byte_order)
 
     def reads(self, size: int):
         """``read(size)`` again and again until a read reaches the end of the
@@ -321,7 +321,7 @@ def _apply_passes(e, idx, nv, ni, v, hw_v, hw_r, g) -> None:
     for a, b in zip(bounds[:-1], bounds[1:]):
         ea, eb = int(ebounds[a]), int(ebounds[b])
         # valid runs: remove what is there (its side effects are overwritten) and enter
-        slots = records._expand_ranges(idx[a:b], nv[a:b])
+        slots = records.expand_ranges(idx[a:b], nv[a:b])
         if len(slots):
             e.rev[slots] = g[ea:eb] | mod
             e.hpt[slots, 1] = hw_r[ea:eb]
@@ -336,7 +336,7 @@ def _apply_passes(e, idx, nv, ni, v, hw_v, hw_r, g) -> None:
         # invalid runs: remove valid or absent entries
         has = ni[a:b] > 0
         if has.any():
-            inv = records._expand_ranges((idx[a:b] + nv[a:b])[has], ni[a:b][has])
+            inv = records.expand_ranges((idx[a:b] + nv[a:b])[has], ni[a:b][has])
             hv = e.hpt[inv, 0].astype(np.uint64)
             occ = (hv & _U(HPTE_V_VALID | HPTE_V_ABSENT)) != 0
             if occ.any():

@@ -172,7 +172,7 @@ class HptSource:
             self.harvest(start, end)
             return
         if len(res.index):
-            self._clear(records._expand_ranges(res.index, res.end - res.index))
+            self._clear(records.expand_ranges(res.index, res.end - res.index))
         # the read reported every dirty entry from start to end: all clean now
         self.e._suspects.cleaned(start, end)
 

@@ -530,14 +530,14 @@ def header_field(index: int, value: int) -> Callable[[Path], None]:
 def empty_records() -> bytes:
     """A snapshot whose chunk is 4,096 empty records (n_valid 0, n_invalid 0),
     made as an attacker's writer would (htabtool's refuses to)."""
-    from htabtool import container
+    from htabtool.container import writer
 
-    keep = container._refuse_empty_records
-    container._refuse_empty_records = lambda *a: None
+    keep = writer.refuse_empty_records
+    writer.refuse_empty_records = lambda *a: None
     try:
         return C.snapshot(pieces=[(1, bytes(8 * 4096))], chunk_size=1 << 20)
     finally:
-        container._refuse_empty_records = keep
+        writer.refuse_empty_records = keep
 
 
 CASES += [

@@ -699,13 +699,13 @@ def test_a_small_snapshot_of_many_empty_records_costs_little(tmp_path, monkeypat
     """Millions of empty records (n_valid 0, n_invalid 0: the kernel never
     writes one) compress to a few KB: refused from the descriptors, in
     bounded memory; and never written."""
-    from htabtool import container
+    from htabtool.container import writer
     from htabtool.errors import StreamError
 
     empty = b"\0" * 8 * (1 << 17)  # 131,072 empty records at index 0, 1 MiB
     with pytest.raises(StreamError, match="empty records"):
         C.snapshot(pieces=[(1, empty)])
-    monkeypatch.setattr(container, "_refuse_empty_records", lambda *a: None)  # as an attacker's writer
+    monkeypatch.setattr(writer, "refuse_empty_records", lambda *a: None)  # as an attacker's writer
     data = C.snapshot(pieces=[(1, empty)] * 32, chunk_size=1 << 20)  # 4 M records
     (tmp_path / "empty.htab").write_bytes(data)
     assert len(data) < 64 << 10

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import threading
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -38,6 +39,9 @@ from htabtool.container import (
     SnapshotWriter,
     Trailer,
 )
+from htabtool.container.checks import chunk_stats, scan_records
+from htabtool.container.format import DESCRIPTOR, HEADER, encode_frame
+from htabtool.container.writer import header_frame
 from htabtool.errors import (
     ContainerError,
     RecordError,
@@ -207,7 +211,7 @@ def test_header_round_trip_with_flags_and_unknown_optional_fields():
     out = io.BytesIO()
     SnapshotWriter(out, h).close()
     got = SnapshotReader(io.BytesIO(out.getvalue())).header
-    assert got == C.replace(h, chunk_limit=C.DEFAULT_CHUNK_SIZE)
+    assert got == replace(h, chunk_limit=C.DEFAULT_CHUNK_SIZE)
     assert got.extra == {"comment": "x", "future": {"a": [1, 2]}}
     assert got.created.endswith("Z") and got.tool_version
 
@@ -458,7 +462,7 @@ def test_an_error_is_raised_again(small):
 
 
 def _frame(tag: bytes, body: bytes) -> bytes:
-    return C._frame(tag, body)
+    return encode_frame(tag, body)
 
 
 def test_absurd_frame_sizes_are_refused_before_buffering(small):
@@ -470,9 +474,9 @@ def test_absurd_frame_sizes_are_refused_before_buffering(small):
         parser.next_event()
     # a descriptor that claims a 2 GiB chunk
     h = parse_all(data)[0].header
-    hdr_frame = C._header_frame(h)
+    hdr_frame = header_frame(h)
     info = C.ChunkInfo(0, 0, 0, 100, 0, 2 << 30, 1, 0, 1, 0, 1, 0)
-    bomb = hdr_frame + _frame(b"CHNK", C._CHUNK.pack(*info._fields()))
+    bomb = hdr_frame + _frame(b"CHNK", DESCRIPTOR.pack(*info._fields()))
     with pytest.raises(ContainerError, match="declares 2147483648 raw bytes"):
         parse_all(bomb + bytes(100))
 
@@ -485,7 +489,7 @@ def test_a_frame_declaring_more_content_than_its_descriptor_is_not_decompressed(
     raw = struct.pack("<IHH", 0, 0, 1) * 128
     big = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(64 << 20))
     info = C.ChunkInfo(0, 0, 0, len(big), 0, len(raw), 128, 0, 1, 0, 128, zlib.crc32(big))
-    crafted = C._header_frame(h) + _frame(b"CHNK", C._CHUNK.pack(*info._fields())) + big
+    crafted = header_frame(h) + _frame(b"CHNK", DESCRIPTOR.pack(*info._fields())) + big
     with pytest.raises(ContainerError, match="declares 67108864 content bytes, descriptor says 1024"):
         parse_all(crafted)
 
@@ -501,7 +505,7 @@ def test_header_limits_and_versions(small):
         )
         fields.update(changes)
         meta = json.dumps(h.metadata()).encode()
-        body = C._HEAD.pack(*fields.values(), len(meta)) + meta
+        body = HEADER.pack(*fields.values(), len(meta)) + meta
         return _frame(b"HEAD", body)
 
     def first_event(frame):
@@ -527,7 +531,7 @@ def test_header_limits_and_versions(small):
 
 def test_bad_json_metadata_is_refused():
     def frame(meta: bytes) -> bytes:
-        body = C._HEAD.pack(C.SIGNATURE, 1, 48, 0, 0, 0, 8, 0, 0, 16, 0, 1 << 20, len(meta)) + meta
+        body = HEADER.pack(C.SIGNATURE, 1, 48, 0, 0, 0, 8, 0, 0, 16, 0, 1 << 20, len(meta)) + meta
         return _frame(b"HEAD", body)
 
     for meta, message in [
@@ -588,7 +592,7 @@ def test_the_writer_checks_structure_not_entry_contents():
     for data in (struct.pack("<IHH", 3, 1, 0) + entry, struct.pack("<IHH", 3, 1, 0) + entry + bytes(3)):
         stats = None
         try:
-            stats = C._chunk_stats(data, "little", 0, 0, 16)
+            stats = chunk_stats(data, "little", 0, 0, 16)
         except StreamError as exc:
             assert "ends inside a record" in str(exc)
         else:
@@ -748,7 +752,7 @@ def record_streams(draw):
 @given(record_streams())
 def test_fast_scan_is_exact_or_defers(case):
     data, byte_order, n_entries = case
-    fast = C._scan_records(data, byte_order, n_entries)
+    fast = scan_records(data, byte_order, n_entries)
     batch, used = decode_batch(data, byte_order)
     sound = used == len(data) and len(batch) > 0 and bool(
         ((batch.index < n_entries) & (batch.end <= n_entries)).all()
@@ -757,10 +761,10 @@ def test_fast_scan_is_exact_or_defers(case):
         assert sound
         assert fast == stats_of(data, byte_order)
     if sound:
-        assert C._chunk_stats(data, byte_order, 0, 0, n_entries) == stats_of(data, byte_order)
+        assert chunk_stats(data, byte_order, 0, 0, n_entries) == stats_of(data, byte_order)
     else:
         with pytest.raises(StreamError):
-            C._chunk_stats(data, byte_order, 0, 0, n_entries)
+            chunk_stats(data, byte_order, 0, 0, n_entries)
 
 
 def test_fast_scan_takes_real_record_streams():
@@ -768,7 +772,7 @@ def test_fast_scan_takes_real_record_streams():
     for byte_order in ("little", "big"):
         (pieces,) = passes_of(16, 65536, byte_order, n_passes=1)
         for piece in pieces:
-            assert C._scan_records(piece, byte_order, 4096) == stats_of(piece, byte_order)
+            assert scan_records(piece, byte_order, 4096) == stats_of(piece, byte_order)
 
 
 @settings(max_examples=25, deadline=None)
@@ -804,7 +808,7 @@ def test_stated_statistics_make_the_same_snapshot(count, chunk_size):
         src.changed[::7] = True
     for res in reads[0] + reads[1]:
         if res.stats is not None:
-            assert res.stats == C._chunk_stats(res.data, "little", 0, 0, len(table))
+            assert res.stats == chunk_stats(res.data, "little", 0, 0, len(table))
     made = []
     for stated in (False, True):
         out = io.BytesIO()

@@ -394,7 +394,7 @@ def _sound(buf, order, n):
 
 
 def test_scan_and_walk_agree_on_a_large_table():
-    from htabtool.records import _scan, header_dtype
+    from htabtool.records import header_dtype, scan_headers
 
     rng = np.random.default_rng(5)
     n = 1 << 16
@@ -405,7 +405,7 @@ def test_scan_and_walk_agree_on_a_large_table():
     stream = encode_pass(StaticTable(t), "little")
     for cut in (len(stream), len(stream) - 3, len(stream) // 2 + 5):
         words = np.frombuffer(stream[: cut // 8 * 8], dtype=header_dtype("little"))
-        got = _scan(words, len(words), n)
+        got = scan_headers(words, len(words), n)
         walked, used = decode_batch(stream[:cut], "little")
         if got is not None:
             assert got[0].tolist() == (walked.offset // 8).tolist() and got[1] * 8 == used
@@ -486,10 +486,11 @@ def test_an_index_past_32_bits_is_refused_never_ored_into_n_valid():
     n_valid = np.array([0, 0], dtype=np.int64)
     for byte_order in ("little", "big"):
         with pytest.raises(StreamError, match=r"record index 4294967301 does not fit the header's 32-bit index"):
-            records._layout(index, n_valid, n_valid, np.zeros((0, 2), dtype=">u8"), byte_order)
+            records.layout_records(index, n_valid, n_valid, np.zeros((0, 2), dtype=">u8"), byte_order)
     # the largest index still is one: it round-trips exactly
     top = np.array([0xFFFFFFFF], dtype=np.int64)
-    data = records._layout(top, np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros((0, 2), dtype=">u8"), "little")
+    data = records.layout_records(
+        top, np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros((0, 2), dtype=">u8"), "little")
     assert struct.unpack("<IHH", data) == (0xFFFFFFFF, 0, 1)
 
 
@@ -518,9 +519,10 @@ def test_orders_the_index_cannot_address_are_refused_everywhere(order, tmp_path)
 
 def test_a_snapshot_header_of_order_37_is_refused_on_reading():
     from htabtool import container
+    from htabtool.container.writer import header_frame
     from htabtool.errors import ContainerError
 
-    good = container._header_frame(container.SnapshotHeader(byte_order="little", order=36, chunk_limit=1 << 20))
+    good = header_frame(container.SnapshotHeader(byte_order="little", order=36, chunk_limit=1 << 20))
     body = bytearray(good[12:-4])
     body[21] = 37  # order
     struct.pack_into("<Q", body, 24, 1 << 33)  # entries

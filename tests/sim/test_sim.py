@@ -3,7 +3,6 @@ rules (htabtool.hpte) and of durability (htabtool.atomic)."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import inspect
 import os
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 
 from htabtool import atomic, hpte
-from htabtool.errors import UsageError
 from htabtool.sim import vmformat
 from htabtool.sim.guest import EVENTS
 from htabtool.sim.profiles import PROFILES

@@ -15,6 +15,7 @@ from htabtool import container
 from htabtool.container import SnapshotHeader, SnapshotReader, SnapshotWriter, WriterOptions
 from htabtool.errors import UsageError
 from htabtool.records import StaticTable, iter_reads
+from tests.helpers.paths import MAN
 
 
 def _pieces(order: int = 16) -> list[bytes]:
@@ -107,7 +108,7 @@ def test_the_parser_does_no_io():
 def test_the_named_layouts_have_the_man_pages_sizes_and_fields():
     from htabtool.container import format as F
 
-    page = (Path(__file__).resolve().parents[1] / "man" / "htabtool-snapshot.5").read_text()
+    page = (MAN / "htabtool-snapshot.5").read_text()
     sizes = {"HEADER": 48, "DESCRIPTOR": 64, "CHUNK_ENTRY": 72, "PASS_END": 52, "TRAILER": 56,
              "ENVELOPE": 8, "SEEK_TABLE_ENTRY": 8, "SEEK_TABLE_FOOTER": 9}
     for name, size in sizes.items():

@@ -533,7 +533,7 @@ def test_source_never_holds_ram_pages():
     while (ev := w.next_event()) is not END_OF_STREAM:
         if ev is NEED_DATA:
             w.receive_data(reader.read(64 * 1024))
-            biggest = max(biggest, len(w._buf))
+            biggest = max(biggest, w.buffered)
     assert len(data) > 1_000_000 and biggest <= 64 * 1024 + PAGE
 
 

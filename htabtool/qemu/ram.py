@@ -106,10 +106,10 @@ class RamWalk:
             if main == RAM_SAVE_FLAG_MEM_SIZE:
                 if flags != RAM_SAVE_FLAG_MEM_SIZE:
                     raise self._error(f"a block list item with flags {flags:#x}", pos)
-                got = self._block_list(buf, pos, addr)
-                if got is None:
+                listed = self._block_list(buf, pos, addr)
+                if listed is None:
                     break
-                pos = got
+                pos = listed
                 continue
             if main not in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE):
                 raise self._error(f"RAM page flags {flags:#x}: no single page kind", pos)
@@ -210,7 +210,8 @@ class RamWalk:
                     c.be64()  # the block's guest-physical address
                 if length > left:
                     raise self._error(
-                        f"RAM block {name!r} of {length:#x} bytes overruns the {total:#x} bytes the block list announces",
+                        f"RAM block {name!r} of {length:#x} bytes overruns the {total:#x} bytes "
+                        "the block list announces",
                         entry,
                     )
                 if length & self.mask:

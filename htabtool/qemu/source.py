@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from htabtool.qemu.format import HTAB_SECTION, QEMU_VM_FILE_VERSION, stream_error
 from htabtool.qemu.htab import QemuPart, parts_frames
@@ -105,7 +105,7 @@ class QemuSource:
         if start is None:
             raise stream_error("the stream ended before an htab START", self.walker.offset)
         self._start = start
-        source = {
+        source: dict[str, Any] = {
             "kind": "qemu",
             "name": name,
             "format": "section" if section_only else "migration",
@@ -165,7 +165,10 @@ class QemuSource:
                 pieces, pass_number, previous_end = split_passes(batch, pass_number, previous_end)
                 yield from pieces
             elif isinstance(event, HtabPartEnd):
-                start = part_start if part_start is not None else event.offset - 4 - (raw - part_raw if part_raw is not None else 0)
+                if part_start is not None:
+                    start = part_start
+                else:  # a bare payload: its be32 0 stands before its records
+                    start = event.offset - 4 - (raw - part_raw if part_raw is not None else 0)
                 first = raw if part_raw is None else part_raw
                 self.parts.append(QemuPart(event.part, event.kind, start, event.records, first, raw - first))
                 part_start = part_raw = None

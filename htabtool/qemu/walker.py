@@ -416,7 +416,9 @@ class MigrationWalker:
             return True
         if kind == QEMU_VM_SECTION_START:
             if section_id in self.sections:
-                raise stream_error(f"START of section id {section_id} ({name!r}) at offset {at:#x}: that id is already in use", at)
+                raise stream_error(
+                    f"START of section id {section_id} ({name!r}) at offset {at:#x}: that id is already in use", at
+                )
             if name == RAM_SECTION:
                 want, state = RAM_VERSION, RAM
             elif name == HTAB_SECTION:
@@ -434,12 +436,17 @@ class MigrationWalker:
             sec = _Section(section_id, name, instance_id, version_id, at)
             self.sections[section_id] = sec
         else:
-            sec = self.sections.get(section_id)
-            if sec is None:
-                raise stream_error(f"{kind_name} section at offset {at:#x} names section id {section_id}, which has no START", at)
+            known = self.sections.get(section_id)
+            if known is None:
+                raise stream_error(
+                    f"{kind_name} section at offset {at:#x} names section id {section_id}, which has no START", at
+                )
+            sec = known
             if sec.ended:
                 raise stream_error(
-                    f"{kind_name} section at offset {at:#x} for section {sec.name!r} (id {section_id}) after its END", at
+                    f"{kind_name} section at offset {at:#x} for section {sec.name!r} (id {section_id}) "
+                    "after its END",
+                    at,
                 )
             state = RAM if sec.name == RAM_SECTION else HTAB_PART
             if kind == QEMU_VM_SECTION_END:
@@ -543,11 +550,11 @@ class MigrationWalker:
         return True
 
     def _footer(self) -> bool:
-        sec = self._cur
+        sec = self._section_under_way()
         at = self._at()
         if self.footers is None:
             if self._pos >= len(self._buf):
-                self._what = f"the footer of the {self._cur_kind} section of {sec.name!r} at offset {self._cur_offset:#x}"
+                self._what = self._footer_what(sec)
                 return False
             self.footers = self._buf[self._pos] == QEMU_VM_SECTION_FOOTER
         footer_offset = None
@@ -556,7 +563,7 @@ class MigrationWalker:
             try:
                 mark, section_id = c.u8(), c.be32()
             except Short:
-                self._what = f"the footer of the {self._cur_kind} section of {sec.name!r} at offset {self._cur_offset:#x}"
+                self._what = self._footer_what(sec)
                 return False
             if mark != QEMU_VM_SECTION_FOOTER:
                 raise stream_error(
@@ -579,6 +586,13 @@ class MigrationWalker:
         self._what = "a section header"
         return True
 
+    def _section_under_way(self) -> _Section:
+        assert self._cur is not None, "a payload state without its section"
+        return self._cur
+
+    def _footer_what(self, sec: _Section) -> str:
+        return f"the footer of the {self._cur_kind} section of {sec.name!r} at offset {self._cur_offset:#x}"
+
     # -- ram -----------------------------------------------------------------
 
     def _ram(self) -> bool:
@@ -590,7 +604,7 @@ class MigrationWalker:
             ram = self._ram_walk
             self._events.append(
                 RamSkipped(
-                    self._cur.section_id, self._cur_kind, self._at() - self._cur_payload,
+                    self._section_under_way().section_id, self._cur_kind, self._at() - self._cur_payload,
                     ram.pages, ram.zero_pages, self._cur_payload,
                 )
             )
@@ -657,6 +671,7 @@ class MigrationWalker:
     def _htab_records(self) -> bool:
         buf = self._buf
         start = self._pos
+        assert self.htab_shift is not None, "htab records before the htab START"
         pos, count, marker = scan_records(buf, start, self.htab_shift, self._base)
         if pos > start:
             self._part_records += count

@@ -72,7 +72,9 @@ def _check_shift(shift: int) -> int:
     if shift == -1 or shift == NO_HPT:
         raise UsageError("htab_shift -1 means no HPT: there is nothing to write")
     if not HTAB_SHIFT_MIN <= shift <= HTAB_SHIFT_MAX:
-        raise UsageError(f"htab_shift {shift} is outside {HTAB_SHIFT_MIN}..{HTAB_SHIFT_MAX} (the architected HPT sizes)")
+        raise UsageError(
+            f"htab_shift {shift} is outside {HTAB_SHIFT_MIN}..{HTAB_SHIFT_MAX} (the architected HPT sizes)"
+        )
     return check_indexable_order(shift, "htab_shift")
 
 

@@ -24,8 +24,10 @@ the edge.  What lives where, and what each module may import:
   and a migration stream spliced with a snapshot's htab (:func:`splice`).
 
 ``source`` and ``write`` are the only modules here that import
-:mod:`htabtool.sources`; nothing here imports the CLI, the container or
-the simulated kernel.
+:mod:`htabtool.sources`, and this file loads them only when one of their
+names is asked for (``from htabtool.qemu import QemuSource`` works as
+ever): importing the walker loads no I/O module.  Nothing here imports
+the CLI, the container or the simulated kernel.
 
 The format, as QEMU writes and reads it (all integers big-endian; checked
 against QEMU's migration/savevm.c, migration/ram.c and hw/ppc/spapr.c):
@@ -57,6 +59,9 @@ against QEMU's migration/savevm.c, migration/ram.c and hw/ppc/spapr.c):
 - the ``ram`` and ``spapr/htab`` payloads: see :mod:`htabtool.qemu.ram`
   and :mod:`htabtool.qemu.htab`.
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from htabtool.qemu.format import (
     HTAB_END_MARKER,
@@ -122,10 +127,6 @@ from htabtool.qemu.ram import (
     GRID_CELLS,
     GRID_CELLS_MIN,
 )
-from htabtool.qemu.source import (
-    QemuSource,
-    iter_events,
-)
 from htabtool.qemu.walker import (
     BARE_PART,
     BARE_START,
@@ -152,12 +153,34 @@ from htabtool.qemu.walker import (
     SectionEnd,
     VmEof,
 )
-from htabtool.qemu.write import (
-    SectionStats,
-    SpliceStats,
-    splice,
-    write_section,
-)
+
+if TYPE_CHECKING:
+    from htabtool.qemu.source import QemuSource, iter_events
+    from htabtool.qemu.write import SectionStats, SpliceStats, splice, write_section
+
+#: the names of the I/O modules, loaded when first asked for, so that
+#: importing the walker (which runs this file first) loads no I/O module
+_AT_THE_EDGE = {
+    "QemuSource": "source",
+    "iter_events": "source",
+    "SectionStats": "write",
+    "SpliceStats": "write",
+    "splice": "write",
+    "write_section": "write",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _AT_THE_EDGE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_AT_THE_EDGE))
 
 __all__ = [
     "QEMU_VM_FILE_MAGIC",

@@ -6,7 +6,7 @@ the edge.  What lives where, and what each module may import:
 - :mod:`~htabtool.qemu.format`: QEMU's constants as QEMU names them
   (migration/savevm.c, migration/ram.c, hw/ppc/spapr.c), the byte layouts
   and :func:`~htabtool.qemu.format.stream_error`.  Imports
-  :mod:`htabtool.errors` and :mod:`htabtool.records` only.
+  :mod:`htabtool.errors`, :mod:`htabtool.hpte` and :mod:`htabtool.records` only.
 - :mod:`~htabtool.qemu.ram`: RAM items walked past, pages never kept
   (:class:`~htabtool.qemu.ram.RamWalk`, with the numpy fast path).
   Imports ``format``.

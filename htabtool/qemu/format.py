@@ -6,7 +6,8 @@ RAM_SAVE_FLAG_*), the htab section's limits (hw/ppc/spapr.c:
 htab_save_setup, htab_load, spapr_hpt_shift_for_ramsize), the byte layouts
 they are read with (:class:`Cursor`), and :func:`stream_error`, the one way a refusal names its
 offset.  No I/O, no state: every other module of :mod:`htabtool.qemu` may
-import it, it imports only :mod:`htabtool.errors` and :mod:`htabtool.records`
+import it, it imports only :mod:`htabtool.errors`, :mod:`htabtool.hpte` and
+:mod:`htabtool.records`
 (the record header size).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import struct
 
 from htabtool.errors import QemuStreamError
+from htabtool.hpte import HPTE_SIZE
 from htabtool.records import HEADER_SIZE
 
 QEMU_VM_FILE_MAGIC = 0x5145564D
@@ -135,6 +137,12 @@ BE64 = struct.Struct(">Q")
 #: an htab record's header as QEMU writes it (htab_save_chunk): be32 index,
 #: be16 n_valid, be16 n_invalid
 HTAB_RECORD_HEADER = struct.Struct(">IHH")
+
+
+def htab_entries(shift: int) -> int:
+    """The entries of a table of htab_shift ``shift`` (log2 of its bytes,
+    as spapr's HTAB_SIZE reads it; an entry is 16 bytes)."""
+    return (1 << shift) // HPTE_SIZE
 
 
 def stream_error(message: str, offset: int | None = None) -> QemuStreamError:

@@ -29,6 +29,7 @@ from htabtool.qemu.format import (
     NO_HPT,
     QEMU_VM_SECTION_END,
     QEMU_VM_SECTION_PART,
+    htab_entries,
     stream_error,
 )
 from htabtool.records import HEADER_SIZE, MAX_INDEX_ORDER
@@ -61,7 +62,7 @@ def check_start_shift(shift: int, at: int) -> None:
         # QEMU writes each record's index as a be32 (htab_save_first_pass:
         # qemu_put_be32(f, chunkstart)): past 2**32 entries it cannot say
         raise stream_error(
-            f"htab_shift {shift} at offset {at:#x}: a table of {1 << (shift - 4):,} entries, more "
+            f"htab_shift {shift} at offset {at:#x}: a table of {htab_entries(shift):,} entries, more "
             f"than the records' 32-bit index addresses (htab_shift {MAX_INDEX_ORDER} at most)",
             at,
         )
@@ -86,7 +87,7 @@ def scan_records(buf, pos: int, shift: int, base: int) -> tuple[int, int, bool]:
     end marker lies at ``end``.  A record past the table is refused as
     htab_load refuses it."""
     end = len(buf)
-    limit = 1 << (shift - 4)
+    limit = htab_entries(shift)
     count = 0
     while end - pos >= HEADER_SIZE:
         index, n_valid, n_invalid = HTAB_RECORD_HEADER.unpack_from(buf, pos)

@@ -51,6 +51,7 @@ from htabtool.qemu.format import (
     TARGET_PAGE_SIZE,
     Cursor,
     Short,
+    htab_entries,
     stream_error,
 )
 from htabtool.qemu.htab import check_part_header, check_start_shift, scan_records
@@ -134,7 +135,7 @@ class HtabStart:
 
     @property
     def entries(self) -> int:
-        return 1 << (self.shift - 4)
+        return htab_entries(self.shift)
 
 
 @dataclass(frozen=True)

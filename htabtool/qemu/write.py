@@ -25,6 +25,7 @@ from htabtool.qemu.format import (
     NO_HPT,
     QEMU_VM_SECTION_FOOTER,
     QEMU_VM_SECTION_PART,
+    htab_entries,
     stream_error,
 )
 from htabtool.qemu.walker import (
@@ -127,7 +128,7 @@ def write_section(
     check_byte_order(byte_order)
     _check_shift(shift)
     stats = SectionStats(shift)
-    n_entries = 1 << (shift - 4)
+    n_entries = htab_entries(shift)
     out.write(BE32.pack(shift))
     stats.nbytes += 4
     for pass_number, group in groupby(pieces, key=lambda piece: piece[0]):
@@ -177,7 +178,7 @@ def splice(
         pieces = list(pieces)
         passes = len({number for number, _ in pieces})
     stats = SpliceStats(SectionStats(shift))
-    n_entries = 1 << (shift - 4)
+    n_entries = htab_entries(shift)
     groups = groupby(pieces, key=lambda piece: piece[0])
     walker = MigrationWalker()
     pending = bytearray()  # input bytes from pending_base on, not yet decided

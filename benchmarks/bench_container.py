@@ -75,7 +75,7 @@ def main() -> None:
     for chunk_size in chunk_sizes:
         for threads in thread_counts:
 
-            def write() -> bytes:
+            def write(threads: int = threads, chunk_size: int = chunk_size) -> bytes:
                 out = io.BytesIO()
                 with SnapshotWriter(out, header, level=args.level, threads=threads, chunk_size=chunk_size) as w:
                     for piece in pieces:
@@ -84,7 +84,7 @@ def main() -> None:
 
             data = write()
 
-            def read() -> list:
+            def read(data: bytes = data, threads: int = threads) -> list:
                 return [c.data for c in SnapshotReader(io.BytesIO(data), threads=threads).chunks()]
 
             assert b"".join(read()) == raw

@@ -52,7 +52,9 @@ def _ram_items(first_page: int, n_pages: int, full: np.ndarray) -> bytes:
     return head + out.tobytes()
 
 
-def synthetic_capture(f, *, ram_pages: int = 1 << 20, full_pages: int = 16000, records: int = 65700, shift: int = 25, seed: int = 1) -> None:
+def synthetic_capture(
+    f, *, ram_pages: int = 1 << 20, full_pages: int = 16000, records: int = 65700, shift: int = 25, seed: int = 1
+) -> None:
     rng = np.random.default_rng(seed)
     ram_id, htab_id = 2, 576
     f.write(struct.pack(">II", 0x5145564D, 3) + b"\x07" + _be32(11) + b"pseries-7.2")
@@ -60,12 +62,14 @@ def synthetic_capture(f, *, ram_pages: int = 1 << 20, full_pages: int = 16000, r
     f.write(b"\x01" + _be32(ram_id) + b"\x03ram" + _be32(0) + _be32(4))
     f.write(struct.pack(">Q", length | 0x04) + bytes([len(BLOCK)]) + BLOCK + struct.pack(">Q", length))
     f.write(struct.pack(">Q", 0x10) + b"\x7e" + _be32(ram_id))
-    f.write(b"\x01" + _be32(htab_id) + b"\x0aspapr/htab" + _be32(0) + _be32(1) + _be32(shift) + b"\x7e" + _be32(htab_id))
+    f.write(b"\x01" + _be32(htab_id) + b"\x0aspapr/htab" + _be32(0) + _be32(1) + _be32(shift)
+            + b"\x7e" + _be32(htab_id))
     full = np.zeros(ram_pages, dtype=bool)
     full[rng.choice(ram_pages, full_pages, replace=False)] = True
     n_entries = 1 << (shift - 4)
     index = np.sort(rng.choice(n_entries, records, replace=False)).astype(np.int64)
-    v = (np.uint64(0x4000000000000000) | (rng.integers(1, 1 << 40, records).astype(np.uint64) << np.uint64(7))) | np.uint64(0x15)
+    avpn = rng.integers(1, 1 << 40, records).astype(np.uint64) << np.uint64(7)
+    v = np.uint64(0x4000000000000000) | avpn | np.uint64(0x15)
     r = (rng.integers(0, 1 << 30, records).astype(np.uint64) << np.uint64(16)) | np.uint64(0x190)
     hdr = np.zeros(records, dtype=[("index", ">u4"), ("nv", ">u2"), ("ni", ">u2"), ("v", ">u8"), ("r", ">u8")])
     hdr["index"], hdr["nv"], hdr["v"], hdr["r"] = index, 1, v, r
@@ -74,7 +78,8 @@ def synthetic_capture(f, *, ram_pages: int = 1 << 20, full_pages: int = 16000, r
     per = ram_pages // sections
     for k in range(sections):
         kind = 3 if k == sections - 1 else 2
-        f.write(bytes([kind]) + _be32(ram_id) + _ram_items(k * per, per if k < sections - 1 else ram_pages - k * per, full[k * per :]))
+        count = per if k < sections - 1 else ram_pages - k * per
+        f.write(bytes([kind]) + _be32(ram_id) + _ram_items(k * per, count, full[k * per :]))
         f.write(struct.pack(">Q", 0x10) + b"\x7e" + _be32(ram_id))
         if k == 0:  # a short htab PART, as QEMU's 5 ms iterations give
             f.write(b"\x02" + _be32(htab_id) + _be32(0) + recs[: 24 * 11] + bytes(8) + b"\x7e" + _be32(htab_id))
@@ -128,7 +133,8 @@ def main() -> None:
         "walk (every event)": best_of(walk, args.repeat),
         "dump --qemu (pieces, little-endian)": best_of(dump, args.repeat),
         "load --qemu-splice (file to file)": best_of(do_splice, args.repeat),
-        "load --qemu-section (to memory)": best_of(lambda: qemu.write_section(pieces, shift, io.BytesIO(), byte_order="little"), args.repeat),
+        "load --qemu-section (to memory)": best_of(
+            lambda: qemu.write_section(pieces, shift, io.BytesIO(), byte_order="little"), args.repeat),
     }
     for name, secs in figures.items():
         print(f"  {name:38s} {secs * 1000:8.1f} ms")

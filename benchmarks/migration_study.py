@@ -76,7 +76,8 @@ def main_table(directory: str, orders) -> None:
           f"(`--ram-round 30ms`); mean (min-max) over the guest's futures `--seed` {', '.join(map(str, FUTURES))}. "
           "Stopped bytes as the kernel's records / with an index per entry; the ratios are record bytes over "
           "index bytes (below 1: the records are smaller).\n")
-    print("| guest | order | valid | link | first pass: bytes, link time (ms) | live passes alone | stopped entries alone | live passes beside RAM "
+    print("| guest | order | valid | link | first pass: bytes, link time (ms) | live passes alone "
+          "| stopped entries alone | live passes beside RAM "
           "| stopped entries | stopped bytes, records | stopped bytes, index | HPT downtime (ms) "
           "| first pass: entries per record | first-pass ratio | later-passes ratio |")
     print("|" + "---|" * 15)
@@ -93,7 +94,8 @@ def main_table(directory: str, orders) -> None:
                       f"{alone.passes[0].record_bytes:,}, {ms(alone.passes[0].link_seconds)} | {verdict(alone)} | "
                       f"{alone.stopped.entries:,} | {' '.join(verdict(r) for r in runs)} | "
                       f"{spread([r.stopped.entries for r in runs])} | "
-                      f"{spread([r.stopped.record_bytes for r in runs])} | {spread([r.stopped.index_bytes for r in runs])} | "
+                      f"{spread([r.stopped.record_bytes for r in runs])} | "
+                      f"{spread([r.stopped.index_bytes for r in runs])} | "
                       f"{spread([r.hpt_downtime * 1e3 for r in runs])} | "
                       f"{first.valid / first.records:.3f} | {ratio(runs[0].ratio(True))} | "
                       f"{spread(later) if later else '-'} |")
@@ -111,7 +113,8 @@ def rate_table(directory: str) -> None:
         r = migrate(path, f"kernel-build order 24 1G {rate} events/s", bandwidth="1G", downtime_limit=DOWNTIME,
                     ram_round="30ms", ops_per_second=rate, max_passes=30, seed=FUTURES[0])
         last = r.stopped
-        print(f"| {rate:,} | {verdict(r)} live pass{'es' if len(r.live) != 1 else ''} | {last.entries:,} | {last.record_bytes:,} / "
+        passes = f"{verdict(r)} live pass{'es' if len(r.live) != 1 else ''}"
+        print(f"| {rate:,} | {passes} | {last.entries:,} | {last.record_bytes:,} / "
               f"{last.index_bytes:,} | {ms(r.hpt_downtime)} | {ratio(r.ratio(False))} |")
     print()
 

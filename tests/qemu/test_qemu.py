@@ -551,7 +551,7 @@ def test_source_never_holds_ram_pages():
     while (ev := w.next_event()) is not END_OF_STREAM:
         if ev is NEED_DATA:
             w.receive_data(reader.read(64 * 1024))
-            biggest = max(biggest, len(w._buf))
+            biggest = max(biggest, w.buffered)
     assert len(data) > 1_000_000 and biggest <= 64 * 1024 + PAGE_SIZE
 
 
@@ -935,3 +935,25 @@ def test_each_qemu_versions_framing_is_walked_dumped_and_spliced(name):
         assert next(e for e in begins if e.offset > cmd.offset).offset == cmd.offset + cmd.size
         assert all(e.kind == "END" for e in begins if e.offset > cmd.offset)
         assert any(e.kind == "PART" and e.name == "spapr/htab" and e.offset < cmd.offset for e in begins)
+
+
+# -- the package's layering (htabtool/qemu/__init__.py) ------------------------------------
+
+
+def test_the_walker_loads_no_io_module():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, htabtool.qemu.walker, htabtool.qemu.format\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('htabtool.', 'click', 'rich', 'zstandard'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for io_module in ("htabtool.sources", "htabtool.atomic", "htabtool.container", "htabtool.qemu.source",
+                      "htabtool.qemu.write", "htabtool.cli", "click", "rich", "zstandard"):
+        assert f"'{io_module}'" not in loaded
+    assert "'htabtool.qemu.walker'" in loaded
+    # the I/O names are still the package's, loaded when asked for
+    assert qemu.QemuSource is QemuSource and qemu.splice is splice and "write_section" in dir(qemu)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        qemu.no_such_name  # noqa: B018 (the attribute access is the test)

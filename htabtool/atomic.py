@@ -273,9 +273,6 @@ def fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-_fsync_directory = fsync_directory  # the name ops.py imports today
-
-
 def fsync_file(fd: int, name: str) -> None:
     """fsync the file open on ``fd``; an error names ``name`` (the final
     path, not a temporary one)."""

@@ -55,7 +55,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from htabtool.errors import KVMError, UsageError
-from htabtool.records import HEADER_SIZE, check_byte_order, decode_batch
+from htabtool.records import HEADER_SIZE, begins_pass, check_byte_order, decode_batch
+from htabtool.sources import SourceBase, StreamInfo, VMReadOptions
 
 # -- ioctl numbers: include/uapi/asm-generic/ioctl.h and its powerpc override --
 
@@ -683,27 +684,26 @@ def open_vm(pid=None, fd: int | None = None, *, ignore_readers: bool = False, gu
 # -- the source ---------------------------------------------------------------------
 
 
-class KVMSource:
+class KVMSource(SourceBase):
     """A real guest's HPT read through its htab fd, as ``dump --vm`` reads a
     simulated one: ``buffer_size``-byte reads, the first pass from
     ``start_index`` to the end, then incremental passes (the guest runs on
     by itself between them)."""
 
-    def __init__(self, vm: KVMVM, *, bolted_only=False, start_index=0, buffer_size=65536, passes=1,
-                 until_dirty=None, max_passes=30, byte_order: str | None = None):
-        from htabtool.sources import StreamInfo
-
+    def __init__(self, vm: KVMVM, options: VMReadOptions | None = None, *, byte_order: str | None = None,
+                 **keywords):
+        # the options' byte order is the simulated host's: the kernel's headers are this host's own
+        options = VMReadOptions.of(options, **keywords)
         self.vm = vm
+        self.options = options
         self.byte_order = check_byte_order(byte_order or sys.byteorder)
         self.entries = vm.entries()
-        if start_index >= self.entries:
-            raise UsageError(f"--start-index {start_index} is past the table of {self.entries} entries")
-        self.buffer_size = buffer_size
-        self.passes = max_passes if until_dirty is not None else passes
-        self.until_dirty = until_dirty
-        self.flags = KVM_GET_HTAB_BOLTED_ONLY if bolted_only else 0
-        self.info = StreamInfo(self.byte_order, vm.order(), bolted_only=bolted_only, start_index=start_index,
-                               source={"kind": "kvm", **vm.host()})
+        options.check_start(self.entries)
+        self.buffer_size = options.buffer_size
+        self.passes = options.pass_count
+        self.flags = KVM_GET_HTAB_BOLTED_ONLY if options.bolted_only else 0
+        self.info = StreamInfo(self.byte_order, vm.order(), bolted_only=options.bolted_only,
+                               start_index=options.start_index, source={"kind": "kvm", **vm.host()})
         self.pass_changes: list[int] = []
 
     def pieces(self) -> Iterator[tuple[int, bytes]]:
@@ -716,7 +716,7 @@ class KVMSource:
                     changed += int(batch.n_valid.sum() + batch.n_invalid.sum())
                     yield number, data
                 self.pass_changes.append(changed)
-                if self.until_dirty is not None and number > 1 and changed <= self.until_dirty:
+                if self.options.last_pass(number, changed):
                     break
         finally:
             os.close(fd)
@@ -746,7 +746,7 @@ class KVMSource:
                 if first:
                     raise KVMError("the htab fd's first pass ended before the end of the table")
                 return
-            if previous_end is not None and int(batch.index[0]) < previous_end:
+            if previous_end is not None and begins_pass(int(batch.index[0]), previous_end):
                 carry[0] = (data, batch)  # the table wrapped: the next pass
                 return
             yield data, batch
@@ -758,11 +758,12 @@ class KVMSource:
 
 
 @contextlib.contextmanager
-def open_source(pid=None, fd: int | None = None, *, ignore_readers: bool = False, **kw) -> Iterator[KVMSource]:
+def open_source(pid=None, fd: int | None = None, *, ignore_readers: bool = False,
+                options: VMReadOptions | None = None, **keywords) -> Iterator[KVMSource]:
     """``dump --kvm PID`` / ``--kvm-fd N``: the guard, the capability, the
     table's size, then the source (its read fd opened when it is read)."""
     with open_vm(pid, fd, ignore_readers=ignore_readers) as vm:
-        yield KVMSource(vm, **kw)
+        yield KVMSource(vm, options, **keywords)
 
 
 # -- the target ------------------------------------------------------------------

@@ -8,9 +8,8 @@ the same pieces.  Paths are opened here and nowhere else below the CLI;
 ``-`` means standard input or output.
 
 The interfaces are declared, not probed: :class:`RecordSource` (what a dump
-reads; :class:`SourceBase` declares what a source lacks, and
-:class:`DeclaredSource` wraps a source of another layer that has only
-``info`` and ``pieces()``), :class:`SnapshotInput` (what the operations
+reads; :class:`SourceBase` declares what a source lacks: every source,
+QEMU's and the kernel's too, derives from it), :class:`SnapshotInput` (what the operations
 read a snapshot through; :class:`SnapshotFileInput` adds the header, the
 trailer and the container's reader) and :class:`Sink`.  The options a
 command gives are made once, at the edge, and passed down whole:
@@ -135,26 +134,6 @@ class SourceBase:
         return []
 
 
-class DeclaredSource(SourceBase):
-    """A source of another layer that has only ``info`` and ``pieces()``
-    (and, if given, ``notes``: its snapshot notes), as a whole
-    :class:`RecordSource`: what it lacks declared absent (QEMU's source and
-    the kernel's, :class:`htabtool.qemu.QemuSource` and
-    :class:`htabtool.kvm.KVMSource`, which do not derive from
-    :class:`SourceBase`)."""
-
-    def __init__(self, inner: Any, notes: Callable[[], list[tuple[bytes, bytes]]] | None = None):
-        self.inner = inner
-        self.info = inner.info
-        self._notes = notes
-
-    def pieces(self) -> Iterator[tuple[int, bytes]]:
-        return self.inner.pieces()
-
-    def snapshot_notes(self) -> list[tuple[bytes, bytes]]:
-        return self._notes() if self._notes is not None else []
-
-
 class SnapshotInput(Protocol):
     """A snapshot's records to read: its size, its chunks streamable as many
     times as needed, its name (None: unnamed) and its trailer (None: not
@@ -267,10 +246,16 @@ class VMReadOptions:
         """The passes to make at most."""
         return self.max_passes if self.until_dirty is not None else self.passes
 
-    def kernel(self) -> dict:
-        """The options of the kernel's htab fd (:func:`htabtool.kvm.open_source`)."""
-        return {"bolted_only": self.bolted_only, "start_index": self.start_index, "buffer_size": self.buffer_size,
-                "passes": self.passes, "until_dirty": self.until_dirty, "max_passes": self.max_passes}
+    def last_pass(self, number: int, changed: int) -> bool:
+        """Whether pass ``number``, which reported ``changed`` entries, ends
+        an ``until_dirty`` run: a later pass came down to it."""
+        return self.until_dirty is not None and number > 1 and changed <= self.until_dirty
+
+    def check_start(self, entries: int) -> None:
+        """The first pass's ``start_index`` is inside a table of ``entries``."""
+        if self.start_index >= entries:
+            raise UsageError(f"start_index {self.start_index} is past the table of {entries} entries",
+                             param="start_index")
 
 
 # -- files at the edge ---------------------------------------------------------
@@ -372,7 +357,6 @@ __all__ = [
     "WriteOptions",
     "RecordSource",
     "SourceBase",
-    "DeclaredSource",
     "SnapshotInput",
     "SnapshotFileInput",
     "Sink",
@@ -540,9 +524,7 @@ class VMSource(SourceBase):
 
     def __init__(self, vm, options: VMReadOptions | None = None):
         options = options or VMReadOptions()
-        if options.start_index >= vm.hpt.npte:
-            raise UsageError(f"start_index {options.start_index} is past the table of {vm.hpt.npte} entries",
-                             param="start_index")
+        options.check_start(vm.hpt.npte)
         self.vm = vm
         self.options = options
         self.buffer_size = options.buffer_size
@@ -620,7 +602,7 @@ class VMSource(SourceBase):
                 if not fd.last_read.wrapped:
                     raise UsageError(f"a read of {self.buffer_size} bytes holds no record")
                 self.pass_changes.append(changed)
-                if self.until_dirty is not None and number > 1 and changed <= self.until_dirty:
+                if self.options.last_pass(number, changed):
                     self.converged = True
                     break
         if self.until_dirty is not None and not self.converged:

@@ -131,7 +131,8 @@ def dump(ctx, output, vm_image, raw_input, qemu_input, qemu_section, kvm_pid, kv
         from htabtool import kvm as kvm_module
 
         given_name = None  # the kernel's errors name the process and the fd themselves
-        source_cm = _kernel(kvm_module.open_source(kvm_pid, kvm_fd, ignore_readers=ignore_readers, **read.kernel()))
+        source_cm: contextlib.AbstractContextManager[RecordSource] = kvm_module.open_source(
+            kvm_pid, kvm_fd, ignore_readers=ignore_readers, options=read)
     else:
         given_name = next(v for v in (vm_image, raw_input, qemu_input, qemu_section) if v is not None)
         given_name = "<stdin>" if given_name == "-" else given_name
@@ -205,18 +206,7 @@ def _source(vm_image, raw_input, qemu_input, qemu_section, byte_order, order, en
             yield RawStreamSource(f, byte_order=byte_order, order=size, name=raw_input)
         return
     from htabtool.qemu import QemuSource
-    from htabtool.sources import DeclaredSource
 
     path = qemu_input if qemu_input is not None else qemu_section
     with open_input(path) as f:
-        qemu = QemuSource(f, byte_order=byte_order or "little", section_only=qemu_section is not None, name=path)
-        yield DeclaredSource(qemu, notes=qemu.snapshot_notes)
-
-
-@contextlib.contextmanager
-def _kernel(opened) -> Iterator[RecordSource]:
-    """The kernel's source (``opened``: kvm.open_source's) as a RecordSource."""
-    from htabtool.sources import DeclaredSource
-
-    with opened as src:
-        yield DeclaredSource(src)
+        yield QemuSource(f, byte_order=byte_order or "little", section_only=qemu_section is not None, name=path)

@@ -7,6 +7,7 @@ orders), the errors and the format's numbers.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -18,7 +19,15 @@ __all__ = ["JSON_KEYS", "ChunkInfo", "PassInfo", "SnapshotHeader", "SnapshotTrai
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    """Now, to the second, UTC; or the time SOURCE_DATE_EPOCH gives (the
+    reproducible-builds convention), so that the same records make the same
+    snapshot bytes whenever they are written."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if fixed.isdigit():
+        when = datetime.fromtimestamp(int(fixed), timezone.utc)
+    else:
+        when = datetime.now(timezone.utc)
+    return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _tool_version() -> str:

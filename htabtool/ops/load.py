@@ -16,7 +16,6 @@ is asked for.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -248,31 +247,25 @@ def load_vm(snap: SnapshotFileInput, image: str, *, create: bool = False, stop: 
 
 
 def _create_and_load(snap, image, verify, buffer_size, progress=None) -> VMLoad:
-    import os
-
-    from htabtool.atomic import _fsync_directory, committed, temp_name, uninterrupted
+    """``load --vm IMAGE --create``: a new image made under a temporary name
+    and linked into place only when the whole snapshot is in it (an image
+    that appeared meanwhile is not replaced)."""
+    from htabtool.atomic import staged, uninterrupted
     from htabtool.errors import VMImageError
     from htabtool.sim.vmimage import VMImage
 
-    directory, base = os.path.split(os.path.abspath(image))
-    tmp = temp_name(directory, base)
-    vm = VMImage.create(tmp, order=snap.header.order, profile="empty", final=False)
     try:
-        report = _load_into(vm, snap, image, False, verify, buffer_size, created=True, progress=progress)
-        vm.close()
-        with uninterrupted():
+        with staged(image, replace=False) as tmp:
+            vm = VMImage.create(tmp, order=snap.header.order, profile="empty", final=False)
             try:
-                os.link(tmp, image)
-            except FileExistsError:
-                raise VMImageError(f"{image}: appeared while the snapshot was loaded; nothing was replaced") from None
-            committed()
-        _fsync_directory(directory)
-        return report
-    finally:
-        with uninterrupted():
-            vm.close(save=False)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                report = _load_into(vm, snap, image, False, verify, buffer_size, created=True, progress=progress)
+                vm.close()
+            finally:
+                with uninterrupted():
+                    vm.close(save=False)
+    except FileExistsError:
+        raise VMImageError(f"{image}: appeared while the snapshot was loaded; nothing was replaced") from None
+    return report
 
 
 def _load_into(vm, snap, image, stop, verify, buffer_size, *, created, progress=None) -> VMLoad:

@@ -354,24 +354,16 @@ def _make_destination(snapshot_path: str, to: str, source_hpt) -> bool:
     """Create the VM image ``to`` from the snapshot (as ``load --vm
     --create``: a new empty VM, every record through its write fd), replace
     whatever ``to`` named, and compare its table with the source's."""
-    from htabtool.atomic import temp_name
+    from htabtool.atomic import staged
     from htabtool.ops.load import load_vm
     from htabtool.sim.vmimage import open_vm
     from htabtool.sources import open_snapshot
 
-    directory, base = os.path.split(os.path.abspath(to))
-    staging = temp_name(directory, base)
-    placed = False
-    try:
+    with staged(to, final=False) as staging:
         with open_snapshot(snapshot_path) as snap:
             load_vm(snap, staging, create=True, buffer_size=1 << 16)
         with open_vm(staging, writable=False) as dst:
             equal = same_table(source_hpt, dst.hpt)
-        os.replace(staging, to)
-        placed = True
-    finally:
-        if not placed and os.path.exists(staging):
-            os.unlink(staging)
     return equal
 
 

@@ -29,7 +29,7 @@ from htabtool.qemu.walker import (
     VmEof,
 )
 from htabtool.records import check_byte_order, decode_batch, split_passes
-from htabtool.sources import DEFAULT_READ_SIZE, StreamInfo
+from htabtool.sources import DEFAULT_READ_SIZE, SourceBase, StreamInfo
 
 __all__ = ["QemuSource", "iter_events"]
 
@@ -51,7 +51,7 @@ def iter_events(f: BinaryIO, *, section_only: bool = False, read_size: int = DEF
 # -- the source: QEMU's records as snapshot pieces ------------------------------
 
 
-class QemuSource:
+class QemuSource(SourceBase):
     """The ``spapr/htab`` records of a QEMU migration stream (or, with
     ``section_only``, of bare section payloads) as a snapshot source.
 

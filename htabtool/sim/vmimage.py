@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from htabtool import __version__
-from htabtool.atomic import OutputRefused, TempFile, check_destination, fsync_directory, uninterrupted
+from htabtool.atomic import OutputRefused, TempFile, check_destination, fsync_directory, fsync_file, uninterrupted
 from htabtool.errors import HtabError, UsageError, VMImageError
 from htabtool.sim.mmu import DEFAULT_BACKING_PAGE_SHIFT, DEFAULT_CPU, GUEST_PAGE_SHIFT, ram_order
 from htabtool.sim.papr import PPC_MAX_HPT_ORDER, PPC_MIN_HPT_ORDER
@@ -304,7 +304,7 @@ class VMImage:
         try:
             if self.writable and save:
                 self.save()
-                os.fsync(self._fd)
+                fsync_file(self._fd, self.path)
         finally:
             self._drop()
             os.close(self._fd)
@@ -529,7 +529,7 @@ def transaction(path, check=None) -> Iterator[VMImage]:
             try:
                 _keep_owner_and_mode(fd, st)
                 _copy_sparse(original._fd, fd)
-                os.fsync(fd)
+                fsync_file(fd, path)
             except OSError as exc:
                 raise VMImageError(
                     f"{path}: cannot make the working copy of the image ({_short(exc)}); "

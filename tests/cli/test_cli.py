@@ -29,9 +29,11 @@ def snaps(tmp_path):
     return tmp_path, a, b, live
 
 
-def test_dump_threads_make_the_same_snapshot(tmp_path):
+def test_dump_threads_make_the_same_snapshot(tmp_path, monkeypatch):
     """-T N: compression on N threads (0: one per CPU); the snapshot's bytes
-    do not depend on how many."""
+    do not depend on how many (the creation time fixed, as reproducible
+    builds fix it, or the three dumps may straddle a second)."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764547200")
     (tmp_path / "a.bin").write_bytes(raw_stream(synthetic_table(22, 0.5, 3)))  # about 2 MB: several chunks
     made = []
     for n in ("0", "1", "3"):
@@ -42,6 +44,10 @@ def test_dump_threads_make_the_same_snapshot(tmp_path):
         assert json.loads(r.stdout)["chunks"] > 1
         made.append(out.read_bytes())
     assert made[0] == made[1] == made[2]
+    from htabtool.sources import open_snapshot
+
+    with open_snapshot(str(tmp_path / "t0.htab")) as snap:
+        assert snap.header.created == "2025-12-01T00:00:00Z"
     assert cli_run("dump", "--raw", tmp_path / "a.bin", "--byte-order", "little", "--order", 22, "-T", "65",
                "-o", tmp_path / "x.htab").exit_code == 2
 

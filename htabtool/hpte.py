@@ -79,6 +79,12 @@ SOFTWARE_V_BITS = HPTE_V_HVLOCK | HPTE_V_ABSENT
 SOFTWARE_R_BITS = HPTE_GR_RESERVED
 
 HPTE_SIZE = 16
+
+
+def table_entries(order: int) -> int:
+    """The HPTEs of a hashed page table of ``2**order`` bytes (the HPT order,
+    as KVM_PPC_ALLOCATE_HTAB and QEMU's htab_shift give it)."""
+    return (1 << order) // HPTE_SIZE
 ENTRIES_PER_PTEG = 8
 
 SEGMENT_SIZE_NAMES = {0: "256M", 1: "1T", 2: "reserved(2)", 3: "reserved(3)"}

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from htabtool.errors import KVMError, UsageError
-from htabtool.records import HEADER_SIZE, begins_pass, check_byte_order, decode_batch
+from htabtool.records import HEADER_SIZE, RecordHeader, begins_pass, check_byte_order, decode_batch
 from htabtool.sources import SourceBase, StreamInfo, VMReadOptions
 
 # -- ioctl numbers: include/uapi/asm-generic/ioctl.h and its powerpc override --
@@ -798,7 +798,7 @@ class KernelWriteFd(_Closing):
         the kernel answers EBUSY to it while vCPUs run: asked before the first
         real write."""
         try:
-            n = os.write(self._open_fd(), struct.pack(("<" if self.byte_order == "little" else ">") + "IHH", 0, 0, 0))
+            n = os.write(self._open_fd(), RecordHeader(0, 0, 0).pack(self.byte_order))
         except OSError as exc:
             raise KVMError(self._refusal(exc, None)) from None
         if n != HEADER_SIZE:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from htabtool.atomic import atomic_write
 from htabtool.errors import HtabError, UsageError
+from htabtool.hpte import table_entries
 from htabtool.records import RecordDecoder, check_byte_order, check_indexable_order, split_passes_stated
 
 if TYPE_CHECKING:  # types only: the container is imported when a snapshot is opened
@@ -52,7 +53,7 @@ class StreamInfo:
 
     @property
     def entries(self) -> int:
-        return 1 << (self.order - 4)
+        return table_entries(self.order)
 
 
 def order_for(order: int | None, entries: int | None) -> int:

@@ -16,6 +16,7 @@ from htabtool.cli.common import (
     progress,
     progress_option,
 )
+from htabtool.sim.papr import PPC_MAX_HPT_ORDER, PPC_MIN_HPT_ORDER
 
 
 def _emit(data: dict, as_json: bool, lines, kind: str) -> None:
@@ -49,7 +50,7 @@ def vm():
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--ram", type=SIZE, metavar="SIZE",
               help="Guest RAM, e.g. 4G (sets the table size as QEMU does: 1/128 of RAM).")
-@click.option("--order", type=click.IntRange(18, 46),
+@click.option("--order", type=click.IntRange(PPC_MIN_HPT_ORDER, PPC_MAX_HPT_ORDER),
               help="log2 of the table's bytes (18..46); RAM defaults to 128 times the table.")
 @click.option(
     "--profile",

@@ -38,7 +38,7 @@ What lives where (layout, then the sans-I/O parser, then the I/O adapters):
   parser over a file object in bounded memory; on a seekable file it can
   answer from the trailer alone.
 
-Layering: this package may import the record layer (:mod:`htabtool.records`),
+Layering: this package may import the HPTE model and the record layer (:mod:`htabtool.hpte`, :mod:`htabtool.records`),
 :mod:`htabtool.sansio`, :mod:`htabtool.errors` and :mod:`htabtool.atomic`;
 never the sources, the operations or the CLI.  Inside it, each module
 imports only those above it in the list (``format`` none of them, the

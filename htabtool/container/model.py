@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from htabtool.container.format import BYTE_ORDER_CODES, FORMAT_VERSION, MAX_CHUNK_LIMIT, MAX_ORDER, MIN_ORDER
 from htabtool.errors import UsageError
+from htabtool.hpte import table_entries
 from htabtool.records import check_indexable_order
 
 __all__ = ["JSON_KEYS", "ChunkInfo", "PassInfo", "SnapshotHeader", "SnapshotTrailer"]
@@ -75,7 +76,7 @@ class SnapshotHeader:
         if not isinstance(self.order, int) or not MIN_ORDER <= self.order <= MAX_ORDER:
             raise UsageError(f"table order {self.order!r} is outside {MIN_ORDER}..{MAX_ORDER}")
         check_indexable_order(self.order)
-        derived = 1 << (self.order - 4)
+        derived = table_entries(self.order)
         if self.entries is None:
             set_(self, "entries", derived)
         elif self.entries != derived:

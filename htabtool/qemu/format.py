@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 
 from htabtool.errors import QemuStreamError
-from htabtool.hpte import HPTE_SIZE
+from htabtool.hpte import table_entries
 from htabtool.records import HEADER_SIZE
 
 QEMU_VM_FILE_MAGIC = 0x5145564D
@@ -142,7 +142,7 @@ HTAB_RECORD_HEADER = struct.Struct(">IHH")
 def htab_entries(shift: int) -> int:
     """The entries of a table of htab_shift ``shift`` (log2 of its bytes,
     as spapr's HTAB_SIZE reads it; an entry is 16 bytes)."""
-    return (1 << shift) // HPTE_SIZE
+    return table_entries(shift)
 
 
 def stream_error(message: str, offset: int | None = None) -> QemuStreamError:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from htabtool.errors import RecordError
-from htabtool.hpte import HPTE_SIZE, HPTE_V_VALID
+from htabtool.hpte import HPTE_SIZE, HPTE_V_VALID, v_low_bytes
 from htabtool.records.format import ENTRY_DTYPE, HEADER_SIZE, Record, layout_records
 
 
@@ -94,7 +94,7 @@ class RecordBatch:
             raise self._error(k, what)
         if len(self.entries):
             # the valid bit is the lowest bit of byte 7 of a big-endian doubleword
-            lacking = (self.entries.view(np.uint8)[:, 7] & HPTE_V_VALID) == 0
+            lacking = (v_low_bytes(self.entries) & HPTE_V_VALID) == 0
             if lacking.any():
                 e = int(np.argmax(lacking))
                 k = int(np.searchsorted(np.cumsum(self.n_valid), e, side="right"))

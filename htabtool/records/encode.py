@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from htabtool.errors import UsageError
-from htabtool.hpte import HPTE_SIZE, HPTE_V_BOLTED, HPTE_V_VALID
+from htabtool.hpte import HPTE_SIZE, HPTE_V_BOLTED, HPTE_V_VALID, v_low_bytes
 from htabtool.records.batch import expand_ranges, record_stats
 from htabtool.records.format import (
     ENTRY_DTYPE,
@@ -70,7 +70,7 @@ class StaticTable:
         self.bolted_only = bolted_only
 
     def kinds(self, lo: int, hi: int, first_pass: bool) -> np.ndarray:
-        low_byte = self.table[lo:hi].view(np.uint8)[:, 7]  # lowest byte of big-endian v
+        low_byte = v_low_bytes(self.table[lo:hi])
         valid = (low_byte & HPTE_V_VALID) != 0
         if self.bolted_only:
             valid &= (low_byte & HPTE_V_BOLTED) != 0

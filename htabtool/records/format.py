@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from htabtool.errors import StreamError, TruncatedStream, UsageError
-from htabtool.hpte import HPTE, HPTE_SIZE
+from htabtool.hpte import HPTE, HPTE_SIZE, table_entries
 
 HEADER_SIZE = 8
 MAX_RUN = 0xFFFF
@@ -53,8 +53,8 @@ def check_indexable_order(order: int, what: str = "table order") -> int:
     of a table of ``2**(order-4)`` entries; UsageError otherwise."""
     if order > MAX_INDEX_ORDER:
         raise UsageError(
-            f"{what} {order} ({1 << (order - 4):,} entries) is above {MAX_INDEX_ORDER}: the record header's "
-            f"32-bit index addresses {1 << (MAX_INDEX_ORDER - 4):,} entries at most (the kernel would truncate it)"
+            f"{what} {order} ({table_entries(order):,} entries) is above {MAX_INDEX_ORDER}: the record header's "
+            f"32-bit index addresses {table_entries(MAX_INDEX_ORDER):,} entries at most (the kernel would truncate it)"
         )
     return order
 
@@ -168,7 +168,7 @@ def header_words(index, n_valid, n_invalid, byte_order: str) -> np.ndarray:
         k = int(np.argmax(index > MAX_INDEX))
         raise StreamError(
             f"record index {int(index[k])} does not fit the header's 32-bit index: "
-            f"tables of order {MAX_INDEX_ORDER} ({1 << (MAX_INDEX_ORDER - 4):,} entries) at most"
+            f"tables of order {MAX_INDEX_ORDER} ({table_entries(MAX_INDEX_ORDER):,} entries) at most"
         )
     if byte_order == "little":  # index, n_valid, n_invalid from the lowest byte up
         value = index | (np.asarray(n_valid, dtype=np.int64) << 32) | (np.asarray(n_invalid, dtype=np.int64) << 48)

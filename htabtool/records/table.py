@@ -41,7 +41,7 @@ def native(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def valid_mask(table: np.ndarray) -> np.ndarray:
-    return (table.view(np.uint8)[:, 7] & hpte.HPTE_V_VALID) != 0
+    return (hpte.v_low_bytes(table) & hpte.HPTE_V_VALID) != 0
 
 
 def _counts(values: np.ndarray) -> list[tuple[int, int]]:

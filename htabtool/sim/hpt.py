@@ -107,6 +107,7 @@ from htabtool.hpte import (
     VRMA_HPTE_V,
     page_shift_pair,
     page_shift_pair_array,
+    table_entries,
     v_low_bytes,
 )
 from htabtool.sim.bits import RC_BITS, not_mask, oserror
@@ -181,7 +182,7 @@ class SimulatedHPT(BulkHypercalls):
                 f"HPT order must be between {PPC_MIN_HPT_ORDER} and {PPC_MAX_HPT_ORDER}, not {order}"
             )
         self.order = int(order)
-        self.npte = 1 << (self.order - 4)
+        self.npte = table_entries(self.order)
         self.npteg = self.npte >> 3
         self.hash_mask = self.npteg - 1  # kvmppc_hpt_mask
         if ram_size is None:

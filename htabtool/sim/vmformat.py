@@ -61,7 +61,15 @@ import zlib
 from collections import Counter
 
 from htabtool.errors import HtabError, UsageError, VMImageError
-from htabtool.hpte import HPTE_SIZE, HPTE_V_ABSENT, HPTE_V_BOLTED, HPTE_V_SECONDARY, HPTE_V_VALID, V_LOW_BYTE
+from htabtool.hpte import (
+    HPTE_SIZE,
+    HPTE_V_ABSENT,
+    HPTE_V_BOLTED,
+    HPTE_V_SECONDARY,
+    HPTE_V_VALID,
+    V_LOW_BYTE,
+    table_entries,
+)
 from htabtool.sim.mmu import CPUS
 from htabtool.sim.papr import PPC_MAX_HPT_ORDER, PPC_MIN_HPT_ORDER
 from htabtool.sim.profiles import get_profile
@@ -189,7 +197,7 @@ def read_header(fd: int, path: str) -> dict:
     cpu = {code: name for name, code in CPU_CODES.items()}.get(cpu_code)
     if cpu is None:
         raise VMImageError(f"{path}: unknown host CPU code {cpu_code} in the VM image header")
-    if not PPC_MIN_HPT_ORDER <= order <= PPC_MAX_HPT_ORDER or entries != 1 << (order - 4):
+    if not PPC_MIN_HPT_ORDER <= order <= PPC_MAX_HPT_ORDER or entries != table_entries(order):
         raise VMImageError(f"{path}: order {order} and {entries} entries do not agree")
     lay = layout(entries)
     want = (lay["table"], entries * 16, lay["rev"], entries * 8, lay["gmap"], entries * 8, lay["state"])

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 from htabtool import __version__
 from htabtool.atomic import OutputRefused, TempFile, check_destination, fsync_directory, fsync_file, uninterrupted
 from htabtool.errors import HtabError, UsageError, VMImageError
+from htabtool.hpte import table_entries
 from htabtool.sim.mmu import DEFAULT_BACKING_PAGE_SHIFT, DEFAULT_CPU, GUEST_PAGE_SHIFT, ram_order
 from htabtool.sim.papr import PPC_MAX_HPT_ORDER, PPC_MIN_HPT_ORDER
 from htabtool.sim.profiles import get_profile
@@ -180,7 +181,7 @@ class VMImage:
         except OutputRefused as exc:
             raise VMImageError(str(exc)) from None
         directory = os.path.dirname(os.path.abspath(path))
-        npte = 1 << (order - 4)
+        npte = table_entries(order)
         lay = layout(npte)
         header = {
             "version": FORMAT_VERSION,
@@ -474,7 +475,7 @@ def _sizes(ram: int | None, order: int | None) -> tuple[int, int]:
     from htabtool.records import check_indexable_order
 
     check_indexable_order(order)
-    entries = 1 << (order - 4)
+    entries = table_entries(order)
     if ram >> GUEST_PAGE_SHIFT > entries:
         raise UsageError(
             f"--ram {format_size(ram)} needs {ram >> GUEST_PAGE_SHIFT:,} bolted entries for the kernel's linear "

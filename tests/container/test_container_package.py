@@ -78,7 +78,8 @@ def test_bad_options_are_refused_with_the_same_message_either_way(kw, message):
 # -- layering and the named layouts -------------------------------------------------------
 
 PACKAGE = Path(container.__file__).parent
-LOWER = ("htabtool.container", "htabtool.records", "htabtool.sansio", "htabtool.errors", "htabtool.atomic")
+LOWER = ("htabtool.container", "htabtool.hpte", "htabtool.records", "htabtool.sansio", "htabtool.errors",
+         "htabtool.atomic")
 
 
 def _imports(path: Path) -> set[str]:

@@ -60,9 +60,9 @@ against QEMU's migration/savevm.c, migration/ram.c and hw/ppc/spapr.c):
   and :mod:`htabtool.qemu.htab`.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from htabtool.lazy import lazy_exports
 from htabtool.qemu.format import (
     HTAB_END_MARKER,
     HTAB_SECTION,
@@ -170,17 +170,7 @@ _AT_THE_EDGE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _AT_THE_EDGE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_AT_THE_EDGE))
+__getattr__, __dir__ = lazy_exports(__name__, _AT_THE_EDGE)
 
 __all__ = [
     "QEMU_VM_FILE_MAGIC",

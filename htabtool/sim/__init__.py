@@ -26,7 +26,7 @@ needs the image format alone, does not import numpy.
 
 from __future__ import annotations
 
-import importlib
+from htabtool.lazy import lazy_exports
 
 #: public name -> the module of this package that defines it
 _HOMES = {
@@ -70,14 +70,4 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str):
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -145,13 +145,14 @@ def qemu_table(directory: str) -> None:
 def _later_kernel_passes(snap: str) -> set[int]:
     """QEMU's htab parts become passes; a part goes on with the kernel's
     first pass while its records go on above where the last part ended."""
+    from htabtool.records import begins_pass
     from htabtool.sources import open_snapshot
 
     later: set[int] = set()
     end = 0
     with open_snapshot(snap) as f:
         for c in f.trailer().chunks:
-            if later or c.first_index < end:
+            if later or begins_pass(c.first_index, end):
                 later.add(c.pass_number)
             end = max(end, c.end_index)
     return later

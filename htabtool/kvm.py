@@ -302,7 +302,7 @@ class RemoteCalls:
         try:
             self._ptrace(PTRACE_SEIZE)
         except OSError as exc:
-            raise KVMError(_ptrace_refusal(self.pid, exc)) from None
+            raise KVMError(ptrace_refusal(self.pid, exc)) from None
         try:
             self._ptrace(PTRACE_INTERRUPT)
             self._wait()
@@ -363,7 +363,7 @@ class RemoteCalls:
         return self.abi.outcome(self._regs())
 
 
-def _ptrace_refusal(pid, exc: OSError) -> str:
+def ptrace_refusal(pid, exc: OSError) -> str:
     if exc.errno in (errno.EPERM, errno.EACCES):
         return (f"process {pid}: not allowed to trace it (ptrace: {exc.strerror}): KVM takes VM ioctls only "
                 f"from the VM's own process, so htabtool makes them there; that needs ptrace rights over it "
@@ -579,7 +579,7 @@ class KVMVM(_Closing):
             try:
                 return pidfd_getfd(self._pidfd if self._pidfd is not None else -1, fd)
             except OSError as exc:
-                raise KVMError(_getfd_refusal(self.pid, fd, exc)) from None
+                raise KVMError(getfd_refusal(self.pid, fd, exc)) from None
             finally:
                 self._remote_calls().call("close", fd)
 
@@ -654,7 +654,7 @@ def process_cmdline(pid) -> list[str]:
     return [a.decode("utf-8", "backslashreplace") for a in raw.split(b"\0")[:-1]] if raw else []
 
 
-def _getfd_refusal(pid, fd, exc: OSError) -> str:
+def getfd_refusal(pid, fd, exc: OSError) -> str:
     if exc.errno in (errno.EPERM, errno.EACCES):
         return (f"process {pid}: not allowed to copy its VM fd {fd} (pidfd_getfd: {exc.strerror}): it needs "
                 f"ptrace rights over the process (its user with kernel.yama.ptrace_scope 0, or root / CAP_SYS_PTRACE)")

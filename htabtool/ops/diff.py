@@ -103,6 +103,9 @@ class _WindowSource:
     def kinds(self, lo: int, hi: int, first_pass: bool):
         return self._inner.kinds(lo - self.lo, hi - self.lo, first_pass)
 
+    def later_rows(self, lo: int, limit: int) -> None:
+        return None  # the window's changes are a mask: the encoder scans it
+
     def words(self, lo: int, hi: int, rows=None):
         return self._inner.words(lo - self.lo, hi - self.lo, rows)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from htabtool.errors import ContainerError, StreamError
 from htabtool.ops.results import Problem, Verification
-from htabtool.records import RecordDecoder, pass_starts
+from htabtool.records import RecordDecoder, end_before, pass_starts
 from htabtool.sources import SnapshotFileInput, SnapshotInput
 
 
@@ -61,7 +61,7 @@ class RecordChecker:
             self.note(
                 f"pass {number}",
                 f"record {batch.first_record + k} at offset {int(batch.offset[k]):#x}: index "
-                f"{int(batch.index[k])} is below the end {int(batch.end[k - 1]) if k else previous_end} "
+                f"{int(batch.index[k])} is below the end {end_before(batch, k, previous_end)} "
                 "of the record before it",
             )
         self._ends[number] = int(batch.end[-1])

@@ -48,9 +48,11 @@ class TableSource(Protocol):
         """(len(rows), 2) '>u8': the doublewords reported for entries lo + rows
         (rows: sorted, relative to lo, all in valid runs; None: lo..hi-1)."""
 
-    # optional: ``later_rows(lo, limit)`` -> (rows, kinds, hi) or None: a
-    # later pass's dirty entries from lo on, without a scan (see
-    # htabtool.sim.readview.HptSource.later_rows); the planner then costs what changed
+    def later_rows(self, lo: int, limit: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """A later pass's dirty entries from ``lo`` on without a scan: (rows,
+        kinds, the end of the stretch they cover), or None when the source
+        does not know them (then the encoder scans :meth:`kinds`).  With it
+        the planner costs what changed (htabtool.sim.readview.HptSource)."""
 
 
 class StaticTable:
@@ -68,6 +70,10 @@ class StaticTable:
         self.n_entries = len(table)
         self.changed = changed
         self.bolted_only = bolted_only
+
+    def later_rows(self, lo: int, limit: int) -> None:
+        """A plain table does not track what changed: the encoder scans."""
+        return None
 
     def kinds(self, lo: int, hi: int, first_pass: bool) -> np.ndarray:
         low_byte = v_low_bytes(self.table[lo:hi])
@@ -330,7 +336,7 @@ class _Planner:
     def _plan(self, scan: int) -> None:
         n = self.n
         # a later pass over a source that knows which entries may be dirty
-        later_rows = None if self.first_pass else getattr(self.source, "later_rows", None)
+        later_rows = None if self.first_pass else self.source.later_rows
         while True:
             lo, hi = scan, min(n, scan + self.window)
             got = later_rows(lo, self.window) if later_rows else None

@@ -108,10 +108,10 @@ def test_fd_links_of_a_live_process():
 
 
 def test_refusals_name_what_to_do():
-    msg = kvm._getfd_refusal(42, 5, OSError(errno.EPERM, "Operation not permitted"))
+    msg = kvm.getfd_refusal(42, 5, OSError(errno.EPERM, "Operation not permitted"))
     assert "ptrace rights" in msg and "42" in msg
-    assert "Linux 5.6" in kvm._getfd_refusal(42, 5, OSError(errno.ENOSYS, "x"))
-    assert "ptrace rights" in kvm._ptrace_refusal(42, OSError(errno.EPERM, "Operation not permitted"))
+    assert "Linux 5.6" in kvm.getfd_refusal(42, 5, OSError(errno.ENOSYS, "x"))
+    assert "ptrace rights" in kvm.ptrace_refusal(42, OSError(errno.EPERM, "Operation not permitted"))
     fd = kvm.KernelWriteFd.__new__(kvm.KernelWriteFd)
     fd.entries, fd.records = 1 << 14, 3
     batch, _ = decode_batch(record(5, [(0x91A10, 0x10012)]) + record(16383, [], 2), "little")

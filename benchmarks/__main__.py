@@ -129,11 +129,12 @@ def measure(order: int, fill: float, repeat: int, work: str, threads: int | None
 
     rows["vm create"] = min((create() for _ in range(max(1, repeat if order < 28 else 1))), key=lambda r: r.seconds)
     default = [] if threads is None else ["-T", str(threads)]
-    rows["dump --vm"] = best(HTABTOOL + ["dump", "-q", "--vm", img, "-o", snap] + default, repeat)
-    rows["dump --vm -T 1"] = best(HTABTOOL + ["dump", "-q", "--vm", img, "-o", snap, "-T", "1"], repeat)
+    rows["dump --vm"] = best(HTABTOOL + ["dump", "-q", "-f", "--vm", img, "-o", snap] + default, repeat)
+    rows["dump --vm -T 1"] = best(HTABTOOL + ["dump", "-q", "-f", "--vm", img, "-o", snap, "-T", "1"], repeat)
     with open(raw, "wb") as f:
         subprocess.run(["zstd", "-dc", "-q", snap], stdout=f, check=True)
-    dump_raw = HTABTOOL + ["dump", "-q", "--raw", raw, "--byte-order", "little", "--order", str(order), "-o", snap2]
+    dump_raw = HTABTOOL + ["dump", "-q", "-f", "--raw", raw, "--byte-order", "little", "--order", str(order),
+                           "-o", snap2]
     rows["dump --raw"] = best(dump_raw + default, repeat)
     rows["dump --raw -T 1"] = best(dump_raw + ["-T", "1"], repeat)
     inc_seconds, inc_bytes = incremental_pass(img)
@@ -199,8 +200,8 @@ def startup_times(repeat: int, work: str) -> dict[str, float]:
         "python -c 'import click, zstandard'": py + ["import click, zstandard"],
         "python -c 'import numpy'": py + ["import numpy"],
         "python -c 'import numpy, click, zstandard'": py + ["import numpy, click, zstandard"],
-        "htabtool dump --raw (an empty stream)": HTABTOOL + ["dump", "-q", "--raw", empty, "--byte-order", "little",
-                                                            "--order", "18", "-o", out],
+        "htabtool dump --raw (an empty stream)": HTABTOOL + ["dump", "-q", "-f", "--raw", empty,
+                                                            "--byte-order", "little", "--order", "18", "-o", out],
     }
     return {name: best(argv, max(repeat, 5)).seconds for name, argv in steps.items()}
 

@@ -12,11 +12,11 @@ back as ``bench_kvm.json``:
     python -m benchmarks.bench_kvm [--machine powernv8|powernv9] [--order 24] [--records 8000]
 
 What it measures, on a guest HPT of ``--records`` records of a first pass's
-shapes (``tests/kvm_vm.py``'s random records: runs of 1-4 valid entries):
+shapes (``tests/helpers/kvm_vm.py``'s random records: runs of 1-4 valid entries):
 
 - ``load --kvm PID`` and ``dump --kvm PID`` as whole processes (the way an
   operator runs them), into and out of a process holding a real VM
-  (``tests/kvm_vm.py serve``), the best of ``--repeat``; with the start-up
+  (``tests/helpers/kvm_vm.py serve``), the best of ``--repeat``; with the start-up
   of a command in this host measured apart (``stat`` of a tiny snapshot);
 - the floor: the same records written by a plain loop of ``os.write``
   (standard library only, one record per write(), as the kernel needs),
@@ -41,7 +41,7 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TESTS = REPO / "tests"
+KVM_VM = REPO / "tests" / "helpers" / "kvm_vm.py"  # a process holding a real VM
 INSIDE = os.path.exists("/dev/kvm") and os.path.exists("/proc/cpuinfo") and "POWER" in open("/proc/cpuinfo").read()
 HTABTOOL = [sys.executable, "-m", "htabtool"]
 
@@ -50,11 +50,12 @@ HTABTOOL = [sys.executable, "-m", "htabtool"]
 
 
 class Holder:
-    """``tests/kvm_vm.py serve ...``: a process holding a real VM until its stdin closes."""
+    """``tests/helpers/kvm_vm.py serve ...``: a process holding a real VM until its stdin closes."""
 
     def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, str(TESTS / "kvm_vm.py"), "serve", *map(str, args)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, str(KVM_VM), "serve", *map(str, args)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, PYTHONPATH=str(REPO)))
         lines = []
         for line in self.proc.stdout:
             lines.append(line.strip())
@@ -141,8 +142,7 @@ def profile_load(kvm_vm, order: int, snapshot: str, ram_mib: int, top: int = 8) 
 
 
 def inside_main(args) -> dict:
-    sys.path.insert(0, str(TESTS))
-    import kvm_vm
+    from tests.helpers import kvm_vm  # run as python -m benchmarks.bench_kvm from the repository
 
     work = tempfile.mkdtemp(prefix="bench-kvm-")
     npte = 1 << (args.order - 4)

@@ -137,7 +137,7 @@ def profile_load(kvm_vm, order: int, snapshot: str, ram_mib: int, top: int = 8) 
     text = io.StringIO()
     pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
     lines = [line for line in text.getvalue().splitlines() if re.match(r"\s+\d", line)]
-    return {"seconds": seconds, "records": report["records"], "records_per_s": report["records"] / seconds,
+    return {"seconds": seconds, "records": report.records, "records_per_s": report.records / seconds,
             "profiled_seconds": profiled, "top_by_own_time": lines}
 
 

@@ -424,7 +424,7 @@ def parse_target(text: str) -> tuple[int, int | None]:
     try:
         return int(pid), (int(fd) if fd else None)
     except ValueError:
-        raise UsageError(f"--kvm takes PID or PID:FD, not {text!r}") from None
+        raise UsageError(f"kvm takes PID or PID:FD, not {text!r}", param="kvm") from None
 
 
 def choose_vm_fd(pid, links: dict[int, str], wanted: int | None) -> int:
@@ -507,7 +507,8 @@ class KVMVM(_Closing):
         """A VM fd this process holds (KVM serves it only to the process that made the VM)."""
         links = fd_links("self")
         if links.get(fd) != VM_LINK:
-            raise KVMError(f"--kvm-fd {fd}: not a KVM VM fd ({links.get(fd, 'not open')}, not {VM_LINK})")
+            raise KVMError(f"kvm_fd {fd}: not a KVM VM fd ({links.get(fd, 'not open')}, not {VM_LINK})",
+                           param="kvm_fd")
         if guard and not ignore_readers:
             check_no_reader("self", links)
         return cls(fd, pid=None)

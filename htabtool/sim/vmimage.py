@@ -463,10 +463,11 @@ def _sizes(ram: int | None, order: int | None) -> tuple[int, int]:
     if ram is None and order is None:
         raise UsageError("give the guest's RAM (--ram) or the table's order (--order)")
     if order is not None and not PPC_MIN_HPT_ORDER <= order <= PPC_MAX_HPT_ORDER:
-        raise UsageError(f"--order must be between {PPC_MIN_HPT_ORDER} and {PPC_MAX_HPT_ORDER}, not {order}")
+        raise UsageError(f"order must be between {PPC_MIN_HPT_ORDER} and {PPC_MAX_HPT_ORDER}, not {order}",
+                         param="order")
     if ram is not None:
         if ram < (16 << 20) or ram % (1 << 16):
-            raise UsageError(f"--ram must be a multiple of 64 KiB and at least 16 MiB, not {ram}")
+            raise UsageError(f"ram must be a multiple of 64 KiB and at least 16 MiB, not {ram}", param="ram")
     if order is None:
         assert ram is not None  # one of the two is given
         order = ram_order(ram)

@@ -143,3 +143,15 @@ def test_shell_completion():
     env = env_with_root(_HTABTOOL_COMPLETE="bash_complete", COMP_WORDS="htabtool dump --bo", COMP_CWORD="2")
     done = run_htabtool(env=env, text=True)
     assert "--bolted-only" in done.stdout
+
+
+def test_the_image_sizes_refusals_name_the_options_on_the_command_line_and_the_parameters_in_the_library(tmp_path):
+    from htabtool.errors import UsageError
+    from htabtool.sim.vmimage import create_image
+
+    r = cli_run("vm", "create", tmp_path / "x.img", "--ram", "16400K")
+    assert r.exit_code == 2 and "--ram must be a multiple of 64 KiB and at least 16 MiB" in r.output
+    assert not (tmp_path / "x.img").exists()
+    with pytest.raises(UsageError) as refused:
+        create_image(str(tmp_path / "y.img"), ram=16400 << 10)
+    assert refused.value.param == "ram" and str(refused.value).startswith("ram must be")

@@ -353,3 +353,11 @@ def test_kvm_source_finds_where_each_pass_ends(size):
     # an empty pass shows as a pass with no reads: the numbers after it agree
     assert [number for number, _ in pieces] == want
     assert src.pass_changes[2] == 0
+
+
+def test_a_bad_kvm_target_is_named_by_its_option():
+    r = cli_run("dump", "--kvm", "12x", "-o", "-")
+    assert r.exit_code == 2 and "--kvm takes PID or PID:FD, not '12x'" in r.output
+    with pytest.raises(UsageError) as refused:
+        kvm.parse_target("12x")
+    assert refused.value.param == "kvm"

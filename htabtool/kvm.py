@@ -539,6 +539,11 @@ class KVMVM(_Closing):
             raise UsageError("a remote VM needs the pid of its process")
         return self.pid
 
+    def _remote_pidfd(self) -> int:
+        if self._pidfd is None:
+            raise KVMError(f"process {self.pid}: its pidfd is closed (the VM was closed)")
+        return self._pidfd
+
     def _remote_calls(self) -> RemoteCalls:
         """The process's calls, inside :meth:`calls`."""
         if self._calls is None:
@@ -578,7 +583,7 @@ class KVMVM(_Closing):
             if not self.remote:
                 return fd
             try:
-                return pidfd_getfd(self._pidfd if self._pidfd is not None else -1, fd)
+                return pidfd_getfd(self._remote_pidfd(), fd)
             except OSError as exc:
                 raise KVMError(getfd_refusal(self.pid, fd, exc)) from None
             finally:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from htabtool.atomic import atomic_write
 from htabtool.errors import HtabError, UsageError
 from htabtool.hpte import table_entries
-from htabtool.records import RecordDecoder, check_byte_order, check_indexable_order, split_passes_stated
+from htabtool.records import RecordBatch, RecordDecoder, check_byte_order, check_indexable_order, split_passes_stated
 
 if TYPE_CHECKING:  # types only: the container is imported when a snapshot is opened
     from htabtool.container import SnapshotHeader, SnapshotReader, SnapshotTrailer, SnapshotWriter
@@ -152,6 +152,11 @@ class SnapshotInput(Protocol):
     def pieces(self, passes: Callable[[int], bool] | None = None) -> Iterator[tuple[int, bytes]]:
         """(pass number, whole records) of every chunk whose pass ``passes``
         accepts (all when None), in file order."""
+
+    def batches(self, passes: Callable[[int], bool] | None = None) -> Iterator[tuple[int, RecordBatch]]:
+        """(pass number, RecordBatch) of the same chunks, checked against the
+        table as the kernel's write side would (an input without a faster
+        way decodes its pieces: :func:`htabtool.records.decode_pieces`)."""
 
     def trailer(self) -> SnapshotTrailer | None: ...
 
@@ -441,17 +446,36 @@ class SnapshotFile:
         with named_errors(self.name):
             yield from self._pieces(passes)
 
+    def batches(self, passes=None) -> Iterator[tuple[int, RecordBatch]]:
+        """(pass number, RecordBatch) of every chunk whose pass ``passes``
+        accepts, checked against the table as the kernel's write side would;
+        the records are decoded on the reader's worker threads, beside their
+        decompression.  As from :func:`htabtool.records.decode_pieces`, a
+        record's number and offset are in its pass's stream."""
+        starts: dict[int, tuple[int, int]] = {}  # pass -> (stream offset, record) of its first chunk
+        with named_errors(self.name):
+            for chunk in self._chunks(passes, decode=True):
+                info = chunk.info
+                at, first = starts.setdefault(info.pass_number, (info.raw_offset, info.first_record))
+                batch = chunk.batch()
+                if at or first:
+                    batch = replace(batch, offset=batch.offset - at, first_record=batch.first_record - first)
+                batch.check(self.header.entries)
+                yield info.pass_number, batch
+
     def _pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
+        for chunk in self._chunks(passes):
+            yield chunk.pass_number, chunk.data
+
+    def _chunks(self, passes=None, decode: bool = False):
         if passes is not None:
             wanted = [c.number for c in self.trailer().chunks if passes(c.pass_number)]
             if len(wanted) < len(self.trailer().chunks):
                 reader = self.reader(threads=0)
                 for number in wanted:
-                    chunk = reader.read_chunk(number)
-                    yield chunk.pass_number, chunk.data
+                    yield reader.read_chunk(number)
                 return
-        for chunk in self.reader().chunks():
-            yield chunk.pass_number, chunk.data
+        yield from self.reader(decode_records=decode).chunks()
 
 
 def open_snapshot(path: str) -> SnapshotFile:

@@ -31,3 +31,35 @@ def test_vm_read_options_refuse_negative_counts_naming_the_parameter(field):
 def test_vm_read_options_check_the_byte_order():
     with pytest.raises(UsageError):
         VMReadOptions(byte_order="middle")
+
+
+@pytest.mark.parametrize("byte_order", ["little", "big"])
+def test_a_snapshot_files_batches_are_its_pieces_decoded_pass_by_pass(tmp_path, byte_order):
+    """SnapshotFile.batches decodes on the reader's threads; what it gives
+    is what decoding each pass's pieces as one stream gives: the same
+    records, numbered and placed within their pass, with the same entries,
+    for every pass and for one pass asked alone."""
+    import numpy as np
+
+    from htabtool.records import decode_pieces
+    from htabtool.sources import open_snapshot
+    from tests.helpers import synthetic_table
+    from tests.helpers.snapshots import write_snapshot
+
+    a = synthetic_table(22, 0.5, 7)
+    b = a.copy()
+    b[::97] = 0
+    changed = np.zeros(len(a), bool)
+    changed[::97] = True
+    path = write_snapshot(tmp_path / "s.htab", [(a, None), (b, changed), (a, changed)], order=22,
+                          byte_order=byte_order, read=1 << 16)
+    with open_snapshot(str(path)) as snap:
+        assert len(snap.trailer().chunks) > 3
+        for passes in (None, lambda p: p == 2, lambda p: p != 1):
+            fast = list(snap.batches(passes))
+            slow = [(n, x) for n, x in decode_pieces(snap.pieces(passes), byte_order, snap.entries) if len(x)]
+            assert [n for n, _ in fast] == [n for n, _ in slow]
+            for (_, x), (_, y) in zip(fast, slow):
+                assert x.first_record == y.first_record
+                for name in ("offset", "index", "n_valid", "n_invalid", "entries"):
+                    assert np.array_equal(getattr(x, name), getattr(y, name)), name

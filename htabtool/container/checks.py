@@ -47,13 +47,25 @@ def chunk_stats(data, byte_order: str, raw_offset: int, first_record: int, n_ent
     runs past the table.  Entry contents (HPTE_V_VALID) are not looked at:
     that is a question of meaning, for ``htabtool verify``.
 
-    The fast path is :func:`scan_records` (vectorised); whenever it cannot
-    vouch for the data, htabtool.records.decode_batch decides and names the
-    fault."""
+    The fast path is :func:`scan_records` (vectorised, no entries copied);
+    whenever it cannot vouch for the data, :func:`chunk_batch` decides and
+    names the fault."""
     scanned = scan_records(data, byte_order, n_entries)
     if scanned is not None:
         return scanned
-    batch, used = decode_batch(data, byte_order, base_offset=raw_offset, first_record=first_record)
+    stats = chunk_batch(data, byte_order, raw_offset, first_record, n_entries, scan=False).stats()
+    assert stats is not None  # whole records, at least one
+    return stats
+
+
+def chunk_batch(data, byte_order: str, raw_offset: int, first_record: int, n_entries: int,
+                scan: bool = True):
+    """The whole records of ``data`` decoded (a RecordBatch, entries
+    included), with :func:`chunk_stats`'s errors: StreamError if ``data``
+    is not whole records, RecordError if a record runs past the table.
+    ``scan`` lets the records be found without a loop per record."""
+    batch, used = decode_batch(data, byte_order, base_offset=raw_offset, first_record=first_record,
+                               scan_bound=n_entries if scan else None)
     if len(batch) and ((batch.index >= n_entries) | (batch.end > n_entries)).any():
         batch.check(n_entries)  # raises RecordError naming the first record past the table
     if used != len(data) or not len(batch):
@@ -63,9 +75,7 @@ def chunk_stats(data, byte_order: str, raw_offset: int, first_record: int, n_ent
             offset=raw_offset + used,
             record=first_record + len(batch),
         )
-    stats = batch.stats()
-    assert stats is not None  # whole records, at least one
-    return stats
+    return batch
 
 
 def scan_records(data, byte_order: str, n_entries: int, rounds: int = 64):
@@ -95,19 +105,36 @@ def merged_stats(a: tuple | None, b: tuple | None) -> tuple | None:
 
 def check_chunk_records(data: bytes, info: ChunkInfo, byte_order: str, n_entries: int) -> None:
     """The records of a chunk against its descriptor."""
-    where = f"chunk {info.number} at offset {info.offset:#x}"
     try:
         stats = chunk_stats(data, byte_order, info.raw_offset, info.first_record, n_entries)
     except StreamError as exc:
-        raise ContainerError(f"{where}: {exc}", offset=info.offset, chunk=info.number) from None
+        raise _chunk_fault(info, str(exc)) from None
+    _check_stated(info, stats)
+
+
+def decode_chunk_records(data: bytes, info: ChunkInfo, byte_order: str, n_entries: int, check: bool):
+    """A chunk's records decoded (RecordBatch): ContainerError, naming the
+    chunk, if they are not whole records inside the table or (with
+    ``check``) do not add up to what its descriptor states."""
+    try:
+        batch = chunk_batch(data, byte_order, info.raw_offset, info.first_record, n_entries)
+    except StreamError as exc:
+        raise _chunk_fault(info, str(exc)) from None
+    if check:
+        _check_stated(info, batch.stats())
+    return batch
+
+
+def _check_stated(info: ChunkInfo, stats: tuple) -> None:
     stated = (info.records, info.first_index, info.end_index, info.valid, info.invalid)
     if stats != stated:
-        raise ContainerError(
-            f"{where}: its records (records, index range, valid, invalid) are {stats}, "
-            f"the descriptor says {stated}",
-            offset=info.offset,
-            chunk=info.number,
-        )
+        raise _chunk_fault(info, f"its records (records, index range, valid, invalid) are {stats}, "
+                                 f"the descriptor says {stated}")
+
+
+def _chunk_fault(info: ChunkInfo, what: str) -> ContainerError:
+    return ContainerError(f"chunk {info.number} at offset {info.offset:#x}: {what}",
+                          offset=info.offset, chunk=info.number)
 
 
 _local = threading.local()

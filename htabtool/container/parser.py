@@ -18,6 +18,7 @@ from htabtool.container.checks import (
     check_chunk_fields,
     check_chunk_records,
     chunk_sums,
+    decode_chunk_records,
     decompress_chunk,
     parse_header_body,
     parse_trailer_body,
@@ -46,7 +47,7 @@ from htabtool.container.format import (
 )
 from htabtool.container.model import ChunkInfo, PassInfo, SnapshotHeader, SnapshotTrailer
 from htabtool.errors import ContainerError, TruncatedContainer, UnsupportedFeature, UsageError
-from htabtool.records import decode_batch
+from htabtool.records import RecordBatch, decode_batch
 from htabtool.sansio import END_OF_STREAM, NEED_DATA, ReceiveBuffer
 
 __all__ = ["Chunk", "CompressedChunk", "ContainerParser", "Event", "Header", "PassEnd", "Trailer"]
@@ -63,11 +64,14 @@ class Header:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A chunk's description and its records (``data``: the raw stream bytes)."""
+    """A chunk's description and its records (``data``: the raw stream
+    bytes; ``decoded``: their RecordBatch when the reader decoded them ahead,
+    on its worker threads)."""
 
     info: ChunkInfo
     data: bytes = field(repr=False)
     byte_order: str = "little"
+    decoded: RecordBatch | None = field(default=None, repr=False, compare=False)
 
     @property
     def number(self) -> int:
@@ -78,7 +82,13 @@ class Chunk:
         return self.info.pass_number
 
     def batch(self, n_entries: int | None = None):
-        """The chunk's records as a :class:`htabtool.records.RecordBatch`."""
+        """The chunk's records as a :class:`htabtool.records.RecordBatch`
+        (with ``n_entries`` checked against the table as the kernel's write
+        side would)."""
+        if self.decoded is not None:
+            if n_entries is not None:
+                self.decoded.check(n_entries)
+            return self.decoded
         batch, used = decode_batch(
             self.data,
             self.byte_order,
@@ -102,16 +112,22 @@ class CompressedChunk:
 
     Only its descriptor has been checked; :meth:`decompress` checks the frame
     (CRC-32, zstd header, content checksum, with ``check_entries`` the
-    records against the descriptor) and returns the :class:`Chunk`.  It may
+    records against the descriptor) and returns the :class:`Chunk`, with
+    ``decode_entries`` its records decoded too (``Chunk.decoded``).  It may
     run on another thread."""
 
     info: ChunkInfo
     frame: object = field(repr=False)  # bytes-like, read-only
     byte_order: str = "little"
     check_entries: int | None = None  # the table size, to check the records
+    decode_entries: int | None = None  # the table size, to decode the records
 
     def decompress(self) -> Chunk:
         data = decompress_chunk(self.frame, self.info)
+        if self.decode_entries is not None:
+            batch = decode_chunk_records(data, self.info, self.byte_order, self.decode_entries,
+                                         check=self.check_entries is not None)
+            return Chunk(self.info, data, self.byte_order, batch)
         if self.check_entries is not None:
             check_chunk_records(data, self.info, self.byte_order, self.check_entries)
         return Chunk(self.info, data, self.byte_order)
@@ -155,11 +171,14 @@ class ContainerParser:
     buffered for it or decompressed; a frame is handed out only whole and
     checked.  With ``check_records`` every chunk's records are decoded and
     compared with its descriptor (slower; the content checksums already
-    guard the bytes).  After an error the parser raises it again."""
+    guard the bytes).  With ``decode_records`` every chunk comes with its
+    records decoded (``Chunk.decoded``), where the chunk is decompressed: on
+    the reader's worker threads.  After an error the parser raises it again."""
 
-    def __init__(self, *, decompress: bool = True, check_records: bool = False):
+    def __init__(self, *, decompress: bool = True, check_records: bool = False, decode_records: bool = False):
         self.decompress = decompress
         self.check_records = check_records
+        self.decode_records = decode_records
         self.header: SnapshotHeader | None = None
         self.trailer: SnapshotTrailer | None = None
         self._buf = ReceiveBuffer()  # received, not yet consumed; its offset is the file offset
@@ -420,7 +439,8 @@ class ContainerParser:
         if frame is None:
             return None
         check = header.entries if self.check_records else None
-        compressed = CompressedChunk(info, frame, header.byte_order, check)
+        decode = header.entries if self.decode_records else None
+        compressed = CompressedChunk(info, frame, header.byte_order, check, decode)
         event = compressed.decompress() if self.decompress else compressed
         self._consume(info.compressed_size)
         self._frames.append((info.compressed_size, info.raw_size))

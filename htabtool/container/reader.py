@@ -63,7 +63,9 @@ class SnapshotReader:
     are decompressed ahead on worker threads (zstd releases the GIL).
     Memory: about (threads + 2) chunks, frames and contents (a chunk is at
     most the header's chunk limit, itself at most 64 MiB).  ``check_records``
-    also checks every chunk's records against its descriptor.
+    also checks every chunk's records against its descriptor;
+    ``decode_records`` decodes them there too (``Chunk.decoded``: the main
+    thread is left the work on the records, not their decoding).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class SnapshotReader:
         read_size: int = DEFAULT_READ_SIZE,
         threads: int = DEFAULT_THREADS,
         check_records: bool = False,
+        decode_records: bool = False,
     ):
         if not isinstance(read_size, int) or read_size < 1:
             raise UsageError(f"read size {read_size!r} must be a positive integer")
@@ -81,7 +84,8 @@ class SnapshotReader:
         self.read_size = read_size
         self.threads = threads
         self._f = fileobj
-        self._parser = ContainerParser(decompress=threads == 0, check_records=check_records)
+        self._parser = ContainerParser(decompress=threads == 0, check_records=check_records,
+                                       decode_records=decode_records)
         self._queued: collections.deque = collections.deque()
         self._started = False
         self._trailer: SnapshotTrailer | None = None

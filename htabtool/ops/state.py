@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from htabtool.records import RecordBatch, RecordDecoder
+from htabtool.records import RecordBatch
 from htabtool.records.table import DEFAULT_WINDOW, Overrides, final_windows
 from htabtool.sources import SnapshotInput, named_errors
 
@@ -27,15 +27,7 @@ def batches(snap: SnapshotInput, passes: Callable[[int], bool] | None = None) ->
 
 
 def _batches(snap: SnapshotInput, passes: Callable[[int], bool] | None) -> Iterator[tuple[int, RecordBatch]]:
-    dec_by_pass: dict[int, RecordDecoder] = {}
-    for number, data in snap.pieces(passes):
-        dec = dec_by_pass.get(number)
-        if dec is None:
-            dec = dec_by_pass[number] = RecordDecoder(snap.byte_order, n_entries=snap.entries)
-        dec.receive_data(data)
-        yield number, dec.next_batch()
-    for dec in dec_by_pass.values():
-        dec.close()
+    yield from snap.batches(passes)
 
 
 def final_state(snap: SnapshotInput, window: int = DEFAULT_WINDOW,

@@ -49,6 +49,10 @@ class RecordChecker:
         except StreamError as exc:
             self.note(f"pass {number}", str(exc))
             return
+        self.add_batch(number, batch)
+
+    def add_batch(self, number: int, batch) -> None:
+        """The checks on records already decoded (a snapshot's chunk)."""
         if not len(batch):
             return
         self.records += len(batch)
@@ -84,9 +88,11 @@ def verify(snap: SnapshotFileInput, progress: Callable[[int], None] | None = Non
     checker = RecordChecker(snap.byte_order, snap.entries)
     chunks = 0
     try:
-        for chunk in snap.reader(check_records=True).chunks():
+        # the records are decoded, and checked against the descriptors, on
+        # the reader's threads beside the decompression
+        for chunk in snap.reader(check_records=True, decode_records=True).chunks():
             chunks += 1
-            checker.add(chunk.pass_number, chunk.data)
+            checker.add_batch(chunk.pass_number, chunk.batch())
             if progress is not None:
                 progress(chunk.info.compressed_size)
     except ContainerError as exc:

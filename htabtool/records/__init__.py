@@ -54,6 +54,7 @@ from htabtool.records.batch import (
 from htabtool.records.decode import (
     RecordDecoder,
     decode_batch,
+    decode_pieces,
     iter_batches,
     scan_headers,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "header_dtype",
     "header_struct",
     "header_words",
+    "decode_pieces",
     "iter_batches",
     "iter_reads",
     "layout_records",

@@ -3,7 +3,7 @@
 import numpy as np
 
 from htabtool import ops
-from htabtool.records import StaticTable, apply_batch, decode_batch, encode_pass, iter_reads, new_table
+from htabtool.records import StaticTable, apply_batch, decode_batch, decode_pieces, encode_pass, iter_reads, new_table
 from tests.helpers import synthetic_table
 
 
@@ -24,6 +24,9 @@ class MemorySnapshot:
         for number, data in self._pieces:
             if passes is None or passes(number):
                 yield number, data
+
+    def batches(self, passes=None):
+        return decode_pieces(self.pieces(passes), self.byte_order, self.entries)
 
 
 def snapshot_of(t, order="little", read=4096):

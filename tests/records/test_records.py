@@ -407,8 +407,34 @@ def test_scan_and_walk_agree_on_a_large_table():
         words = np.frombuffer(stream[: cut // 8 * 8], dtype=header_dtype("little"))
         got = scan_headers(words, len(words), n)
         walked, used = decode_batch(stream[:cut], "little")
-        if got is not None:
-            assert got[0].tolist() == (walked.offset // 8).tolist() and got[1] * 8 == used
+        assert got is not None  # a sound stream, whole or cut: the scan vouches, no loop per record
+        assert got[0].tolist() == (walked.offset // 8).tolist() and got[1] * 8 == used
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=60),
+       st.binary(min_size=0, max_size=64), st.integers(0, 2**32 - 1))
+def test_the_scan_answers_as_the_walk_or_not_at_all(layout, noise, seed):
+    """Words crafted to be candidates everywhere (small indexes, small counts
+    in the entries too), with stray bytes spliced in: whatever the scan
+    returns is the walk's answer."""
+    from htabtool.records import header_dtype, scan_headers
+    from htabtool.records.decode import _walk
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for index, n_valid, n_invalid in layout:
+        parts.append(np.array([(index, n_valid, n_invalid)], dtype=header_dtype("little")).tobytes())
+        words = rng.integers(0, 8, size=(2 * n_valid, 4), dtype=np.uint16)  # every word a candidate
+        parts.append(words.astype("<u2").tobytes())
+    data = b"".join(parts)
+    at = seed % (len(data) + 1)
+    data = data[:at] + noise + data[at:]
+    words = np.frombuffer(data[: len(data) // 8 * 8], dtype=header_dtype("little"))
+    got = scan_headers(words, len(words), 64)
+    if got is not None:
+        positions, end = _walk(words["n_valid"].astype(np.uint16).data, len(words))
+        assert got[0].tolist() == positions and got[1] == end
 
 
 @settings(max_examples=150, deadline=None)

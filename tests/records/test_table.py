@@ -30,6 +30,52 @@ def test_table_stats():
     assert s.pteg_fill == [5, 2, 1, 0, 0, 0, 0, 0, 0]  # groups 0: 2 valid, 1: 1, 7: 1
 
 
+def _reference_stats(t):
+    """TableStats by the scalar rules of htabtool.hpte, an entry at a time."""
+    counts = dict.fromkeys(("valid", "bolted", "secondary", "hvlock", "referenced", "changed", "vrma"), 0)
+    pages, segments, fill = {}, {}, [0] * 9
+    per_group = [0] * (len(t) // 8)
+    for k, (v, r) in enumerate(t.tolist()):
+        if not v & hpte.HPTE_V_VALID:
+            continue
+        per_group[k // 8] += 1
+        counts["valid"] += 1
+        counts["bolted"] += bool(v & hpte.HPTE_V_BOLTED)
+        counts["secondary"] += bool(v & hpte.HPTE_V_SECONDARY)
+        counts["hvlock"] += bool(v & hpte.HPTE_V_HVLOCK)
+        counts["referenced"] += bool(r & hpte.HPTE_R_R)
+        counts["changed"] += bool(r & hpte.HPTE_R_C)
+        counts["vrma"] += hpte.is_vrma_hpte(v)
+        name = hpte.PAGE_SIZE_NAMES.get(hpte.page_shift_pair(v, r)[0])
+        pages[name] = pages.get(name, 0) + 1
+        seg = hpte.SEGMENT_SIZE_NAMES[v >> hpte.HPTE_V_SSIZE_SHIFT]
+        segments[seg] = segments.get(seg, 0) + 1
+    for n in per_group:
+        fill[n] += 1
+    return counts, pages, segments, fill
+
+
+def test_table_stats_agree_with_the_scalar_rules_entry_by_entry():
+    """Random words (every flag, page encoding and segment size; junk in the
+    invalid entries too, which must not count), in windows of 24 entries."""
+    rng = np.random.default_rng(11)
+    n = 4096
+    v = rng.integers(0, 1 << 63, n, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n, dtype=np.uint64)
+    r = rng.integers(0, 1 << 63, n, dtype=np.uint64)
+    r[::3] &= ~np.uint64(0xFF000)  # LP 0 and its high nibble 0: 16M when large
+    r[1::5] = (r[1::5] & ~np.uint64(0xFF000)) | np.uint64(0x8000)  # LP 8: 16M in 64K
+    vrma = rng.random(n) < 0.1
+    v[vrma] = np.uint64(hpte.VRMA_HPTE_V) | (v[vrma] & np.uint64(hpte.VRMA_IGNORED_BITS))
+    t = new_table(n)
+    t[:, 0], t[:, 1] = v, r
+    s = TableStats.of(t, chunk=24)
+    counts, pages, segments, fill = _reference_stats(t)
+    assert {k: getattr(s, k) for k in counts} == counts
+    assert s.page_sizes == pages and s.segment_sizes == segments
+    assert s.pteg_fill == fill and s.entries == n and s.invalid == n - counts["valid"]
+    assert 0 < counts["vrma"] and len(pages) >= 4 and len(segments) == 4
+
+
 def test_record_stats_per_pass():
     t = sample()
     batch, _ = decode_batch(encode_pass(StaticTable(t), "little"), "little")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -38,8 +39,11 @@ class RecordBatch:
         z = np.zeros(0, dtype=np.int64)
         return cls(z, z, z, z, np.zeros((0, 2), dtype=ENTRY_DTYPE), first_record)
 
-    @property
+    @cached_property
     def end(self) -> np.ndarray:
+        """index + n_valid + n_invalid: computed once (the checks, the pass
+        rule and the statistics all ask; a batch's columns are not changed
+        after it is made: a new batch is made instead, as with replace())."""
         return self.index + self.n_valid + self.n_invalid
 
     @property

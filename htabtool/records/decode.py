@@ -75,7 +75,7 @@ def scan_headers(headers: np.ndarray, n_words: int, n_entries: int, rounds: int 
     cand = np.flatnonzero(is_cand[:n_words])
     if not len(cand) or cand[0] != 0:
         return None
-    nxt = headers["n_valid"].take(cand).astype(np.int64)
+    nxt = headers["n_valid"][cand].astype(np.int64)  # (a field's take is slower than its fancy index)
     nxt *= 2
     nxt += cand
     nxt += 1

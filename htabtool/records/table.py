@@ -129,7 +129,7 @@ class TableStats:
         ok = np.bitwise_and(v_low, np.uint8(hpte.HPTE_V_VALID))  # 0/1 a byte, contiguous
         whole = len(ok) // 8 * 8
         # valid entries per PTEG: the eight 0/1 bytes of a group summed by one multiply
-        groups = (ok[:whole].view(np.uint64) * _U(0x0101010101010101)) >> _U(56)
+        groups = ((ok[:whole].view(np.uint64) * _U(0x0101010101010101)) >> _U(56)).view(np.int64)  # 0..8
         self.pteg_fill = (np.asarray(self.pteg_fill) + np.bincount(groups, minlength=9)).tolist()
         # v: its low byte, and the segment size (v's top two bits) above it
         v_keys = (rows[:, 0] >> np.uint8(hpte.HPTE_V_SSIZE_SHIFT - 56)).astype(np.uint16) << np.uint16(8)

@@ -452,16 +452,13 @@ class SnapshotFile:
         the records are decoded on the reader's worker threads, beside their
         decompression.  As from :func:`htabtool.records.decode_pieces`, a
         record's number and offset are in its pass's stream."""
-        starts: dict[int, tuple[int, int]] = {}  # pass -> (stream offset, record) of its first chunk
+        from htabtool.container import batches_in_pass
+
         with named_errors(self.name):
-            for chunk in self._chunks(passes, decode=True):
-                info = chunk.info
-                at, first = starts.setdefault(info.pass_number, (info.raw_offset, info.first_record))
-                batch = chunk.batch()
-                if at or first:
-                    batch = replace(batch, offset=batch.offset - at, first_record=batch.first_record - first)
-                batch.check(self.header.entries)
-                yield info.pass_number, batch
+            for chunk, batch in batches_in_pass(self._chunks(passes, decode=True)):
+                if chunk.checked_entries != self.header.entries:  # not checked, or faulty: named here
+                    batch.check(self.header.entries)
+                yield chunk.pass_number, batch
 
     def _pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
         for chunk in self._chunks(passes):

@@ -35,8 +35,10 @@ What lives where (layout, then the sans-I/O parser, then the I/O adapters):
   record boundaries, compresses them on worker threads (zstd releases the
   GIL) while the caller produces the next ones, and never seeks.
 - :mod:`~htabtool.container.reader`: :class:`SnapshotReader` drives the
-  parser over a file object in bounded memory; on a seekable file it can
-  answer from the trailer alone.
+  parser over a file object in bounded memory (with ``decode_records`` the
+  chunks' records are decoded on its worker threads); on a seekable file it
+  can answer from the trailer alone; :func:`batches_in_pass` numbers a
+  chunk's records within their pass.
 
 Layering: this package may import the HPTE model and the record layer (:mod:`htabtool.hpte`, :mod:`htabtool.records`),
 :mod:`htabtool.sansio`, :mod:`htabtool.errors` and :mod:`htabtool.atomic`;
@@ -84,7 +86,7 @@ from htabtool.container.format import (
 )
 from htabtool.container.model import ChunkInfo, PassInfo, SnapshotHeader, SnapshotTrailer
 from htabtool.container.parser import Chunk, CompressedChunk, ContainerParser, Event, Header, PassEnd, Trailer
-from htabtool.container.reader import SnapshotReader
+from htabtool.container.reader import SnapshotReader, batches_in_pass
 from htabtool.container.writer import SnapshotWriter, WriterOptions
 from htabtool.sansio import END_OF_STREAM, NEED_DATA
 
@@ -108,6 +110,7 @@ __all__ = [
     "SnapshotWriter",
     "WriterOptions",
     "SnapshotReader",
+    "batches_in_pass",
     "NEED_DATA",
     "END_OF_STREAM",
     # the numbers of the format (the layouts: htabtool.container.format)

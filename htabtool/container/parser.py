@@ -46,7 +46,7 @@ from htabtool.container.format import (
     tag_name,
 )
 from htabtool.container.model import ChunkInfo, PassInfo, SnapshotHeader, SnapshotTrailer
-from htabtool.errors import ContainerError, TruncatedContainer, UnsupportedFeature, UsageError
+from htabtool.errors import ContainerError, StreamError, TruncatedContainer, UnsupportedFeature, UsageError
 from htabtool.records import RecordBatch, decode_batch
 from htabtool.sansio import END_OF_STREAM, NEED_DATA, ReceiveBuffer
 
@@ -72,6 +72,9 @@ class Chunk:
     data: bytes = field(repr=False)
     byte_order: str = "little"
     decoded: RecordBatch | None = field(default=None, repr=False, compare=False)
+    #: the table size ``decoded`` passed the write-side checks against (on
+    #: the worker thread), None if not checked or if they failed there
+    checked_entries: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def number(self) -> int:
@@ -86,7 +89,7 @@ class Chunk:
         (with ``n_entries`` checked against the table as the kernel's write
         side would)."""
         if self.decoded is not None:
-            if n_entries is not None:
+            if n_entries is not None and n_entries != self.checked_entries:
                 self.decoded.check(n_entries)
             return self.decoded
         batch, used = decode_batch(
@@ -127,7 +130,11 @@ class CompressedChunk:
         if self.decode_entries is not None:
             batch = decode_chunk_records(data, self.info, self.byte_order, self.decode_entries,
                                          check=self.check_entries is not None)
-            return Chunk(self.info, data, self.byte_order, batch)
+            try:  # the write-side checks here too; a fault is raised where the batch is asked for
+                batch.check(self.decode_entries)
+            except StreamError:
+                return Chunk(self.info, data, self.byte_order, batch)
+            return Chunk(self.info, data, self.byte_order, batch, self.decode_entries)
         if self.check_entries is not None:
             check_chunk_records(data, self.info, self.byte_order, self.check_entries)
         return Chunk(self.info, data, self.byte_order)

@@ -37,9 +37,10 @@ from htabtool.container.format import (
 from htabtool.container.model import SnapshotHeader, SnapshotTrailer
 from htabtool.container.parser import Chunk, CompressedChunk, ContainerParser, Event
 from htabtool.errors import ContainerError, TruncatedContainer, UsageError
+from htabtool.records import RecordBatch
 from htabtool.sansio import END_OF_STREAM, NEED_DATA
 
-__all__ = ["SnapshotReader"]
+__all__ = ["SnapshotReader", "batches_in_pass"]
 
 
 class SnapshotReader:
@@ -334,3 +335,18 @@ class SnapshotReader:
         event = parser.next_event()
         self._header = event.header
         return self._header
+
+
+def batches_in_pass(chunks) -> Iterator[tuple[Chunk, RecordBatch]]:
+    """Each chunk with its records (decoded ahead, or here), a record's
+    number and offset counted in its pass's stream, as a decoder fed the
+    pass alone numbers them (the chunks of a pass come in order, its first
+    one first)."""
+    starts: dict[int, tuple[int, int]] = {}  # pass -> (stream offset, record) of its first chunk
+    for chunk in chunks:
+        info = chunk.info
+        at, first = starts.setdefault(info.pass_number, (info.raw_offset, info.first_record))
+        batch = chunk.batch()
+        if at or first:
+            batch = replace(batch, offset=batch.offset - at, first_record=batch.first_record - first)
+        yield chunk, batch

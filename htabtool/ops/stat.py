@@ -14,7 +14,7 @@ from htabtool.errors import ContainerError
 from htabtool.ops.results import Stat, StatReport
 from htabtool.ops.state import batches, final_state
 from htabtool.records import RecordBatch
-from htabtool.records.table import DEFAULT_WINDOW, Overrides, RecordStats, TableStats, final_windows
+from htabtool.records.table import DEFAULT_WINDOW, RecordStats, TableStats
 from htabtool.sources import SnapshotFileInput, SnapshotInput
 
 
@@ -26,19 +26,18 @@ def stat(snap: SnapshotInput, window: int = DEFAULT_WINDOW, progress: Callable[[
     trailer = snap.trailer()
     extent = _extent(snap, trailer, window)
     if trailer is not None and len({p.pass_number for p in trailer.passes}) <= 1:
-        # one pass: the records and the table in the same single read
+        # one pass: the records and the table in the same single read, the
+        # table counted from the records' entries (no table built)
         def counted():
             for number, batch in batches(snap):
                 rs.add(batch, number)
                 yield _within(batch, extent)
 
-        windows = final_windows(counted(), Overrides().finish(), extent, window)
-    else:
-        for number, batch in batches(snap):
-            rs.add(batch, number)
-            _within(batch, extent)
-        windows = final_state(snap, window, extent)
-    for _, part in windows:
+        return Stat(TableStats.of_first_pass(counted(), snap.entries, progress), rs)
+    for number, batch in batches(snap):
+        rs.add(batch, number)
+        _within(batch, extent)
+    for _, part in final_state(snap, window, extent):
         ts.add(part)
         if progress is not None:
             progress(len(part))

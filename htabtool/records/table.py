@@ -10,6 +10,7 @@ states.  Files are not opened here; the CLI feeds batches from snapshots.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field
 
@@ -59,7 +60,13 @@ def _host_word(value: int) -> np.uint64:
 
 def _with_bits(counts: np.ndarray, bits: int) -> int:
     """How many entries counted by key (``counts[key]``) have all of ``bits`` in their key."""
-    return int(counts[(np.arange(len(counts)) & bits) == bits].sum())
+    return int(counts[_keys_with(len(counts), bits)].sum())
+
+
+@functools.lru_cache(maxsize=32)
+def _keys_with(n_keys: int, bits: int) -> np.ndarray:
+    """The keys 0..n_keys-1 that have all of ``bits``."""
+    return np.flatnonzero((np.arange(n_keys) & bits) == bits)
 
 
 def _large_page_shifts() -> np.ndarray:
@@ -112,9 +119,60 @@ class TableStats:
             stats.add(table[lo : lo + chunk])
         return stats
 
+    @classmethod
+    def of_first_pass(cls, batches, n_entries: int, progress=None) -> TableStats:
+        """Statistics of the table one first pass makes (no pass after it):
+        its valid entries counted where they lie in the batches, no table
+        built.  The records must ascend, as :func:`final_windows` wants
+        (:func:`check_ascending`); a PTEG's entries may be cut between two
+        batches.  ``progress`` is called with the entries each batch covers."""
+        stats = cls.empty()
+        fill = np.zeros(9, dtype=np.int64)
+        previous_end = 0
+        group, in_group = -1, 0  # the last PTEG seen, and its valid entries so far
+        for batch in batches:
+            if not len(batch):
+                continue
+            check_ascending(batch, previous_end)
+            stats._count(batch.entries)
+            if len(batch.entries):
+                groups = batch.entry_index() >> 3  # ascending
+                starts = np.flatnonzero(groups[1:] != groups[:-1]) + 1
+                sizes = np.diff(starts, prepend=0, append=len(groups))
+                first = int(groups[0])
+                if first == group:  # the group goes on from the batch before
+                    sizes[0] += in_group
+                elif in_group:
+                    fill[in_group] += 1
+                group, in_group = int(groups[-1]), int(sizes[-1])
+                fill += np.bincount(sizes[:-1], minlength=9)
+            end = int(batch.end[-1])
+            if progress is not None:
+                progress(end - previous_end)
+            previous_end = end
+        if in_group:
+            fill[in_group] += 1
+        fill[0] += n_entries // 8 - int(fill.sum())
+        stats.entries = n_entries
+        stats.pteg_fill = fill.tolist()
+        if progress is not None and n_entries > previous_end:
+            progress(n_entries - previous_end)
+        return stats
+
     def add(self, part: np.ndarray) -> None:
         """Count a slice of the table (slices of a multiple of 8 entries keep
-        the PTEG histogram exact).
+        the PTEG histogram exact)."""
+        self.entries += len(part)
+        ok = np.bitwise_and(hpte.v_low_bytes(part), np.uint8(hpte.HPTE_V_VALID))  # 0/1 a byte, contiguous
+        whole = len(ok) // 8 * 8
+        # valid entries per PTEG: the eight 0/1 bytes of a group summed by one multiply
+        groups = ((ok[:whole].view(np.uint64) * _U(0x0101010101010101)) >> _U(56)).view(np.int64)  # 0..8
+        self.pteg_fill = (np.asarray(self.pteg_fill) + np.bincount(groups, minlength=9)).tolist()
+        self._count(part)
+
+    def _count(self, part: np.ndarray) -> None:
+        """Count the valid entries among ``part`` (entries as they lie in
+        the table, (N, 2) big-endian), all but the PTEG histogram.
 
         Counted from the entries' bytes as they lie, over every entry (a
         gather of the valid ones costs more than it saves): two histograms
@@ -123,14 +181,10 @@ class TableStats:
         large-page encoding) with HPTE_V_LARGE and HPTE_V_VALID; VRMA is an
         equality on host-order words, the constants swapped as the bytes
         are (:func:`_host_word`)."""
-        self.entries += len(part)
+        if not len(part):
+            return
         rows = part.view(np.uint8).reshape(-1, hpte.HPTE_SIZE)
         v_low = hpte.v_low_bytes(part)
-        ok = np.bitwise_and(v_low, np.uint8(hpte.HPTE_V_VALID))  # 0/1 a byte, contiguous
-        whole = len(ok) // 8 * 8
-        # valid entries per PTEG: the eight 0/1 bytes of a group summed by one multiply
-        groups = ((ok[:whole].view(np.uint64) * _U(0x0101010101010101)) >> _U(56)).view(np.int64)  # 0..8
-        self.pteg_fill = (np.asarray(self.pteg_fill) + np.bincount(groups, minlength=9)).tolist()
         # v: its low byte, and the segment size (v's top two bits) above it
         v_keys = (rows[:, 0] >> np.uint8(hpte.HPTE_V_SSIZE_SHIFT - 56)).astype(np.uint16) << np.uint16(8)
         v_keys |= v_low
@@ -406,6 +460,22 @@ def _expand_invalid(batch: RecordBatch) -> np.ndarray:
     return expand_ranges(batch.index + batch.n_valid, batch.n_invalid)
 
 
+def check_ascending(batch: RecordBatch, previous_end: int) -> None:
+    """A first pass's records ascend (each at or after the end of the one
+    before, ``previous_end`` before the batch): StreamError naming the first
+    that goes back (the pass rule of :mod:`htabtool.records.passes`)."""
+    back = pass_starts(batch, previous_end)
+    if len(back):
+        k = int(back[0])
+        below = end_before(batch, k, previous_end)
+        raise StreamError(
+            f"record {batch.first_record + k} at offset {int(batch.offset[k]):#x}: index "
+            f"{int(batch.index[k])} goes back within the first pass (below {below})",
+            offset=int(batch.offset[k]),
+            record=batch.first_record + k,
+        )
+
+
 def final_windows(first_pass, overrides: Overrides, n_entries: int, window: int = DEFAULT_WINDOW):
     """The final table state, as ``(lo, table slice)`` windows covering
     0..n_entries in order.
@@ -422,16 +492,7 @@ def final_windows(first_pass, overrides: Overrides, n_entries: int, window: int 
     for batch in first_pass:
         if not len(batch):
             continue
-        back = pass_starts(batch, previous_end)
-        if len(back):
-            k = int(back[0])
-            below = end_before(batch, k, previous_end)
-            raise StreamError(
-                f"record {batch.first_record + k} at offset {int(batch.offset[k]):#x}: index "
-                f"{int(batch.index[k])} goes back within the first pass (below {below})",
-                offset=int(batch.offset[k]),
-                record=batch.first_record + k,
-            )
+        check_ascending(batch, previous_end)
         previous_end = int(batch.end[-1])
         ei = batch.entry_index()
         ents = batch.entries

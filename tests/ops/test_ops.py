@@ -73,6 +73,32 @@ def test_verify_lists_problems():
     assert ops.verify_records(MemorySnapshot([(1, good)], 64)) == []
 
 
+def test_verify_of_a_file_names_its_problems_as_the_decoder_of_each_pass_does(tmp_path):
+    """verify reads the records its reader decoded ahead; the problems it
+    lists (a record in pass 2 lacking HPTE_V_VALID, another going back)
+    are numbered and placed in their pass exactly as decoding each pass's
+    pieces names them (verify_records)."""
+    import struct
+
+    from htabtool.container import SnapshotHeader, SnapshotWriter
+    from htabtool.sources import open_snapshot
+
+    t = synthetic_table(14, 0.4, 2)
+    first = encode_pass(StaticTable(t), "little")
+    later = (struct.pack("<IHH", 40, 1, 0) + struct.pack(">QQ", 0x80, 0)  # lacks HPTE_V_VALID
+             + struct.pack("<IHH", 50, 1, 0) + struct.pack(">QQ", 0x81, 0)
+             + struct.pack("<IHH", 20, 0, 3))  # goes back
+    path = tmp_path / "bad.htab"
+    with open(path, "wb") as f, SnapshotWriter(f, SnapshotHeader(byte_order="little", order=18)) as w:
+        w.write_records(first, 1)
+        w.write_records(later, 2)
+    with open_snapshot(str(path)) as snap:
+        got = [str(p) for p in ops.verify(snap).problems]
+        want = [str(p) for p in ops.verify_records(snap)]
+    assert got == want and len(got) == 2, got
+    assert "pass 2" in got[0] and "record 0 at offset 0x0" in got[0] and "lacks HPTE_V_VALID" in got[0]
+
+
 # -- the library's own interfaces: targets, options, results, parameter names --------
 
 

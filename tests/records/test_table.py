@@ -76,6 +76,41 @@ def test_table_stats_agree_with_the_scalar_rules_entry_by_entry():
     assert 0 < counts["vrma"] and len(pages) >= 4 and len(segments) == 4
 
 
+@pytest.mark.parametrize("read", [200, 4096, 1 << 16])
+def test_a_first_pass_counted_from_its_records_equals_its_table_counted(read):
+    """TableStats.of_first_pass (no table built) against TableStats.of the
+    table the pass makes; reads of 200 bytes cut PTEGs between batches."""
+    from htabtool.records import iter_reads
+
+    rng = np.random.default_rng(12)
+    n = 1 << 13
+    t = new_table(n)
+    live = rng.random(n) < 0.45
+    live[:8] = True  # a full first group
+    v = (rng.integers(0, 1 << 60, n, dtype=np.uint64) << np.uint64(2)) | np.uint64(hpte.HPTE_V_VALID)
+    t[live, 0] = v[live]
+    t[live, 1] = rng.integers(0, 1 << 63, int(live.sum()), dtype=np.uint64)
+    batches = [decode_batch(res.data, "little")[0] for res in iter_reads(StaticTable(t), read, "little")]
+    seen = []
+    got = TableStats.of_first_pass(batches, n, progress=seen.append)
+    assert got.to_dict() == TableStats.of(t).to_dict()
+    assert sum(seen) == n and got.valid == int(live.sum())
+
+
+def test_a_first_pass_that_goes_back_is_refused_as_the_windows_refuse_it():
+    from htabtool.errors import StreamError
+    from htabtool.records.table import Overrides, final_windows
+
+    t = sample()
+    batch, _ = decode_batch(encode_pass(StaticTable(t), "little"), "little")
+    messages = []
+    for count in (lambda b: TableStats.of_first_pass(b, 64), lambda b: list(final_windows(b, Overrides(), 64))):
+        with pytest.raises(StreamError) as info:
+            count([batch, batch])
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "goes back within the first pass" in messages[0]
+
+
 def test_record_stats_per_pass():
     t = sample()
     batch, _ = decode_batch(encode_pass(StaticTable(t), "little"), "little")

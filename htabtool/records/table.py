@@ -127,6 +127,7 @@ class TableStats:
         (:func:`check_ascending`); a PTEG's entries may be cut between two
         batches.  ``progress`` is called with the entries each batch covers."""
         stats = cls.empty()
+        keys = _KeyCounts()
         fill = np.zeros(9, dtype=np.int64)
         previous_end = 0
         group, in_group = -1, 0  # the last PTEG seen, and its valid entries so far
@@ -134,7 +135,7 @@ class TableStats:
             if not len(batch):
                 continue
             check_ascending(batch, previous_end)
-            stats._count(batch.entries)
+            keys.add(batch.entries)
             if len(batch.entries):
                 groups = batch.entry_index() >> 3  # ascending
                 starts = np.flatnonzero(groups[1:] != groups[:-1]) + 1
@@ -152,6 +153,7 @@ class TableStats:
             previous_end = end
         if in_group:
             fill[in_group] += 1
+        keys.into(stats)
         fill[0] += n_entries // 8 - int(fill.sum())
         stats.entries = n_entries
         stats.pteg_fill = fill.tolist()
@@ -168,54 +170,9 @@ class TableStats:
         # valid entries per PTEG: the eight 0/1 bytes of a group summed by one multiply
         groups = ((ok[:whole].view(np.uint64) * _U(0x0101010101010101)) >> _U(56)).view(np.int64)  # 0..8
         self.pteg_fill = (np.asarray(self.pteg_fill) + np.bincount(groups, minlength=9)).tolist()
-        self._count(part)
-
-    def _count(self, part: np.ndarray) -> None:
-        """Count the valid entries among ``part`` (entries as they lie in
-        the table, (N, 2) big-endian), all but the PTEG histogram.
-
-        Counted from the entries' bytes as they lie, over every entry (a
-        gather of the valid ones costs more than it saves): two histograms
-        of small keys, each entry's v low byte (its flags, HPTE_V_VALID among
-        them) with its segment size, and r's bits 7..19 (C, R, the
-        large-page encoding) with HPTE_V_LARGE and HPTE_V_VALID; VRMA is an
-        equality on host-order words, the constants swapped as the bytes
-        are (:func:`_host_word`)."""
-        if not len(part):
-            return
-        rows = part.view(np.uint8).reshape(-1, hpte.HPTE_SIZE)
-        v_low = hpte.v_low_bytes(part)
-        # v: its low byte, and the segment size (v's top two bits) above it
-        v_keys = (rows[:, 0] >> np.uint8(hpte.HPTE_V_SSIZE_SHIFT - 56)).astype(np.uint16) << np.uint16(8)
-        v_keys |= v_low
-        by_v = np.bincount(v_keys, minlength=1 << 10).reshape(4, 256)  # [segment size, v low byte]
-        valid_v = by_v[:, (np.arange(256) & hpte.HPTE_V_VALID) != 0]  # the valid entries' columns
-        valid_low = by_v.sum(axis=0)
-        self.valid += int(valid_v.sum())
-        self.bolted += _with_bits(valid_low, hpte.HPTE_V_BOLTED | hpte.HPTE_V_VALID)
-        self.secondary += _with_bits(valid_low, hpte.HPTE_V_SECONDARY | hpte.HPTE_V_VALID)
-        self.hvlock += _with_bits(valid_low, hpte.HPTE_V_HVLOCK | hpte.HPTE_V_VALID)
-        for s, c in enumerate(valid_v.sum(axis=1).tolist()):
-            if c:
-                name = hpte.SEGMENT_SIZE_NAMES[s]
-                self.segment_sizes[name] = self.segment_sizes.get(name, 0) + c
-        vrma_mask = (~hpte.VRMA_IGNORED_BITS & _M64) | hpte.HPTE_V_VALID
-        self.vrma += int(np.count_nonzero((part.view(np.uint64)[:, 0] & _host_word(vrma_mask))
-                                          == _host_word(hpte.VRMA_HPTE_V | hpte.HPTE_V_VALID)))
-        # r's bits 7..19, with v's HPTE_V_LARGE and HPTE_V_VALID (its low bits) above them
-        r_low = rows[:, 12:16].view(">u4")[:, 0]
-        r_keys = ((r_low >> np.uint32(_R_KEY_SHIFT)) & np.uint32(_R_KEY_MASK)).astype(np.uint16)
-        r_keys |= (v_low & np.uint8(hpte.HPTE_V_LARGE | hpte.HPTE_V_VALID)).astype(np.uint16) << np.uint16(13)
-        by_r = np.bincount(r_keys, minlength=1 << 16).reshape(8, 1 << 13)  # [v's low 3 bits, r key]
-        small = by_r[hpte.HPTE_V_VALID]
-        large = by_r[hpte.HPTE_V_VALID | hpte.HPTE_V_LARGE]
-        self.referenced += _with_bits(small + large, hpte.HPTE_R_R >> _R_KEY_SHIFT)
-        self.changed += _with_bits(small + large, hpte.HPTE_R_C >> _R_KEY_SHIFT)
-        shifts = np.bincount(_large_page_shifts(), weights=large, minlength=256)
-        shifts[hpte.SMALL_PAGE_SHIFT] += small.sum()
-        for s in np.flatnonzero(shifts).tolist():
-            name = hpte.PAGE_SIZE_NAMES.get(s, f"2^{s}")
-            self.page_sizes[name] = self.page_sizes.get(name, 0) + int(shifts[s])
+        keys = _KeyCounts()
+        keys.add(part)
+        keys.into(self)
 
     def to_dict(self) -> dict:
         return {
@@ -232,6 +189,64 @@ class TableStats:
             "segment_sizes": dict(sorted(self.segment_sizes.items())),
             "pteg_fill": self.pteg_fill,
         }
+
+
+class _KeyCounts:
+    """What TableStats counts of the valid entries, as histograms of small
+    keys, added up over any number of slices and turned into counts once.
+
+    Counted from the entries' bytes as they lie, over every entry (a
+    gather of the valid ones costs more than it saves): each entry's v low
+    byte (its flags, HPTE_V_VALID among them) with its segment size, and r's
+    bits 7..19 (C, R, the large-page encoding) with HPTE_V_LARGE and
+    HPTE_V_VALID; VRMA is an equality on host-order words, the constants
+    swapped as the bytes are (:func:`_host_word`)."""
+
+    _VRMA_MASK = (~hpte.VRMA_IGNORED_BITS & _M64) | hpte.HPTE_V_VALID
+
+    def __init__(self):
+        self.by_v = np.zeros((4, 256), dtype=np.int64)  # [segment size, v low byte]
+        self.by_r = np.zeros((8, 1 << 13), dtype=np.int64)  # [v's low 3 bits, r's bits 7..19]
+        self.vrma = 0
+
+    def add(self, part: np.ndarray) -> None:
+        """Count ``part``: entries as they lie in the table, (N, 2) big-endian."""
+        if not len(part):
+            return
+        rows = part.view(np.uint8).reshape(-1, hpte.HPTE_SIZE)
+        v_low = hpte.v_low_bytes(part)
+        v_keys = (rows[:, 0] >> np.uint8(hpte.HPTE_V_SSIZE_SHIFT - 56)).astype(np.uint16) << np.uint16(8)
+        v_keys |= v_low
+        self.by_v += np.bincount(v_keys, minlength=1 << 10).reshape(4, 256)
+        self.vrma += int(np.count_nonzero((part.view(np.uint64)[:, 0] & _host_word(self._VRMA_MASK))
+                                          == _host_word(hpte.VRMA_HPTE_V | hpte.HPTE_V_VALID)))
+        r_low = rows[:, 12:16].view(">u4")[:, 0]
+        r_keys = ((r_low >> np.uint32(_R_KEY_SHIFT)) & np.uint32(_R_KEY_MASK)).astype(np.uint16)
+        r_keys |= (v_low & np.uint8(hpte.HPTE_V_LARGE | hpte.HPTE_V_VALID)).astype(np.uint16) << np.uint16(13)
+        self.by_r += np.bincount(r_keys, minlength=1 << 16).reshape(8, 1 << 13)
+
+    def into(self, stats: TableStats) -> None:
+        """Add the counts to ``stats`` (all but entries and the PTEG histogram)."""
+        valid_v = self.by_v[:, _keys_with(256, hpte.HPTE_V_VALID)]  # the valid entries' columns
+        low = self.by_v.sum(axis=0)
+        stats.valid += int(valid_v.sum())
+        stats.bolted += _with_bits(low, hpte.HPTE_V_BOLTED | hpte.HPTE_V_VALID)
+        stats.secondary += _with_bits(low, hpte.HPTE_V_SECONDARY | hpte.HPTE_V_VALID)
+        stats.hvlock += _with_bits(low, hpte.HPTE_V_HVLOCK | hpte.HPTE_V_VALID)
+        for s, c in enumerate(valid_v.sum(axis=1).tolist()):
+            if c:
+                name = hpte.SEGMENT_SIZE_NAMES[s]
+                stats.segment_sizes[name] = stats.segment_sizes.get(name, 0) + c
+        stats.vrma += self.vrma
+        small = self.by_r[hpte.HPTE_V_VALID]
+        large = self.by_r[hpte.HPTE_V_VALID | hpte.HPTE_V_LARGE]
+        stats.referenced += _with_bits(small + large, hpte.HPTE_R_R >> _R_KEY_SHIFT)
+        stats.changed += _with_bits(small + large, hpte.HPTE_R_C >> _R_KEY_SHIFT)
+        shifts = np.bincount(_large_page_shifts(), weights=large, minlength=256)
+        shifts[hpte.SMALL_PAGE_SHIFT] += small.sum()
+        for s in np.flatnonzero(shifts).tolist():
+            name = hpte.PAGE_SIZE_NAMES.get(s, f"2^{s}")
+            stats.page_sizes[name] = stats.page_sizes.get(name, 0) + int(shifts[s])
 
 
 @dataclass

@@ -5,7 +5,9 @@ memory of their own: an address-space limit (``ulimit -v``) too small for
 the interpreter's libraries to load (numpy's OpenBLAS would otherwise end
 the process with exit status 1, which means "different" to a script), and
 a MemoryError while the command line itself is imported.  Either is one
-line ``htabtool: error: out of memory ...`` and exit status 2.
+line ``htabtool: error: out of memory ...`` and exit status 2.  A bare
+``htabtool --help`` is answered before either, from
+:mod:`htabtool.quickhelp` (click's import is most of its time).
 """
 
 import os
@@ -30,6 +32,12 @@ def _check_address_space() -> None:
 
 
 def main() -> None:
+    import sys
+
+    from htabtool import quickhelp
+
+    if quickhelp.answer(sys.argv[1:]):  # htabtool --help, without importing click
+        return
     try:
         _check_address_space()
         from htabtool.cli import main as cli_main

@@ -177,25 +177,15 @@ def _module_exists(module: str) -> bool:
 
 def _help_width() -> int:
     """The width click's help formatter picks by itself (CliRunner's forced
-    width; else $COLUMNS, else standard output's terminal, else 80; at most
-    78, at least 50), found without importing shutil for its
-    get_terminal_size: shutil brings bz2, lzma and zlib, 3-4 ms of
-    ``htabtool --help``'s start."""
+    width; else that of :func:`htabtool.quickhelp.terminal_columns`, the
+    one rule of the prebuilt help too)."""
     from click import formatting
+
+    from htabtool import quickhelp
 
     if formatting.FORCED_WIDTH is not None:
         return formatting.FORCED_WIDTH
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        stdout = sys.__stdout__
-        try:
-            columns = os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 0
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return max(min(columns or 80, 80) - 2, 50)
+    return quickhelp.help_width(quickhelp.terminal_columns())
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

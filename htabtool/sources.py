@@ -158,6 +158,11 @@ class SnapshotInput(Protocol):
         table as the kernel's write side would (an input without a faster
         way decodes its pieces: :func:`htabtool.records.decode_pieces`)."""
 
+    def worked_batches(self, work: Callable[[RecordBatch], Any] | None,
+                       passes: Callable[[int], bool] | None = None) -> Iterator[tuple[int, RecordBatch, Any]]:
+        """(pass number, RecordBatch, ``work(batch)``) of the same batches:
+        where the input decodes on other threads, ``work`` runs there too."""
+
     def trailer(self) -> SnapshotTrailer | None: ...
 
 
@@ -452,19 +457,27 @@ class SnapshotFile:
         the records are decoded on the reader's worker threads, beside their
         decompression.  As from :func:`htabtool.records.decode_pieces`, a
         record's number and offset are in its pass's stream."""
+        for number, batch, _ in self.worked_batches(None, passes):
+            yield number, batch
+
+    def worked_batches(self, work, passes=None) -> Iterator[tuple[int, RecordBatch, Any]]:
+        """(pass number, RecordBatch, ``work(batch)``) as :meth:`batches`,
+        ``work`` called on the reader's worker threads (with the batch as
+        decoded there: its records numbered in the whole stream)."""
         from htabtool.container import batches_in_pass
 
         with named_errors(self.name):
-            for chunk, batch in batches_in_pass(self._chunks(passes, decode=True)):
+            for chunk, batch in batches_in_pass(self._chunks(passes, decode=True, work=work)):
                 if chunk.checked_entries != self.header.entries:  # not checked, or faulty: named here
                     batch.check(self.header.entries)
-                yield chunk.pass_number, batch
+                done = chunk.work if chunk.work is not None or work is None else work(batch)
+                yield chunk.pass_number, batch, done
 
     def _pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
         for chunk in self._chunks(passes):
             yield chunk.pass_number, chunk.data
 
-    def _chunks(self, passes=None, decode: bool = False):
+    def _chunks(self, passes=None, decode: bool = False, work=None):
         if passes is not None:
             wanted = [c.number for c in self.trailer().chunks if passes(c.pass_number)]
             if len(wanted) < len(self.trailer().chunks):
@@ -472,7 +485,7 @@ class SnapshotFile:
                 for number in wanted:
                     yield reader.read_chunk(number)
                 return
-        yield from self.reader(decode_records=decode).chunks()
+        yield from self.reader(decode_records=decode, chunk_work=work).chunks()
 
 
 def open_snapshot(path: str) -> SnapshotFile:

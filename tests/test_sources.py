@@ -63,3 +63,37 @@ def test_a_snapshot_files_batches_are_its_pieces_decoded_pass_by_pass(tmp_path, 
                 assert x.first_record == y.first_record
                 for name in ("offset", "index", "n_valid", "n_invalid", "entries"):
                     assert np.array_equal(getattr(x, name), getattr(y, name)), name
+
+
+def test_worked_batches_run_the_work_on_the_readers_threads_with_each_batch(tmp_path):
+    """worked_batches gives each batch with what ``work`` made of it, made
+    on the reader's threads (not the caller's) from the batch as decoded
+    there: the same records, numbered in the whole stream."""
+    import threading
+
+    import numpy as np
+
+    from htabtool.sources import open_snapshot
+    from tests.helpers import synthetic_table
+    from tests.helpers.snapshots import write_snapshot
+
+    a = synthetic_table(22, 0.5, 8)
+    b = a.copy()
+    b[::50] = 0
+    changed = np.zeros(len(a), bool)
+    changed[::50] = True
+    path = write_snapshot(tmp_path / "w.htab", [(a, None), (b, changed)], order=22, read=1 << 16)
+    main = threading.get_ident()
+
+    def work(batch):
+        return threading.get_ident(), batch.first_record, batch.index.copy()
+
+    with open_snapshot(str(path)) as snap:
+        got = list(snap.worked_batches(work))
+        plain = list(snap.batches())
+        starts = {c.pass_number: c.first_record for c in reversed(snap.trailer().chunks)}
+    assert len(got) == len(plain) > 2 and {n for n, _, _ in got} == {1, 2}
+    for (n, batch, (thread, first, index)), (m, same) in zip(got, plain):
+        assert n == m and thread != main
+        assert np.array_equal(index, batch.index) and np.array_equal(batch.index, same.index)
+        assert first == batch.first_record + starts[n]  # the work saw the stream's numbering

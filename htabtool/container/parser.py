@@ -75,6 +75,8 @@ class Chunk:
     #: the table size ``decoded`` passed the write-side checks against (on
     #: the worker thread), None if not checked or if they failed there
     checked_entries: int | None = field(default=None, repr=False, compare=False)
+    #: what the reader's ``chunk_work`` made of ``decoded`` (on the worker thread)
+    work: object = field(default=None, repr=False, compare=False)
 
     @property
     def number(self) -> int:
@@ -124,17 +126,19 @@ class CompressedChunk:
     byte_order: str = "little"
     check_entries: int | None = None  # the table size, to check the records
     decode_entries: int | None = None  # the table size, to decode the records
+    chunk_work: Callable | None = None  # called with the decoded records; its result is Chunk.work
 
     def decompress(self) -> Chunk:
         data = decompress_chunk(self.frame, self.info)
         if self.decode_entries is not None:
             batch = decode_chunk_records(data, self.info, self.byte_order, self.decode_entries,
                                          check=self.check_entries is not None)
+            work = self.chunk_work(batch) if self.chunk_work is not None else None
             try:  # the write-side checks here too; a fault is raised where the batch is asked for
                 batch.check(self.decode_entries)
             except StreamError:
-                return Chunk(self.info, data, self.byte_order, batch)
-            return Chunk(self.info, data, self.byte_order, batch, self.decode_entries)
+                return Chunk(self.info, data, self.byte_order, batch, None, work)
+            return Chunk(self.info, data, self.byte_order, batch, self.decode_entries, work)
         if self.check_entries is not None:
             check_chunk_records(data, self.info, self.byte_order, self.check_entries)
         return Chunk(self.info, data, self.byte_order)
@@ -180,12 +184,16 @@ class ContainerParser:
     compared with its descriptor (slower; the content checksums already
     guard the bytes).  With ``decode_records`` every chunk comes with its
     records decoded (``Chunk.decoded``), where the chunk is decompressed: on
-    the reader's worker threads.  After an error the parser raises it again."""
+    the reader's worker threads, and with ``chunk_work`` too a function
+    called there with them (its result: ``Chunk.work``).  After an error
+    the parser raises it again."""
 
-    def __init__(self, *, decompress: bool = True, check_records: bool = False, decode_records: bool = False):
+    def __init__(self, *, decompress: bool = True, check_records: bool = False, decode_records: bool = False,
+                 chunk_work: Callable | None = None):
         self.decompress = decompress
         self.check_records = check_records
-        self.decode_records = decode_records
+        self.decode_records = decode_records or chunk_work is not None
+        self.chunk_work = chunk_work
         self.header: SnapshotHeader | None = None
         self.trailer: SnapshotTrailer | None = None
         self._buf = ReceiveBuffer()  # received, not yet consumed; its offset is the file offset
@@ -447,7 +455,7 @@ class ContainerParser:
             return None
         check = header.entries if self.check_records else None
         decode = header.entries if self.decode_records else None
-        compressed = CompressedChunk(info, frame, header.byte_order, check, decode)
+        compressed = CompressedChunk(info, frame, header.byte_order, check, decode, self.chunk_work)
         event = compressed.decompress() if self.decompress else compressed
         self._consume(info.compressed_size)
         self._frames.append((info.compressed_size, info.raw_size))

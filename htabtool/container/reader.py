@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import BinaryIO
@@ -66,7 +66,8 @@ class SnapshotReader:
     most the header's chunk limit, itself at most 64 MiB).  ``check_records``
     also checks every chunk's records against its descriptor;
     ``decode_records`` decodes them there too (``Chunk.decoded``: the main
-    thread is left the work on the records, not their decoding).
+    thread is left the work on the records, not their decoding), and
+    ``chunk_work`` calls a function there with them (``Chunk.work``).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class SnapshotReader:
         threads: int = DEFAULT_THREADS,
         check_records: bool = False,
         decode_records: bool = False,
+        chunk_work: Callable | None = None,
     ):
         if not isinstance(read_size, int) or read_size < 1:
             raise UsageError(f"read size {read_size!r} must be a positive integer")
@@ -86,7 +88,7 @@ class SnapshotReader:
         self.threads = threads
         self._f = fileobj
         self._parser = ContainerParser(decompress=threads == 0, check_records=check_records,
-                                       decode_records=decode_records)
+                                       decode_records=decode_records, chunk_work=chunk_work)
         self._queued: collections.deque = collections.deque()
         self._started = False
         self._trailer: SnapshotTrailer | None = None

@@ -14,7 +14,7 @@ from htabtool.errors import ContainerError
 from htabtool.ops.results import Stat, StatReport
 from htabtool.ops.state import batches, final_state
 from htabtool.records import RecordBatch
-from htabtool.records.table import DEFAULT_WINDOW, RecordStats, TableStats
+from htabtool.records.table import DEFAULT_WINDOW, PassPart, RecordStats, TableStats
 from htabtool.sources import SnapshotFileInput, SnapshotInput
 
 
@@ -28,10 +28,10 @@ def stat(snap: SnapshotInput, window: int = DEFAULT_WINDOW, progress: Callable[[
     if trailer is not None and len({p.pass_number for p in trailer.passes}) <= 1:
         # one pass: the records and the table in the same single read, the
         # table counted from the records' entries (no table built)
-        def counted():
-            for number, batch in batches(snap):
+        def counted():  # each batch with its part of the table, counted on the reader's threads
+            for number, batch, part in snap.worked_batches(PassPart.of):
                 rs.add(batch, number)
-                yield _within(batch, extent)
+                yield _within(batch, extent), part
 
         return Stat(TableStats.of_first_pass(counted(), snap.entries, progress), rs)
     for number, batch in batches(snap):

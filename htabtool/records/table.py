@@ -125,28 +125,34 @@ class TableStats:
         its valid entries counted where they lie in the batches, no table
         built.  The records must ascend, as :func:`final_windows` wants
         (:func:`check_ascending`); a PTEG's entries may be cut between two
-        batches.  ``progress`` is called with the entries each batch covers."""
+        batches.  ``batches``: RecordBatches, or (RecordBatch, its
+        :class:`PassPart` counted already, on another thread) pairs.
+        ``progress`` is called with the entries each batch covers."""
         stats = cls.empty()
         keys = _KeyCounts()
         fill = np.zeros(9, dtype=np.int64)
         previous_end = 0
         group, in_group = -1, 0  # the last PTEG seen, and its valid entries so far
-        for batch in batches:
+        for item in batches:
+            batch, part = item if isinstance(item, tuple) else (item, None)
             if not len(batch):
                 continue
             check_ascending(batch, previous_end)
-            keys.add(batch.entries)
-            if len(batch.entries):
-                groups = batch.entry_index() >> 3  # ascending
-                starts = np.flatnonzero(groups[1:] != groups[:-1]) + 1
-                sizes = np.diff(starts, prepend=0, append=len(groups))
-                first = int(groups[0])
-                if first == group:  # the group goes on from the batch before
-                    sizes[0] += in_group
+            part = part or PassPart.of(batch)
+            if part.entries:
+                keys.merge(part.keys)
+                first = part.first_size
+                if part.first_group == group:  # the group goes on from the batch before
+                    first += in_group
                 elif in_group:
                     fill[in_group] += 1
-                group, in_group = int(groups[-1]), int(sizes[-1])
-                fill += np.bincount(sizes[:-1], minlength=9)
+                if part.first_group == part.last_group:
+                    in_group = first
+                else:
+                    fill[first] += 1
+                    fill += part.inner
+                    in_group = part.last_size
+                group = part.last_group
             end = int(batch.end[-1])
             if progress is not None:
                 progress(end - previous_end)
@@ -225,6 +231,11 @@ class _KeyCounts:
         r_keys |= (v_low & np.uint8(hpte.HPTE_V_LARGE | hpte.HPTE_V_VALID)).astype(np.uint16) << np.uint16(13)
         self.by_r += np.bincount(r_keys, minlength=1 << 16).reshape(8, 1 << 13)
 
+    def merge(self, other: _KeyCounts) -> None:
+        self.by_v += other.by_v
+        self.by_r += other.by_r
+        self.vrma += other.vrma
+
     def into(self, stats: TableStats) -> None:
         """Add the counts to ``stats`` (all but entries and the PTEG histogram)."""
         valid_v = self.by_v[:, _keys_with(256, hpte.HPTE_V_VALID)]  # the valid entries' columns
@@ -247,6 +258,35 @@ class _KeyCounts:
         for s in np.flatnonzero(shifts).tolist():
             name = hpte.PAGE_SIZE_NAMES.get(s, f"2^{s}")
             stats.page_sizes[name] = stats.page_sizes.get(name, 0) + int(shifts[s])
+
+
+@dataclass
+class PassPart:
+    """What :meth:`TableStats.of_first_pass` counts of one batch of a first
+    pass, counted apart (on a reader's worker thread, as the batch is
+    decoded): its valid entries' key histograms, and its entries per PTEG:
+    the first and the last group it touches (either may go on in the batch
+    next to it) and the histogram of the groups between them."""
+
+    entries: int
+    keys: _KeyCounts
+    first_group: int = -1
+    first_size: int = 0
+    last_group: int = -1
+    last_size: int = 0
+    inner: np.ndarray = field(default_factory=lambda: np.zeros(9, dtype=np.int64))
+
+    @classmethod
+    def of(cls, batch: RecordBatch) -> PassPart:
+        keys = _KeyCounts()
+        keys.add(batch.entries)
+        if not len(batch.entries):
+            return cls(0, keys)
+        groups = batch.entry_index() >> 3  # ascending in a first pass (checked where they are added up)
+        starts = np.flatnonzero(groups[1:] != groups[:-1]) + 1
+        sizes = np.diff(starts, prepend=0, append=len(groups))
+        inner = np.bincount(sizes[1:-1], minlength=9) if len(sizes) > 2 else np.zeros(9, dtype=np.int64)
+        return cls(len(groups), keys, int(groups[0]), int(sizes[0]), int(groups[-1]), int(sizes[-1]), inner)
 
 
 @dataclass
@@ -306,8 +346,18 @@ class RecordStats:
 
 
 def _bucket(counts: np.ndarray) -> np.ndarray:
-    edges = np.array([b[1] for b in RUN_BUCKETS] + [0x10000])
-    return np.histogram(counts, bins=edges)[0]
+    """How many of ``counts`` (0..65535) fall in each of RUN_BUCKETS: a
+    lookup of each count's bucket, then a bincount (np.histogram sorts)."""
+    return np.bincount(_run_bucket_of()[counts], minlength=len(RUN_BUCKETS))
+
+
+@functools.lru_cache(maxsize=1)
+def _run_bucket_of() -> np.ndarray:
+    """The RUN_BUCKETS bucket of every count 0..65535."""
+    of = np.zeros(0x10000, dtype=np.intp)
+    for k, (_, low, high) in enumerate(RUN_BUCKETS):
+        of[low : high + 1] = k
+    return of
 
 
 # -- comparison ---------------------------------------------------------------

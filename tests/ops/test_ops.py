@@ -28,6 +28,10 @@ class MemorySnapshot:
     def batches(self, passes=None):
         return decode_pieces(self.pieces(passes), self.byte_order, self.entries)
 
+    def worked_batches(self, work, passes=None):
+        for number, batch in self.batches(passes):
+            yield number, batch, None if work is None else work(batch)
+
 
 def snapshot_of(t, order="little", read=4096):
     return MemorySnapshot([(1, r.data) for r in iter_reads(StaticTable(t), read, order)], len(t), order)

@@ -47,8 +47,12 @@ def valid_mask(table: np.ndarray) -> np.ndarray:
 
 
 _M64 = (1 << 64) - 1
-_R_KEY_SHIFT = 7  # TableStats' key of r: bits 7 (HPTE_R_C) .. 19 (the top of the LP field)
-_R_KEY_MASK = 0x1FFF
+# TableStats' key of r, 10 bits: HPTE_R_C, HPTE_R_R (the bit above it), then the
+# large-page encoding (r's bits 12..19)
+_KEY_C, _KEY_R, _KEY_LP_SHIFT = 1, 2, 2
+_RC_SHIFT = hpte.HPTE_R_C.bit_length() - 1
+assert hpte.HPTE_R_R == hpte.HPTE_R_C << 1
+_R_KEYS = 1 << 10
 _LARGE_PAGE_SHIFTS = None
 
 
@@ -70,11 +74,11 @@ def _keys_with(n_keys: int, bits: int) -> np.ndarray:
 
 
 def _large_page_shifts() -> np.ndarray:
-    """The base page shift of a large-page entry by its TableStats key (r's
-    bits 7..19): hpte's rule, looked up once per key."""
+    """The base page shift of a large-page entry by its TableStats key of r
+    (its LP bits above C and R): hpte's rule, looked up once per key."""
     global _LARGE_PAGE_SHIFTS
     if _LARGE_PAGE_SHIFTS is None:
-        r = np.arange(_R_KEY_MASK + 1, dtype=np.uint64) << _U(_R_KEY_SHIFT)
+        r = (np.arange(_R_KEYS, dtype=np.uint64) >> _U(_KEY_LP_SHIFT)) << _U(hpte.LP_SHIFT)
         v = np.full(len(r), hpte.HPTE_V_LARGE, dtype=np.uint64)
         _LARGE_PAGE_SHIFTS = hpte.base_page_shift_array(v, r).astype(np.intp)
     return _LARGE_PAGE_SHIFTS
@@ -204,7 +208,7 @@ class _KeyCounts:
     Counted from the entries' bytes as they lie, over every entry (a
     gather of the valid ones costs more than it saves): each entry's v low
     byte (its flags, HPTE_V_VALID among them) with its segment size, and r's
-    bits 7..19 (C, R, the large-page encoding) with HPTE_V_LARGE and
+    C, R and large-page encoding (bits 12..19) with HPTE_V_LARGE and
     HPTE_V_VALID; VRMA is an equality on host-order words, the constants
     swapped as the bytes are (:func:`_host_word`)."""
 
@@ -212,7 +216,7 @@ class _KeyCounts:
 
     def __init__(self):
         self.by_v = np.zeros((4, 256), dtype=np.int64)  # [segment size, v low byte]
-        self.by_r = np.zeros((8, 1 << 13), dtype=np.int64)  # [v's low 3 bits, r's bits 7..19]
+        self.by_r = np.zeros((8, _R_KEYS), dtype=np.int64)  # [v's low 3 bits, r's key]
         self.vrma = 0
 
     def add(self, part: np.ndarray) -> None:
@@ -227,9 +231,10 @@ class _KeyCounts:
         self.vrma += int(np.count_nonzero((part.view(np.uint64)[:, 0] & _host_word(self._VRMA_MASK))
                                           == _host_word(hpte.VRMA_HPTE_V | hpte.HPTE_V_VALID)))
         r_low = rows[:, 12:16].view(">u4")[:, 0]
-        r_keys = ((r_low >> np.uint32(_R_KEY_SHIFT)) & np.uint32(_R_KEY_MASK)).astype(np.uint16)
-        r_keys |= (v_low & np.uint8(hpte.HPTE_V_LARGE | hpte.HPTE_V_VALID)).astype(np.uint16) << np.uint16(13)
-        self.by_r += np.bincount(r_keys, minlength=1 << 16).reshape(8, 1 << 13)
+        r_keys = (r_low >> np.uint32(hpte.LP_SHIFT - _KEY_LP_SHIFT)) & np.uint32(0xFF << _KEY_LP_SHIFT)
+        r_keys |= (r_low >> np.uint32(_RC_SHIFT)) & np.uint32(_KEY_C | _KEY_R)
+        r_keys |= (v_low & np.uint8(hpte.HPTE_V_LARGE | hpte.HPTE_V_VALID)).astype(np.uint32) << np.uint32(10)
+        self.by_r += np.bincount(r_keys, minlength=8 * _R_KEYS).reshape(8, _R_KEYS)
 
     def merge(self, other: _KeyCounts) -> None:
         self.by_v += other.by_v
@@ -251,8 +256,8 @@ class _KeyCounts:
         stats.vrma += self.vrma
         small = self.by_r[hpte.HPTE_V_VALID]
         large = self.by_r[hpte.HPTE_V_VALID | hpte.HPTE_V_LARGE]
-        stats.referenced += _with_bits(small + large, hpte.HPTE_R_R >> _R_KEY_SHIFT)
-        stats.changed += _with_bits(small + large, hpte.HPTE_R_C >> _R_KEY_SHIFT)
+        stats.referenced += _with_bits(small + large, _KEY_R)
+        stats.changed += _with_bits(small + large, _KEY_C)
         shifts = np.bincount(_large_page_shifts(), weights=large, minlength=256)
         shifts[hpte.SMALL_PAGE_SHIFT] += small.sum()
         for s in np.flatnonzero(shifts).tolist():

@@ -31,6 +31,40 @@ def _check_address_space() -> None:
                        f"htabtool needs at least {MIN_ADDRESS_SPACE >> 20} MiB")
 
 
+#: the commands that move tables (the others read a header or print help:
+#: they do not pay the 5 ms of ctypes' import)
+TABLE_COMMANDS = {"dump", "load", "diff", "stat", "verify", "show", "map", "migrate", "vm create", "vm run"}
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
+TRIM_THRESHOLD = 1 << 30
+
+
+def _keep_freed_memory() -> bool:
+    """Ask glibc's malloc to reuse freed memory rather than hand it back
+    and map it again: the chunks, batches and windows of a command are
+    allocated and freed hundreds of times, and each fresh mapping is page
+    faults (verify of an order-30 snapshot: 112,000 minor faults and 0.5-0.6 s
+    of system time, 9,000 and 0.2 s with these settings; peak RSS the same).
+    By default glibc maps every block above a threshold that it raises
+    only as such blocks are freed, and trims the heap's top above 128 KiB.
+    False where there is no glibc mallopt (another libc: nothing changes)."""
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ImportError, OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def _moves_tables(argv: list) -> bool:
+    words = [a for a in argv[:2] if not a.startswith("-")]
+    return bool(words) and (words[0] in TABLE_COMMANDS or " ".join(words[:2]) in TABLE_COMMANDS)
+
+
 def main() -> None:
     import sys
 
@@ -40,6 +74,8 @@ def main() -> None:
         return
     try:
         _check_address_space()
+        if _moves_tables(sys.argv[1:]):
+            _keep_freed_memory()
         from htabtool.cli import main as cli_main
     except MemoryError:
         _out_of_memory("is the address space limited? see ulimit -v")

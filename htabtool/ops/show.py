@@ -30,8 +30,8 @@ from htabtool.sources import SnapshotInput
 
 #: entries decoded at a time (a bound on the memory of the decoded columns)
 BATCH = 1 << 16
-#: entries per window of show and map (a quarter of the default: smaller masks and copies)
-WINDOW = DEFAULT_WINDOW // 4
+#: entries per window of show and map: the default window (262,144 entries, 4 MiB)
+WINDOW = DEFAULT_WINDOW
 
 PAGE_SHIFTS = {name: shift for shift, name in hpte.PAGE_SIZE_NAMES.items() if shift}
 SEGMENT_CODES = {"256M": hpte.MMU_SEGSIZE_256M, "1T": hpte.MMU_SEGSIZE_1T}

@@ -470,8 +470,7 @@ class SnapshotFile:
             for chunk, batch in batches_in_pass(self._chunks(passes, decode=True, work=work)):
                 if chunk.checked_entries != self.header.entries:  # not checked, or faulty: named here
                     batch.check(self.header.entries)
-                done = chunk.work if chunk.work is not None or work is None else work(batch)
-                yield chunk.pass_number, batch, done
+                yield chunk.pass_number, batch, chunk.work
 
     def _pieces(self, passes=None) -> Iterator[tuple[int, bytes]]:
         for chunk in self._chunks(passes):
@@ -481,7 +480,7 @@ class SnapshotFile:
         if passes is not None:
             wanted = [c.number for c in self.trailer().chunks if passes(c.pass_number)]
             if len(wanted) < len(self.trailer().chunks):
-                reader = self.reader(threads=0)
+                reader = self.reader(threads=0, decode_records=decode, chunk_work=work)
                 for number in wanted:
                     yield reader.read_chunk(number)
                 return

@@ -37,3 +37,16 @@ def test_keeping_freed_memory_is_accepted_by_glibc_and_a_table_command_runs_with
     r = subprocess.run([sys.executable, "-m", "htabtool", "dump", "--vm", str(tmp_path / "a.img"),
                         "-o", str(tmp_path / "a.htab")], capture_output=True, text=True)
     assert r.returncode == 0 and (tmp_path / "a.htab").stat().st_size > 0, r.stderr
+
+
+def test_the_commands_said_to_move_tables_are_the_cli_s():
+    """TABLE_COMMANDS names commands of htabtool.cli (it cannot import the
+    CLI's table: click would come with it); a rename there shows here."""
+    from htabtool.cli import COMMANDS
+    from htabtool.cli.vm import vm
+
+    for name in entry.TABLE_COMMANDS:
+        group, _, sub = name.partition(" ")
+        assert group in COMMANDS, name
+        if sub:
+            assert sub in vm.commands and group == "vm", name

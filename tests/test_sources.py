@@ -97,3 +97,11 @@ def test_worked_batches_run_the_work_on_the_readers_threads_with_each_batch(tmp_
         assert n == m and thread != main
         assert np.array_equal(index, batch.index) and np.array_equal(batch.index, same.index)
         assert first == batch.first_record + starts[n]  # the work saw the stream's numbering
+    # one pass asked alone: its chunks are read through the index, decoded and
+    # worked on once, here, from the same batch as decoded (the stream's numbering)
+    with open_snapshot(str(path)) as snap:
+        alone = list(snap.worked_batches(work, lambda p: p == 2))
+    assert [n for n, _, _ in alone] == [n for n, _, _ in got if n == 2]
+    for (_, batch, (thread, first, index)), (_, same, _) in zip(alone, [g for g in got if g[0] == 2]):
+        assert thread == main and first == batch.first_record + starts[2]
+        assert np.array_equal(index, same.index)

@@ -453,9 +453,7 @@ class ContainerParser:
         frame = self._need(info.compressed_size, f"chunk {info.number}")
         if frame is None:
             return None
-        check = header.entries if self.check_records else None
-        decode = header.entries if self.decode_records else None
-        compressed = CompressedChunk(info, frame, header.byte_order, check, decode, self.chunk_work)
+        compressed = self.compressed_chunk(info, frame, header)
         event = compressed.decompress() if self.decompress else compressed
         self._consume(info.compressed_size)
         self._frames.append((info.compressed_size, info.raw_size))
@@ -465,6 +463,13 @@ class ContainerParser:
         self._descriptor = None
         self._state = _State.FRAME
         return event
+
+    def compressed_chunk(self, info: ChunkInfo, frame, header: SnapshotHeader) -> CompressedChunk:
+        """A chunk's frame of a snapshot with ``header``, to be decompressed
+        (checked, decoded, worked on) as this parser's settings ask."""
+        check = header.entries if self.check_records else None
+        decode = header.entries if self.decode_records else None
+        return CompressedChunk(info, frame, header.byte_order, check, decode, self.chunk_work)
 
     def _on_pass(self, body: bytes, at: int):
         def fail(what: str) -> ContainerError:

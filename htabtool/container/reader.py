@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from htabtool.container.checks import check_frame, decompress_chunk, parse_trailer_body
+from htabtool.container.checks import check_frame, parse_trailer_body
 from htabtool.container.format import (
     DEFAULT_READ_SIZE,
     DEFAULT_THREADS,
@@ -219,7 +219,8 @@ class SnapshotReader:
         return self._trailer
 
     def read_chunk(self, number: int) -> Chunk:
-        """One chunk of a seekable file, found through the trailer's index."""
+        """One chunk of a seekable file, found through the trailer's index
+        (checked, decoded and worked on as this reader's settings ask, here)."""
         trailer = self.read_trailer()
         if not 0 <= number < len(trailer.chunks):
             raise UsageError(f"chunk {number} does not exist: the snapshot has {len(trailer.chunks)}")
@@ -229,8 +230,7 @@ class SnapshotReader:
             frame = self._read_at(info.offset, info.compressed_size, f"chunk {number}")
         finally:
             self._f.seek(here)
-        data = decompress_chunk(frame, info)
-        return Chunk(info, data, self.header.byte_order)
+        return self._parser.compressed_chunk(info, frame, self.header).decompress()
 
     def _read_at(self, offset: int, size: int, what: str) -> bytes:
         assert self._base is not None  # seekable

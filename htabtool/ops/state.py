@@ -23,11 +23,7 @@ def batches(snap: SnapshotInput, passes: Callable[[int], bool] | None = None) ->
     against the table as the kernel's write side would; an error names the
     snapshot (its ``name``)."""
     with named_errors(snap.name) if snap.name else contextlib.nullcontext():
-        yield from _batches(snap, passes)
-
-
-def _batches(snap: SnapshotInput, passes: Callable[[int], bool] | None) -> Iterator[tuple[int, RecordBatch]]:
-    yield from snap.batches(passes)
+        yield from snap.batches(passes)
 
 
 def final_state(snap: SnapshotInput, window: int = DEFAULT_WINDOW,

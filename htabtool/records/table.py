@@ -53,7 +53,6 @@ _KEY_C, _KEY_R, _KEY_LP_SHIFT = 1, 2, 2
 _RC_SHIFT = hpte.HPTE_R_C.bit_length() - 1
 assert hpte.HPTE_R_R == hpte.HPTE_R_C << 1
 _R_KEYS = 1 << 10
-_LARGE_PAGE_SHIFTS = None
 
 
 def _host_word(value: int) -> np.uint64:
@@ -73,15 +72,13 @@ def _keys_with(n_keys: int, bits: int) -> np.ndarray:
     return np.flatnonzero((np.arange(n_keys) & bits) == bits)
 
 
+@functools.lru_cache(maxsize=1)
 def _large_page_shifts() -> np.ndarray:
     """The base page shift of a large-page entry by its TableStats key of r
     (its LP bits above C and R): hpte's rule, looked up once per key."""
-    global _LARGE_PAGE_SHIFTS
-    if _LARGE_PAGE_SHIFTS is None:
-        r = (np.arange(_R_KEYS, dtype=np.uint64) >> _U(_KEY_LP_SHIFT)) << _U(hpte.LP_SHIFT)
-        v = np.full(len(r), hpte.HPTE_V_LARGE, dtype=np.uint64)
-        _LARGE_PAGE_SHIFTS = hpte.base_page_shift_array(v, r).astype(np.intp)
-    return _LARGE_PAGE_SHIFTS
+    r = (np.arange(_R_KEYS, dtype=np.uint64) >> _U(_KEY_LP_SHIFT)) << _U(hpte.LP_SHIFT)
+    v = np.full(len(r), hpte.HPTE_V_LARGE, dtype=np.uint64)
+    return hpte.base_page_shift_array(v, r).astype(np.intp)
 
 
 def _counts(values: np.ndarray) -> list[tuple[int, int]]:
